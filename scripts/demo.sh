@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# `make demo`: the loop on the embedded ShapesWorld models, on a fresh machine, offline.
+set -euo pipefail
+OUT=${OUT:-out/demo}
+mkdir -p "$OUT"
+
+echo "== 1. ShapesWorld: prompts, clean renders, injected artifacts and misalignments"
+richfeedback shapesworld sample --n 8 --out "$OUT/shapesworld"
+richfeedback shapesworld prompts --n 8 --seed 1 --split all --out "$OUT/prompts.txt"
+
+echo "== 2. Generate with the embedded text-to-image model (4 seeds per prompt)"
+richfeedback generate --prompts "$OUT/prompts.txt" --n 4 --seed 0 --out "$OUT/generations"
+
+echo "== 3. The oracle judges every word of every prompt and finds artifacts"
+richfeedback oracle "$OUT/generations"
+
+echo
+echo "Look at: $OUT/generations/grid.png (one row per prompt), $OUT/shapesworld/samples.png,"
+echo "         $OUT/generations/oracle.jsonl (per image, per word)."

@@ -1,0 +1,139 @@
+"""Generate images with a diffusers text-to-image pipeline: the embedded ShapesWorld model or any path or hub id.
+
+Each image is made from its own seed (`torch.Generator().manual_seed(seed)` per image), so an image depends only on
+its prompt and seed, not on the batch it was made in; the manifest records both, so any image can be made again.
+Output is written as it goes (PNG + one manifest line per image, appended), and a rerun skips images that are already
+there, so an interrupted run loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+EMBEDDED_GENERATOR = Path(__file__).resolve().parent / "embedded" / "shapes-sd"
+EMBEDDED_DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 4.0, "height": 64, "width": 64}
+MANIFEST = "manifest.jsonl"
+
+
+def embedded_generator_path() -> Path:
+    """Folder of the embedded ShapesWorld pipeline shipped inside the package."""
+    if not (EMBEDDED_GENERATOR / "model_index.json").exists():
+        raise FileNotFoundError(
+            f"the embedded generator is missing at {EMBEDDED_GENERATOR}; it ships with the repository "
+            "(git checkout the folder) or can be retrained with `python scripts/train_embedded_generator.py`"
+        )
+    return EMBEDDED_GENERATOR
+
+
+def resolve_model(model: Optional[str]) -> str:
+    """`None` or "embedded" means the shipped ShapesWorld pipeline; anything else is a local folder or a hub id."""
+    if model in (None, "embedded", "shapes"):
+        return str(embedded_generator_path())
+    return model
+
+
+def load_pipeline(model: Optional[str] = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """A diffusers text-to-image pipeline from a local folder or hub id (hub ids need a network or a local cache)."""
+    from diffusers import AutoPipelineForText2Image
+
+    path = resolve_model(model)
+    local = Path(path).exists()
+    if not local and (os.environ.get("HF_HUB_OFFLINE") == "1" or path.count("/") != 1):
+        raise FileNotFoundError(
+            f"no pipeline folder at {path!r}. Pass --model with a local diffusers folder (one with model_index.json), "
+            "or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 on a machine with a network."
+        )
+    if local and not (Path(path) / "model_index.json").exists():
+        raise FileNotFoundError(f"{path} has no model_index.json: it is not a diffusers pipeline folder")
+    kwargs = {"torch_dtype": dtype, "local_files_only": local}
+    pipe = AutoPipelineForText2Image.from_pretrained(path, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def pipeline_defaults(model: Optional[str]) -> dict:
+    """Sampling defaults: the embedded model's own, diffusers' for anything else."""
+    return dict(EMBEDDED_DEFAULTS) if resolve_model(model) == str(EMBEDDED_GENERATOR) else {}
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationJob:
+    prompt: str
+    seed: int
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.seed:08d}_{abs(hash_prompt(self.prompt)):016x}.png"
+
+
+def hash_prompt(prompt: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha1(prompt.encode("utf-8")).digest()[:8], "big")
+
+
+def plan_jobs(prompts: Sequence[str], n_per_prompt: int, seed: int) -> list[GenerationJob]:
+    """`n_per_prompt` images per prompt with seeds seed, seed+1, ...; one seed per (prompt, sample) position."""
+    return [GenerationJob(p, seed + pi * n_per_prompt + k) for pi, p in enumerate(prompts) for k in range(n_per_prompt)]
+
+
+@torch.no_grad()
+def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], **sampling) -> list[np.ndarray]:
+    """uint8 (H, W, 3) images, one per (prompt, seed); each image uses its own seeded generator."""
+    device = pipe.device
+    generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    # Initial latents are drawn on the CPU per image so results match across devices and batch sizes.
+    out = pipe(list(prompts), generator=generators, output_type="np", **sampling)
+    return [(np.clip(img, 0, 1) * 255).round().astype(np.uint8) for img in out.images]
+
+
+def read_manifest(out_dir: str | os.PathLike) -> list[dict]:
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash: its image is redone
+    return rows
+
+
+def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_dir: str | os.PathLike,
+                       batch_size: int = 8, device: str = "cpu", progress: bool = True, **sampling) -> Path:
+    """Generate every job into `out_dir` (PNG files + manifest.jsonl); jobs already in the manifest are skipped."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {(r["prompt"], r["seed"]) for r in read_manifest(out) if (out / r["file_name"]).exists()}
+    todo = [j for j in jobs if (j.prompt, j.seed) not in done]
+    if not todo:
+        return out
+    settings = {**pipeline_defaults(model), **{k: v for k, v in sampling.items() if v is not None}}
+    pipe = load_pipeline(model, device=device)
+    with open(out / MANIFEST, "a") as manifest, tqdm(total=len(todo), desc="generate", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            images = generate_images(pipe, [j.prompt for j in batch], [j.seed for j in batch], **settings)
+            for job, image in zip(batch, images):
+                tmp = out / (job.file_name + ".tmp")
+                Image.fromarray(image).save(tmp, format="PNG")
+                os.replace(tmp, out / job.file_name)
+                row = {"file_name": job.file_name, "prompt": job.prompt, "seed": job.seed,
+                       "model": model or "embedded", **settings}
+                manifest.write(json.dumps(row) + "\n")
+            manifest.flush()
+            os.fsync(manifest.fileno())
+            bar.update(len(batch))
+    return out
