@@ -33,7 +33,8 @@ def test_make_example_is_deterministic():
 
 def test_the_same_index_gives_different_examples_in_different_splits():
     train, test = D.make_example("train", 5), D.make_example("test", 5)
-    assert train["prompt"] != test["prompt"] or not np.array_equal(np.asarray(train["image"]), np.asarray(test["image"]))
+    same_image = np.array_equal(np.asarray(train["image"]), np.asarray(test["image"]))
+    assert train["prompt"] != test["prompt"] or not same_image
     assert (train["seed_split"], test["seed_split"]) == (0, 2)
 
 
@@ -124,9 +125,19 @@ def test_split_sizes_take_dev_and_test_fractions_and_give_train_the_rest():
     assert D.split_sizes(7) == (5, 1, 1)
 
 
+def test_split_sizes_give_a_non_zero_fraction_at_least_one_example():
+    assert D.split_sizes(4) == (2, 1, 1)  # 0.4 rounds to 0
+    assert D.split_sizes(100, 0.1, 0.0) == (90, 10, 0)
+
+
 def test_split_sizes_refuse_fractions_over_one():
     with pytest.raises(ValueError):
         D.split_sizes(100, 0.6, 0.6)
+
+
+def test_split_sizes_refuse_too_few_images_for_dev_and_test():
+    with pytest.raises(ValueError, match="1 images are too few"):
+        D.split_sizes(1)
 
 
 # ----------------------------------------------------------------------------- make_dataset
@@ -176,19 +187,29 @@ def test_make_dataset_refuses_a_non_empty_out_dir(saved):
 
 def test_make_dataset_fills_an_existing_empty_directory(tmp_path):
     (tmp_path / "empty").mkdir()
-    dataset = D.make_dataset(tmp_path / "empty", 2, 1, 0, progress=False)
-    assert {split: len(ds) for split, ds in dataset.items()} == {"train": 2, "dev": 1, "test": 0}
-    assert json.loads((tmp_path / "empty" / "agreement.json").read_text())["test"] is None
+    dataset = D.make_dataset(tmp_path / "empty", 2, 1, 1, progress=False)
+    assert {split: len(ds) for split, ds in dataset.items()} == {"train": 2, "dev": 1, "test": 1}
+
+
+def test_agreement_over_a_single_image_has_no_correlations(tmp_path):
+    D.make_dataset(tmp_path / "one", 1, 1, 1, progress=False)
+    agreement = json.loads((tmp_path / "one" / "agreement.json").read_text())
+    assert agreement["dev"]["plausibility/plcc"] is None  # nan, stored as null
+
+
+def test_make_dataset_refuses_an_empty_split(tmp_path):
+    with pytest.raises(ValueError, match="every split needs at least one example"):
+        D.make_dataset(tmp_path / "ds", 10, 0, 10, progress=False)
 
 
 def test_loading_a_missing_dataset_names_the_path_and_the_command(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         D.load_shapesworld_dataset(tmp_path / "nowhere")
     assert str(tmp_path / "nowhere") in str(error.value)
-    assert "python -m richfeedback.shapesworld.dataset --out" in str(error.value)
+    assert "richfeedback shapesworld make-dataset" in str(error.value)
 
 
 def test_parallel_workers_build_the_same_examples(tmp_path):
-    dataset = D.make_dataset(tmp_path / "parallel", 4, 0, 0, num_proc=2, progress=False)
+    dataset = D.make_dataset(tmp_path / "parallel", 4, 1, 1, num_proc=2, progress=False)
     assert dataset["train"]["prompt"] == [D.make_example("train", i)["prompt"] for i in range(4)]
     assert dataset["train"]["artifact_points"] == [D.make_example("train", i)["artifact_points"] for i in range(4)]

@@ -124,7 +124,8 @@ def test_raters_click_nowhere_on_a_flawless_image_without_false_clicks():
 
 def test_an_empty_region_gets_no_clicks():
     config = R.RaterConfig(false_click_prob=0.0)
-    annotations = R.simulate_raters(_truth(misalignment_regions=[np.zeros((64, 64), bool)]), np.random.default_rng(0), config)
+    truth = _truth(misalignment_regions=[np.zeros((64, 64), bool)])
+    annotations = R.simulate_raters(truth, np.random.default_rng(0), config)
     assert annotations.misalignment_points == [[], [], []]
 
 

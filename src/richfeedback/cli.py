@@ -5,12 +5,14 @@
     richfeedback shapesworld prompts --n 32 --split heldout --out prompts.txt          (richfeedback.shapesworld.scene)
     richfeedback shapesworld sample --n 16 --out out/samples                           (richfeedback.shapesworld)
     richfeedback shapesworld make-dataset --n 2000 --out data/shapes-richhf            (richfeedback.shapesworld.dataset)
+    richfeedback rahf train|eval|predict|prepare-richhf18k                             (richfeedback.reward_models.rahf)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -94,10 +96,10 @@ def cmd_sample(args) -> None:
 def cmd_make_dataset(args) -> None:
     from .shapesworld.dataset import make_dataset, split_sizes
 
-    n_train, n_dev, n_test = split_sizes(args.n, args.dev_fraction, args.test_fraction)
     try:
-        make_dataset(args.out, n_train, n_dev, n_test, size=args.size)
-    except FileExistsError as err:
+        n_train, n_dev, n_test = split_sizes(args.n, args.dev_fraction, args.test_fraction)
+        make_dataset(args.out, n_train, n_dev, n_test, size=args.size, num_proc=args.num_proc)
+    except (FileExistsError, ValueError) as err:
         raise UsageError(str(err)) from err
     print(f"wrote the ShapesWorld rich-feedback dataset ({n_train} train / {n_dev} dev / {n_test} test) to {args.out}; "
           f"raters' agreement in {Path(args.out) / 'agreement.json'}")
@@ -146,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--dev-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--num-proc", type=int, default=1, help="worker processes (the rows are the same for any number)")
     p.set_defaults(func=cmd_make_dataset)
+
+    from .reward_models.rahf.cli import add_rahf_command
+
+    add_rahf_command(sub)
     return parser
 
 
@@ -154,8 +161,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except UsageError as err:
+    except (UsageError, FileNotFoundError, FileExistsError, ValueError) as err:
+        # Input problems are reported in one line that names the file and the fix.
+        if os.environ.get("RICHFEEDBACK_DEBUG"):
+            raise
         print(f"richfeedback: error: {err}", file=sys.stderr)
+        print("(set RICHFEEDBACK_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 2
     return 0
 

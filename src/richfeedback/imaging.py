@@ -84,3 +84,23 @@ def make_grid(images: Sequence[np.ndarray], ncols: int = 8, pad: int = 2, scale:
             draw.text((pad + c * (w + pad) + 1, pad + r * (cell_h + pad) + h + 1), text, fill=(0, 0, 0))
         grid = np.asarray(canvas)
     return grid
+
+
+def heatmap_colors(heatmap: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) colours for a heatmap in [0, 1]: dark blue through green and yellow to red."""
+    h = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    r = np.clip(1.5 - np.abs(4 * h - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * h - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * h - 1), 0, 1)
+    return (np.stack([r, g, b], -1) * 255).round().astype(np.uint8)
+
+
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """The image with a heatmap blended on top, in proportion to the heat (cold pixels stay as they are)."""
+    image = np.asarray(image, dtype=np.float32)
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.shape != image.shape[:2]:
+        heat = np.asarray(Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(
+            (image.shape[1], image.shape[0]), Image.BILINEAR), dtype=np.float32) / 255.0
+    weight = (alpha * np.clip(heat / max(float(heat.max()), 1e-6), 0, 1))[..., None]
+    return ((1 - weight) * image + weight * heatmap_colors(heat)).round().astype(np.uint8)

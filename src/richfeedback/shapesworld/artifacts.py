@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from .render import object_mask, pixel_grid
-from .scene import BACKGROUND, COLORS, Scene, SceneObject
+from .scene import BACKGROUND, COLORS, Scene
 
 ARTIFACT_KINDS = ("smear", "broken_edge", "stray_blob", "texture_noise", "ghost")
 _CHANGE_THRESHOLD = 30

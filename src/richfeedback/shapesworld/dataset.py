@@ -10,12 +10,11 @@ raters saw and did, so that label noise and rater agreement can be studied and r
 Every example is a pure function of (split, index): it is drawn from `np.random.default_rng([SPLIT_IDS[split],
 index])`, so the splits come from disjoint seeds and an example is the same however many are made.
 
-    python -m richfeedback.shapesworld.dataset --out data/shapesworld-richhf --num-images 18000
+    richfeedback shapesworld make-dataset --n 2000 --out data/shapes-richhf     (the CLI calls `make_dataset`)
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -24,7 +23,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import datasets
 import numpy as np
@@ -44,7 +43,7 @@ SPLIT_IDS: dict[str, int] = {"train": 0, "dev": 1, "test": 2}
 # of clean images keeps "nothing to click" common enough for the GT=0 heatmap metrics.
 CONDITION_PROBABILITIES: dict[str, float] = {"clean": 0.25, "artifacts": 0.35, "misaligned": 0.2, "both": 0.2}
 MAX_ARTIFACTS = 2
-CREATE_COMMAND = "python -m richfeedback.shapesworld.dataset --out {path}"
+CREATE_COMMAND = "richfeedback shapesworld make-dataset --n 2000 --out {path}"
 
 FEATURES = datasets.Features({
     # RichHF-18K (+ the fields youweiliang/RichHF adds)
@@ -162,11 +161,16 @@ def make_example(split: str, index: int, size: int = 64, rater_config: RaterConf
 
 
 def split_sizes(n: int, dev_fraction: float = 0.1, test_fraction: float = 0.1) -> tuple[int, int, int]:
-    """(n_train, n_dev, n_test) for `n` images: dev and test rounded to the nearest image, train the rest."""
+    """(n_train, n_dev, n_test) for `n` images: dev and test rounded to the nearest image, train the rest.
+
+    A non-zero fraction gets at least one image, since `make_dataset` cannot save an empty split.
+    """
     if n < 0 or not (0 <= dev_fraction and 0 <= test_fraction and dev_fraction + test_fraction <= 1):
         raise ValueError(f"need n >= 0 and fractions >= 0 summing to at most 1, got n={n}, dev={dev_fraction}, "
                          f"test={test_fraction}")
-    n_dev, n_test = round(n * dev_fraction), round(n * test_fraction)
+    n_dev, n_test = (max(1, round(n * f)) if f > 0 else 0 for f in (dev_fraction, test_fraction))
+    if n_dev + n_test > n:
+        raise ValueError(f"{n} images are too few for a dev and a test split; ask for at least {n_dev + n_test}")
     return n - n_dev - n_test, n_dev, n_test
 
 
@@ -195,7 +199,7 @@ def _make_split(split: str, n: int, size: int, num_proc: int, progress: bool, ra
     finally:
         if pool:
             pool.terminate()
-    if rows or not chunks:
+    if rows:
         chunks.append(datasets.Dataset.from_list(rows, features=FEATURES))
     return datasets.concatenate_datasets(chunks) if len(chunks) > 1 else chunks[0]
 
@@ -207,31 +211,45 @@ def _json_safe(value):
     return value
 
 
+def _save(dataset: datasets.DatasetDict, path: Path, progress: bool) -> None:
+    """`save_to_disk`, with its progress bars only if `progress`; the caller's setting is restored afterwards."""
+    was_disabled = datasets.are_progress_bars_disabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        dataset.save_to_disk(str(path))
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
 def make_dataset(out_dir, n_train: int, n_dev: int, n_test: int, size: int = 64, num_proc: int = 1,
                  progress: bool = True, rater_config: RaterConfig = RaterConfig()) -> datasets.DatasetDict:
     """Build the train/dev/test splits and save them with `save_to_disk` into `out_dir`, atomically.
 
-    `out_dir` must not exist or be empty. Everything is written into a temporary sibling directory that is renamed to
-    `out_dir` only when complete, so an interrupted run never leaves a half-written dataset behind. Beside the splits,
-    `out_dir/agreement.json` holds `raters.rater_agreement` of each non-empty split: the human ceiling for model
-    metrics. Returns the DatasetDict as loaded back from `out_dir`.
+    Every split needs at least one example; `out_dir` must not exist or be empty. Everything is written into a
+    temporary sibling directory that is renamed to `out_dir` only when complete, so an interrupted run never leaves a
+    half-written dataset behind. Beside the splits, `out_dir/agreement.json` holds `raters.rater_agreement` of each
+    split (nan as null): the human ceiling for model metrics. Returns the DatasetDict as loaded back from `out_dir`.
     """
+    sizes = {"train": n_train, "dev": n_dev, "test": n_test}
+    if min(sizes.values()) < 1:
+        raise ValueError(f"every split needs at least one example (datasets cannot save an empty split), got {sizes}")
     out = Path(out_dir)
     _refuse_non_empty(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         splits = {}
-        for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        for split, n in sizes.items():
             splits[split] = _make_split(split, n, size, num_proc, progress, rater_config)
         dataset = datasets.DatasetDict(splits)
-        dataset.save_to_disk(str(tmp))
-        agreement = {
-            split: {k: _json_safe(v) for k, v in rater_agreement(
-                ds.select_columns(list(RATER_FIELDS)), image_size=size, radius_fraction=rater_config.disk_radius
-            ).items()} if len(ds) else None
-            for split, ds in splits.items()
-        }
+        _save(dataset, tmp, progress)
+        agreement = {}
+        for split, ds in splits.items():
+            found = rater_agreement(ds.select_columns(list(RATER_FIELDS)), image_size=size,
+                                    radius_fraction=rater_config.disk_radius)
+            agreement[split] = {k: _json_safe(v) for k, v in found.items()}
         (tmp / "agreement.json").write_text(json.dumps(agreement, indent=2, allow_nan=False) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not
         _refuse_non_empty(out)  # in case another run finished first
@@ -251,22 +269,3 @@ def load_shapesworld_dataset(path) -> datasets.DatasetDict:
             f"Create it with:\n  {CREATE_COMMAND.format(path=path)}"
         )
     return datasets.load_from_disk(str(path))
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description="Build the ShapesWorld-RichHF dataset (RichHF-18K format).")
-    parser.add_argument("--out", required=True, help="directory to create; must not exist or be empty")
-    parser.add_argument("--num-images", type=int, default=18000, help="train + dev + test (RichHF-18K: 17,760)")
-    parser.add_argument("--dev-fraction", type=float, default=0.1)
-    parser.add_argument("--test-fraction", type=float, default=0.1)
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--num-proc", type=int, default=1)
-    args = parser.parse_args(argv)
-    n_train, n_dev, n_test = split_sizes(args.num_images, args.dev_fraction, args.test_fraction)
-    dataset = make_dataset(args.out, n_train, n_dev, n_test, size=args.size, num_proc=args.num_proc)
-    print(dataset)
-    print(f"rater agreement: {Path(args.out) / 'agreement.json'}")
-
-
-if __name__ == "__main__":
-    main()

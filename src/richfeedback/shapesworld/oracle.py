@@ -17,7 +17,7 @@ textured noise. On clean renders the residual is empty; on injected artifacts it
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -222,7 +222,8 @@ def likert_score(quality: float, bias: float, rng: np.random.Generator, sigma: f
     return int(np.clip(np.round(1.0 + 4.0 * quality + bias + rng.normal(0.0, sigma)), 1, 5))
 
 
-def simulate_raters(truth: GroundTruth, rng: np.random.Generator, config: RaterConfig = RaterConfig()) -> RaterAnnotations:
+def simulate_raters(truth: GroundTruth, rng: np.random.Generator,
+                    config: RaterConfig = RaterConfig()) -> RaterAnnotations:
     """Three (`config.num_raters`) independent noisy raters labelling one image."""
     size = truth.image_size
     labels = np.asarray(truth.word_labels)
@@ -333,6 +334,31 @@ def _correlation(fn, a: np.ndarray, b: np.ndarray) -> float:
     return fn(a, b)
 
 
+def _heatmap_agreement(points: Sequence[Sequence[Sequence[tuple[int, int]]]], rater: int, size: int,
+                       radius_fraction: float, chunk_size: int = 1000) -> dict:
+    """`metrics.heatmap_metrics` of one rater's maps against the mean of the others' maps, over all images.
+
+    `points[image][rater]` are the clicks. Images are taken `chunk_size` at a time so that a full split never holds
+    all its maps at once, and the chunks are recombined with the weights `heatmap_metrics` averages with: all images
+    for `mse_all`, those where the others clicked nowhere for `mse_gt0`, the others for CC, KLD, SIM, NSS, AUC-Judd.
+    """
+    sums, weights = dict.fromkeys(("mse_all", "mse_gt0", "cc", "kld", "sim", "nss", "auc_judd"), 0.0), {}
+    for start in range(0, len(points), chunk_size):
+        mine, rest = [], []
+        for per_rater in points[start:start + chunk_size]:
+            maps = rater_heatmaps(per_rater, size, radius_fraction)
+            mine.append(maps[rater])
+            rest.append(np.delete(maps, rater, axis=0).mean(0))
+        found = metrics.heatmap_metrics(np.stack(mine), np.stack(rest))
+        chunk_weights = {"mse_all": len(mine), "mse_gt0": found["n_gt0"]}
+        for key in sums:
+            weight = chunk_weights.get(key, found["n_gtpos"])
+            if weight:
+                sums[key] += weight * found[key]
+                weights[key] = weights.get(key, 0) + weight
+    return {key: sums[key] / weights[key] if key in weights else float("nan") for key in sums}
+
+
 def rater_agreement(records: Iterable[Mapping], image_size: Optional[int] = None,
                     radius_fraction: float = RaterConfig.disk_radius) -> dict:
     """How well the raters agree with each other: each rater against the mean of the others, averaged over raters.
@@ -372,13 +398,8 @@ def rater_agreement(records: Iterable[Mapping], image_size: Optional[int] = None
             out[f"{name}/plcc"] = _correlation(metrics.plcc, mine, rest)
             out[f"{name}/srcc"] = _correlation(metrics.srcc, mine, rest)
         for name, field in zip(HEATMAP_NAMES, ("artifact_points", "misalignment_points")):
-            mine_maps, rest_maps = [], []
-            for a, size in zip(annotations, sizes):
-                maps = rater_heatmaps(getattr(a, field), size, radius_fraction)
-                mine_maps.append(maps[i])
-                rest_maps.append(maps[others].mean(0))
-            found = metrics.heatmap_metrics(np.stack(mine_maps), np.stack(rest_maps))
-            out.update({f"{name}/{k}": v for k, v in found.items() if not k.startswith("n_")})
+            found = _heatmap_agreement([getattr(a, field) for a in annotations], i, sizes[0], radius_fraction)
+            out.update({f"{name}/{k}": v for k, v in found.items()})
         words = metrics.word_prf([a.word_marks[i] for a in annotations],
                                  [a.word_marks[others].mean(0) >= 0.5 for a in annotations])
         out.update({f"words/{k}": float(words[k]) for k in ("precision", "recall", "f1")})
@@ -386,3 +407,20 @@ def rater_agreement(records: Iterable[Mapping], image_size: Optional[int] = None
     agreement = {k: float(np.mean([r[k] for r in per_rater])) for k in per_rater[0]}
     agreement["num_images"] = len(annotations)
     return agreement
+
+
+def agreement_as_rahf_metrics(agreement: Mapping) -> dict:
+    """`rater_agreement`'s numbers under the metric names of `reward_models.rahf.evaluate`, so the raters' ceiling
+    can stand next to a model in the same tables (maps: artifact_map -> implausibility, misalignment_map ->
+    misalignment; words: pooled precision / recall / F1 of misaligned words)."""
+    maps = {"artifact_map": "implausibility", "misalignment_map": "misalignment"}
+    out = {}
+    for key, value in agreement.items():
+        head, _, metric = key.partition("/")
+        if head in maps:
+            out[f"heatmap/{maps[head]}/{metric}"] = value
+        elif head == "words":
+            out[f"words/{metric}"] = value
+        elif metric in ("plcc", "srcc"):
+            out[f"score/{head}/{metric}"] = value
+    return out

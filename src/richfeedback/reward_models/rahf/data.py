@@ -1,0 +1,76 @@
+"""Rich-feedback examples as RAHF training batches.
+
+Works on any `datasets` split with RichHF-18K's columns (the ShapesWorld dataset has them, and so does RichHF-18K
+once joined to its images by `richhf18k.py`): `image`, `clean_prompt` (or `prompt`), `labeled_prompt`, the four
+scores and the two heatmaps. Targets map to heads as the reference does: plausibility <- artifact_score, alignment <-
+misalignment_score, aesthetics <- aesthetics_score, overall <- overall_score; implausibility <- artifact_map,
+misalignment <- misalignment_map.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from .configuration import HEATMAP_NAMES, SCORE_NAMES
+from .processing import RAHFProcessor, clean_prompt
+
+SCORE_COLUMNS = {"plausibility": "artifact_score", "alignment": "misalignment_score",
+                 "aesthetics": "aesthetics_score", "overall": "overall_score"}
+HEATMAP_COLUMNS = {"implausibility": "artifact_map", "misalignment": "misalignment_map"}
+REQUIRED_COLUMNS = ("image", "labeled_prompt", *SCORE_COLUMNS.values(), *HEATMAP_COLUMNS.values())
+
+
+def check_columns(split, where: str = "the dataset") -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in split.column_names]
+    if missing or not ({"clean_prompt", "prompt"} & set(split.column_names)):
+        raise ValueError(f"{where} lacks the RichHF-18K columns {missing or ['clean_prompt or prompt']}; make one with "
+                         "`richfeedback shapesworld make-dataset` or join RichHF-18K with `richhf18k.py`")
+
+
+class RichFeedbackDataset(Dataset):
+    """Per item: preprocessed image, the two target heatmaps, the four target scores, and the two texts."""
+
+    def __init__(self, split, processor: RAHFProcessor):
+        check_columns(split)
+        self.split = split
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.split[index]
+        prompt = row.get("clean_prompt") or clean_prompt(row["prompt"])
+        return {
+            "pixel_values": self.processor.preprocess_images([row["image"]])[0],
+            "heatmaps": self.processor.preprocess_heatmaps([row[HEATMAP_COLUMNS[n]] for n in HEATMAP_NAMES]),
+            "scores": torch.tensor([float(row[SCORE_COLUMNS[n]]) for n in SCORE_NAMES]),
+            "prompt": prompt,
+            "labeled_prompt": row["labeled_prompt"],
+        }
+
+
+class Collator:
+    """Stacks items and tokenizes their texts for the whole batch at once (padding to the batch's longest)."""
+
+    def __init__(self, processor: RAHFProcessor):
+        self.processor = processor
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = {
+            "pixel_values": torch.stack([i["pixel_values"] for i in items]),
+            "target_heatmaps": torch.stack([i["heatmaps"] for i in items]),  # (B, 2, S, S) in HEATMAP_NAMES order
+            "target_scores": torch.stack([i["scores"] for i in items]),  # (B, 4) in SCORE_NAMES order
+            "prompts": [i["prompt"] for i in items],
+            "labeled_prompts": [i["labeled_prompt"] for i in items],
+        }
+        batch.update(self.processor.text_inputs(batch["prompts"], batch["labeled_prompts"]))
+        return batch
+
+
+MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "labels", "task_input_ids", "task_attention_mask")
+
+
+def model_inputs(batch: dict) -> dict:
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}

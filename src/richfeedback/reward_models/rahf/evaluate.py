@@ -1,0 +1,118 @@
+"""RAHF on a dataset split: predictions, the paper's three tables (heatmaps, scores, misaligned keywords), and the
+reference's model-selection metric."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ...eval import metrics
+from .configuration import HEATMAP_NAMES, SCORE_NAMES
+from .data import Collator, RichFeedbackDataset, model_inputs
+from .modeling import RAHFModel
+from .processing import MISALIGNED_SUFFIX, RAHFProcessor
+
+
+@torch.no_grad()
+def predict_split(model: RAHFModel, processor: RAHFProcessor, split, batch_size: int = 32,
+                  generate: bool = True, progress: bool = False, device: Optional[torch.device] = None) -> dict:
+    """Predicted and target heatmaps, scores and marked prompts for every example of `split`."""
+    model.eval()
+    device = device or next(model.parameters()).device
+    loader = DataLoader(RichFeedbackDataset(split, processor), batch_size=batch_size, shuffle=False,
+                        collate_fn=Collator(processor))
+    out = {"heatmaps": {n: [] for n in HEATMAP_NAMES}, "target_heatmaps": {n: [] for n in HEATMAP_NAMES},
+           "scores": {n: [] for n in SCORE_NAMES}, "target_scores": {n: [] for n in SCORE_NAMES},
+           "marked": [], "target_marked": []}
+    for batch in tqdm(loader, desc="predict", disable=not progress):
+        inputs = {k: v.to(device) for k, v in model_inputs(batch).items() if k != "labels"}
+        output = model(**inputs)
+        for i, name in enumerate(HEATMAP_NAMES):
+            out["heatmaps"][name].append(output.heatmaps[name].float().cpu())
+            out["target_heatmaps"][name].append(batch["target_heatmaps"][:, i])
+        for i, name in enumerate(SCORE_NAMES):
+            out["scores"][name].append(output.scores[name].float().cpu())
+            out["target_scores"][name].append(batch["target_scores"][:, i])
+        if generate:
+            out["marked"] += processor.decode(model.generate_marked_prompt(output))
+        out["target_marked"] += batch["labeled_prompts"]
+    for key in ("heatmaps", "target_heatmaps", "scores", "target_scores"):
+        out[key] = {n: torch.cat(v).numpy() for n, v in out[key].items()}
+    return out
+
+
+def compute_metrics(predictions: dict) -> dict:
+    """The paper's metrics from `predict_split`'s output, flat: `heatmap/{map}/{metric}`, `score/{name}/{plcc,srcc}`,
+    `seq/...` (the reference's per-example token metrics), and `avg_metric` (the reference's selection rule)."""
+    result = {}
+    for name in HEATMAP_NAMES:
+        for k, v in metrics.heatmap_metrics(predictions["heatmaps"][name], predictions["target_heatmaps"][name]).items():
+            result[f"heatmap/{name}/{k}"] = v
+    for k, v in metrics.score_metrics(predictions["scores"], predictions["target_scores"]).items():
+        result[f"score/{k}"] = v
+    if predictions["marked"]:
+        result.update(metrics.misalignment_token_metrics(predictions["marked"], predictions["target_marked"]))
+        # Pooled over all words of the split: the reading of keyword F1 that does not score every example without
+        # misaligned words as 0 (the reference's per-example class-1 F1 does, which caps it below 1 on any split
+        # with clean images).
+        pred_flags = [word_flags(p, t) for p, t in zip(predictions["marked"], predictions["target_marked"])]
+        true_flags = [[int(w.endswith(MISALIGNED_SUFFIX)) for w in t.split()] for t in predictions["target_marked"]]
+        for k, v in metrics.word_prf(pred_flags, true_flags).items():
+            if k in ("precision", "recall", "f1"):
+                result[f"words/{k}"] = v
+    result["avg_metric"] = selection_metric(result)
+    return result
+
+
+def word_flags(marked: str, target_marked: str) -> list[int]:
+    """Per word of the target, 1 if the prediction marks the same word misaligned at the same position."""
+    words = [w[: -len(MISALIGNED_SUFFIX)] if w.endswith(MISALIGNED_SUFFIX) else w for w in target_marked.split()]
+    predicted = marked.split() + [""] * len(words)
+    return [int(p == w + MISALIGNED_SUFFIX) for w, p in zip(words, predicted)]
+
+
+def selection_metric(result: dict) -> float:
+    """The reference's dev-set selection rule: mean score correlation + keyword precision/F1 + heatmap saliency."""
+    def get(key):
+        value = result.get(key, 0.0)
+        return 0.0 if value is None or np.isnan(value) else float(value)
+
+    scores = sum(get(f"score/{n}/plcc") + get(f"score/{n}/srcc") for n in SCORE_NAMES) / 8
+    words = (get("seq/precision/macro_avg") + get("seq/f1-score/1")) / 2
+    maps = sum(get(f"heatmap/{n}/{m}") for n in HEATMAP_NAMES for m in ("nss", "cc", "sim", "auc_judd")) / 4
+    return scores + words + maps
+
+
+def format_tables(result: dict, reference: Optional[dict] = None, title: str = "RAHF") -> str:
+    """The paper's three tables as Markdown; `reference` (e.g. the raters' agreement) adds a comparison row."""
+    lines = [f"### {title}: heatmaps", "",
+             "| heatmap | source | All MSE | GT=0 MSE | CC | KLD | SIM | NSS | AUC-Judd |", "|---|---|---|---|---|---|---|---|---|"]
+    cols = ("mse_all", "mse_gt0", "cc", "kld", "sim", "nss", "auc_judd")
+
+    def fmt(v):
+        return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+    for name in HEATMAP_NAMES:
+        lines.append(f"| {name} | model | " + " | ".join(fmt(result.get(f"heatmap/{name}/{c}")) for c in cols) + " |")
+        if reference:
+            lines.append(f"| {name} | reference | " + " | ".join(fmt(reference.get(f"heatmap/{name}/{c}")) for c in cols) + " |")
+    lines += ["", f"### {title}: scores", "", "| | source | " + " | ".join(SCORE_NAMES) + " |",
+              "|---|---|" + "---|" * len(SCORE_NAMES)]
+    for m in ("plcc", "srcc"):
+        lines.append(f"| {m.upper()} | model | " + " | ".join(fmt(result.get(f"score/{n}/{m}")) for n in SCORE_NAMES) + " |")
+        if reference:
+            lines.append(f"| {m.upper()} | reference | " + " | ".join(fmt(reference.get(f"score/{n}/{m}")) for n in SCORE_NAMES) + " |")
+    lines += ["", f"### {title}: misaligned keywords", "",
+              "| source | reading | precision | recall | F1 |", "|---|---|---|---|---|"]
+    lines.append("| model | per example (reference) | "
+                 + " | ".join(fmt(result.get(f"seq/{m}/1")) for m in ("precision", "recall", "f1-score")) + " |")
+    lines.append("| model | pooled over words | "
+                 + " | ".join(fmt(result.get(f"words/{m}")) for m in ("precision", "recall", "f1")) + " |")
+    if reference:
+        lines.append("| reference | pooled over words | "
+                     + " | ".join(fmt(reference.get(f"words/{m}")) for m in ("precision", "recall", "f1")) + " |")
+    return "\n".join(lines)

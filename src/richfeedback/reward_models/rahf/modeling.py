@@ -1,0 +1,207 @@
+"""RAHF (Rich Automatic Human Feedback, Liang et al., CVPR 2024) in one file.
+
+Image patches from a ViT are projected to the T5 width and concatenated with the prompt's T5 token embeddings; one
+T5 encoder runs over both. The fused *image* tokens, as a grid, feed the heatmap heads (implausibility,
+misalignment) and the score heads (plausibility, alignment, aesthetics, overall); the fused *text* tokens feed the T5
+decoder, which writes the prompt back with misaligned words marked `word_0`.
+
+Module and parameter names follow the public PyTorch reimplementation (youweiliang/RichHF) so its checkpoint loads
+with every key accounted for (see `checkpoint.py`). Where we differ, on purpose:
+- the encoder gets an attention mask (image tokens always attended, text padding never), so an image's outputs do
+  not depend on the other prompts in its batch; the reference passes none;
+- tokenization happens in `RAHFProcessor`, outside `forward`, and the augmented-prompt variant encodes its six task
+  prompts in one batched pass instead of six sequential ones (same result);
+- the heads take their widths from the config, so the same classes build the tiny, ShapesWorld and large models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PreTrainedModel, T5ForConditionalGeneration, ViTModel
+from transformers.modeling_outputs import BaseModelOutput
+
+from .configuration import HEATMAP_NAMES, SCORE_NAMES, RAHFConfig
+
+# The augmented-prompt variant's task prompts, in the order of `task_input_ids`.
+TASKS: tuple[tuple[str, str], ...] = tuple([("SCORE", n) for n in SCORE_NAMES] + [("HEATMAP", n) for n in HEATMAP_NAMES])
+
+
+def task_prompt(kind: str, name: str, prompt: str) -> str:
+    return f"<output> {kind}: {name} </output> {prompt}"
+
+
+class ChannelRMSNorm(nn.Module):
+    """T5-style RMS norm over the channels of a feature map: x * rsqrt(mean_c(x^2) + eps) * scale (no mean, no bias)."""
+
+    def __init__(self, channels: int, eps: float = 1e-8):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(channels, 1, 1))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps) * self.scale
+
+
+class HeatmapPredictor(nn.Module):
+    """Token grid (B, D, g, g) -> heatmap (B, g * 2**stages, same) in [0, 1]: two convs, then per stage a transposed
+    conv that doubles the resolution followed by a residual conv block."""
+
+    def __init__(self, in_channels: int, conv_channels: list[int], up_channels: list[int]):
+        super().__init__()
+        c0, c1 = conv_channels
+        self.conv_layers = nn.Sequential(
+            nn.Conv2d(in_channels, c0, 3, padding="same"), nn.ReLU(), ChannelRMSNorm(c0),
+            nn.Conv2d(c0, c1, 3, padding="same"), nn.ReLU(), ChannelRMSNorm(c1),
+        )
+        self.deconv_layers = nn.ModuleList()
+        self.conv_layers2 = nn.ModuleList()
+        previous = c1
+        for out in up_channels:
+            self.deconv_layers.append(nn.Sequential(
+                nn.ConvTranspose2d(previous, out, 3, stride=2, padding=1, output_padding=1), ChannelRMSNorm(out), nn.ReLU()))
+            self.conv_layers2.append(nn.Sequential(
+                nn.Conv2d(out, out, 3, padding="same"), ChannelRMSNorm(out), nn.ReLU(),
+                nn.Conv2d(out, out, 3, padding="same"), ChannelRMSNorm(out)))
+            previous = out
+        self.last_conv1 = nn.Sequential(nn.Conv2d(previous, previous, 3, padding="same"), nn.ReLU())
+        self.last_conv2 = nn.Conv2d(previous, 1, 3, padding="same")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_layers(x)
+        for deconv, block in zip(self.deconv_layers, self.conv_layers2):
+            x = deconv(x)
+            x = F.relu(block(x) + x)
+        return torch.sigmoid(self.last_conv2(self.last_conv1(x))).squeeze(1)
+
+
+class ScorePredictor(nn.Module):
+    """Token grid (B, D, g, g) -> score (B,) in [0, 1]: conv blocks narrowing the channels, then an MLP."""
+
+    def __init__(self, in_channels: int, conv_channels: list[int], num_patches: int, hidden_sizes: list[int]):
+        super().__init__()
+        layers, previous = [], in_channels
+        for out in conv_channels:
+            layers += [nn.Conv2d(previous, out, 3, padding=1), ChannelRMSNorm(out), nn.ReLU()]
+            previous = out
+        self.conv_layers = nn.Sequential(*layers)
+        linear, width = [], previous * num_patches
+        for hidden in hidden_sizes:
+            linear += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        linear += [nn.Linear(width, 1), nn.Sigmoid()]
+        self.linear_layers = nn.Sequential(*linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_layers(self.conv_layers(x).flatten(1)).flatten()
+
+
+@dataclasses.dataclass
+class RAHFOutput:
+    heatmaps: dict[str, torch.Tensor]  # name -> (B, H, W) in [0, 1]
+    scores: dict[str, torch.Tensor]  # name -> (B,) in [0, 1]
+    seq_loss: Optional[torch.Tensor] = None  # teacher-forced cross-entropy of the misaligned-word sequence
+    text_hidden_states: Optional[torch.Tensor] = None  # fused text tokens, what the decoder reads
+    text_attention_mask: Optional[torch.Tensor] = None
+
+
+class RAHFPreTrainedModel(PreTrainedModel):
+    config_class = RAHFConfig
+    base_model_prefix = "rahf"
+    main_input_name = "pixel_values"
+
+    def _init_weights(self, module):
+        # ViT and T5 initialise their own modules; the heads keep PyTorch's default initialisation as the reference.
+        pass
+
+
+class RAHFModel(RAHFPreTrainedModel):
+    def __init__(self, config: RAHFConfig):
+        super().__init__(config)
+        # The pooler is unused (and frozen in training) but part of the public checkpoint's layout.
+        self.vit = ViTModel(config.vit_config(), add_pooling_layer=True)
+        self.t5 = T5ForConditionalGeneration(config.t5_config())
+        d_model, grid = config.t5["d_model"], config.grid_size
+        self.visual_token_projection = nn.Linear(config.vit["hidden_size"], d_model)
+        if len(config.heatmap_up_channels) != config.num_upsampling_stages:
+            raise ValueError(f"heatmap_up_channels needs {config.num_upsampling_stages} stages to undo patch size "
+                             f"{config.vit['patch_size']}, got {len(config.heatmap_up_channels)}")
+
+        def heatmap_head():
+            return HeatmapPredictor(d_model, config.heatmap_conv_channels, config.heatmap_up_channels)
+
+        def score_head():
+            return ScorePredictor(d_model, config.score_conv_channels, grid * grid, config.score_hidden_sizes)
+
+        if config.variant == "multi_head":
+            self.heatmap_predictor = nn.ModuleDict({name: heatmap_head() for name in HEATMAP_NAMES})
+            self.score_predictor = nn.ModuleDict({name: score_head() for name in SCORE_NAMES})
+        else:
+            self.heatmap_predictor = heatmap_head()
+            self.score_predictor = score_head()
+        self.post_init()
+
+    # -- encoder -------------------------------------------------------------------------------------------------
+
+    def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + g*g, d_model): ViT tokens (CLS first) projected to the T5 width."""
+        return self.visual_token_projection(self.vit(pixel_values=pixel_values).last_hidden_state)
+
+    def fuse(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Run the T5 encoder over [image tokens; text tokens]; returns (hidden states, their attention mask)."""
+        text = self.t5.get_input_embeddings()(input_ids)
+        mask = torch.cat([attention_mask.new_ones(image_tokens.shape[:2]), attention_mask], dim=1)
+        hidden = self.t5.encoder(inputs_embeds=torch.cat([image_tokens, text], dim=1), attention_mask=mask)
+        return hidden.last_hidden_state, mask
+
+    def _grid(self, hidden: torch.Tensor) -> torch.Tensor:
+        g = self.config.grid_size
+        patches = hidden[:, 1 : 1 + g * g]  # drop CLS
+        return patches.transpose(1, 2).reshape(hidden.shape[0], -1, g, g)
+
+    # -- forward -------------------------------------------------------------------------------------------------
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: Optional[torch.Tensor] = None, task_input_ids: Optional[torch.Tensor] = None,
+                task_attention_mask: Optional[torch.Tensor] = None) -> RAHFOutput:
+        """`labels`: target token ids of the marked prompt, -100 where padded (then `seq_loss` is returned).
+        `task_input_ids` / `task_attention_mask` (B, 6, L): the augmented-prompt variant's task prompts, in `TASKS`
+        order (`RAHFProcessor` makes them)."""
+        vis = self.image_tokens(pixel_values)
+        hidden, mask = self.fuse(vis, input_ids, attention_mask)
+        n_vis = vis.shape[1]
+        if self.config.variant == "multi_head":
+            grid = self._grid(hidden)
+            heatmaps = {name: head(grid) for name, head in self.heatmap_predictor.items()}
+            scores = {name: head(grid) for name, head in self.score_predictor.items()}
+        else:
+            if task_input_ids is None or task_attention_mask is None:
+                raise ValueError("the augmented-prompt variant needs task_input_ids and task_attention_mask "
+                                 "(RAHFProcessor makes them)")
+            b, t, length = task_input_ids.shape
+            task_hidden, _ = self.fuse(vis.repeat_interleave(t, dim=0), task_input_ids.reshape(b * t, length),
+                                       task_attention_mask.reshape(b * t, length))
+            grids = self._grid(task_hidden).reshape(b, t, -1, self.config.grid_size, self.config.grid_size)
+            heatmaps, scores = {}, {}
+            for i, (kind, name) in enumerate(TASKS):
+                if kind == "SCORE":
+                    scores[name] = self.score_predictor(grids[:, i])
+                else:
+                    heatmaps[name] = self.heatmap_predictor(grids[:, i])
+        text_hidden, text_mask = hidden[:, n_vis:], mask[:, n_vis:]
+        seq_loss = None
+        if labels is not None:
+            seq_loss = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=text_hidden),
+                               attention_mask=text_mask, labels=labels).loss
+        return RAHFOutput(heatmaps, scores, seq_loss, text_hidden, text_mask)
+
+    @torch.no_grad()
+    def generate_marked_prompt(self, output: RAHFOutput, max_new_tokens: Optional[int] = None) -> torch.Tensor:
+        """Greedy decoding of the prompt with misaligned words marked, from a forward pass's text tokens."""
+        return self.t5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=output.text_hidden_states),
+                                attention_mask=output.text_attention_mask,
+                                max_new_tokens=max_new_tokens or self.config.max_new_tokens, do_sample=False)

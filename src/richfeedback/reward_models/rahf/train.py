@@ -1,0 +1,293 @@
+"""Train RAHF with accelerate: one straight loop, its options in a YAML file.
+
+    accelerate launch -m richfeedback.reward_models.rahf.train --config configs/rahf/shapes.yaml
+    richfeedback rahf train --config configs/rahf/shapes.yaml [--resume] [--set optim.lr=1e-4 ...]
+    # two processes on CPU (tests the distributed path; no speed-up on 2 cores):
+    accelerate launch --multi_gpu --num_processes 2 -m richfeedback.reward_models.rahf.train --config ...
+
+Loss: heatmap MSE + score MSE + teacher-forced cross-entropy of the marked prompt (padding ignored), each weighted.
+AdamW with warm-up then cosine decay per step; gradient accumulation; mixed precision; checkpoints every N steps
+(written atomically) and `--resume` from the latest; the dev split is evaluated after each epoch with the paper's
+metrics, and the best model by the reference's selection rule is kept in `OUTPUT/best` (a `from_pretrained`
+folder with its tokenizer); `OUTPUT/final` is the last. Tensorboard logs are in `OUTPUT/logs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm.auto import tqdm
+
+from .configuration import HEATMAP_NAMES, SCORE_NAMES, RAHFConfig
+from .modeling import RAHFModel
+
+DEFAULTS = {
+    "seed": 0,
+    "output_dir": "runs/rahf",
+    "model": {"size": "shapes", "variant": "multi_head", "init": None},
+    "data": {"path": None, "train_split": "train", "dev_split": "dev", "num_workers": 0, "max_dev_examples": None},
+    "optim": {"lr": 3.0e-4, "decoder_lr_scale": 1.0, "weight_decay": 2.0e-3, "epochs": 10, "batch_size": 32,
+              "grad_accum": 1, "warmup_steps": 100, "min_lr_ratio": 0.05, "max_grad_norm": 1.0, "max_steps": None},
+    "loss_weights": {"heatmap": 1.0, "score": 1.0, "seq": 1.0},
+    "mixed_precision": "no",
+    "checkpoint_every_steps": 200,
+    "stop_after_steps": None,  # checkpoint and exit at this step (time-sliced or preemptible jobs); --resume goes on
+    "keep_checkpoints": 2,
+    "eval_generate": True,
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: Optional[str], sets: list[str] = ()) -> dict:
+    cfg = copy.deepcopy(DEFAULTS)
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such training config (see configs/rahf/ for examples)")
+        cfg = merge(cfg, yaml.safe_load(p.read_text()) or {})
+    for item in sets:  # --set optim.lr=1e-4
+        key, _, value = item.partition("=")
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = yaml.safe_load(value)
+    return cfg
+
+
+def build_model(cfg: dict):
+    from .checkpoint import load_public_checkpoint
+    from .processing import RAHFProcessor, load_tokenizer
+
+    init = cfg["model"].get("init")
+    if init and Path(init).is_dir():
+        model = RAHFModel.from_pretrained(init)
+        tokenizer = load_tokenizer(model.config, init)
+    elif init:
+        model = load_public_checkpoint(init, size=cfg["model"]["size"])
+        tokenizer = load_tokenizer(model.config)
+    else:
+        model = RAHFModel(RAHFConfig.from_size(cfg["model"]["size"], variant=cfg["model"]["variant"]))
+        tokenizer = load_tokenizer(model.config)
+    if len(tokenizer) > model.config.t5["vocab_size"]:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's T5 only {model.config.t5['vocab_size']}")
+    model.vit.pooler.requires_grad_(False)  # unused by RAHF, as in the reference
+    return model, RAHFProcessor(tokenizer, model.config)
+
+
+def compute_loss(output, batch: dict, weights: dict) -> tuple[torch.Tensor, dict]:
+    heatmap = sum(F.mse_loss(output.heatmaps[n].float(), batch["target_heatmaps"][:, i]) for i, n in enumerate(HEATMAP_NAMES))
+    score = sum(F.mse_loss(output.scores[n].float(), batch["target_scores"][:, i]) for i, n in enumerate(SCORE_NAMES))
+    total = weights["heatmap"] * heatmap + weights["score"] * score + weights["seq"] * output.seq_loss
+    return total, {"loss/heatmap": heatmap.item(), "loss/score": score.item(), "loss/seq": output.seq_loss.item(),
+                   "loss/total": total.item()}
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _save_atomically(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(output_dir: Path) -> Optional[Path]:
+    done = [p for p in (output_dir / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from torch.utils.data import DataLoader
+
+    from ...shapesworld.dataset import load_shapesworld_dataset
+    from .data import Collator, RichFeedbackDataset, check_columns, model_inputs
+    from .evaluate import compute_metrics, predict_split
+
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    o = cfg["optim"]
+    accelerator = Accelerator(
+        cpu=cpu or not torch.cuda.is_available(), mixed_precision=cfg["mixed_precision"],
+        gradient_accumulation_steps=o["grad_accum"], log_with="tensorboard", project_dir=str(out / "logs"),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(cfg["seed"])
+    if not cfg["data"]["path"]:
+        raise ValueError("set data.path to a dataset folder (richfeedback shapesworld make-dataset --out DIR)")
+    data = load_shapesworld_dataset(cfg["data"]["path"])
+    for split in (cfg["data"]["train_split"], cfg["data"]["dev_split"]):
+        if split not in data:
+            raise ValueError(f"{cfg['data']['path']} has no split {split!r}; it has {list(data)}")
+        check_columns(data[split], f"{cfg['data']['path']}[{split}]")
+    dev = data[cfg["data"]["dev_split"]]
+    if cfg["data"]["max_dev_examples"]:
+        dev = dev.select(range(min(len(dev), cfg["data"]["max_dev_examples"])))
+
+    model, processor = build_model(cfg)
+    loader = DataLoader(RichFeedbackDataset(data[cfg["data"]["train_split"]], processor), batch_size=o["batch_size"],
+                        shuffle=True, drop_last=True, collate_fn=Collator(processor),
+                        num_workers=cfg["data"]["num_workers"], generator=torch.Generator().manual_seed(cfg["seed"]))
+    decoder = [p for n, p in model.named_parameters() if n.startswith("t5.decoder.") and p.requires_grad]
+    decoder_ids = {id(p) for p in decoder}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in decoder_ids]
+    optimizer = torch.optim.AdamW([{"params": others, "lr": o["lr"]},
+                                   {"params": decoder, "lr": o["lr"] * o["decoder_lr_scale"]}],
+                                  lr=o["lr"], weight_decay=o["weight_decay"])
+    steps_per_epoch = len(loader) // o["grad_accum"]
+    total_steps = o["max_steps"] or steps_per_epoch * o["epochs"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, o["warmup_steps"], o["min_lr_ratio"]))
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    accelerator.init_trackers("rahf", config={"config": json.dumps(cfg)})
+    if accelerator.is_main_process:
+        (out / "distributed.txt").write_text(f"{accelerator.distributed_type} processes={accelerator.num_processes}\n")
+
+    step, best = 0, -float("inf")
+    if resume:
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
+            accelerator.print(f"no checkpoint in {out / 'checkpoints'}: starting from scratch")
+        else:
+            accelerator.load_state(str(checkpoint))
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            step, best = state["step"], state["best"]
+            accelerator.print(f"resumed from {checkpoint} at step {step}")
+
+    def save_checkpoint():
+        accelerator.wait_for_everyone()
+        path = out / "checkpoints" / f"step-{step}"
+        if accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # every process writes its own RNG state, so the save runs on all of them; the folder is renamed after
+        tmp = path.with_name(path.name + ".tmp")
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "best": best}))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+            kept = sorted((p for p in path.parent.glob("step-*") if not p.name.endswith(".tmp")),
+                          key=lambda p: int(p.name.split("-")[1]))
+            for old in kept[: -cfg["keep_checkpoints"]]:
+                shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+
+    def save_model(name: str):
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+
+            def write(tmp):
+                unwrapped.save_pretrained(tmp)
+                processor.tokenizer.save_pretrained(tmp)
+            _save_atomically(out / name, write)
+
+    bar = tqdm(total=total_steps, initial=step, desc="rahf train", disable=not accelerator.is_local_main_process)
+    model.train()
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        loader.set_epoch(epoch)
+        skip = (step % steps_per_epoch) * o["grad_accum"]
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in epoch_loader:
+            with accelerator.accumulate(model):
+                output = model(**model_inputs(batch))
+                loss, parts = compute_loss(output, batch, cfg["loss_weights"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), o["max_grad_norm"])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss/total']:.4f}")
+            accelerator.log({**parts, "lr": scheduler.get_last_lr()[0]}, step=step)
+            if accelerator.is_main_process:
+                with open(out / "train_log.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, **parts}) + "\n")
+            stopping = cfg["stop_after_steps"] is not None and step >= cfg["stop_after_steps"]
+            if step % cfg["checkpoint_every_steps"] == 0 or step == total_steps or stopping:
+                save_checkpoint()
+            if stopping:
+                bar.close()
+                accelerator.end_training()
+                accelerator.print(f"stopped at step {step} as asked; continue with --resume ({out / 'checkpoints'})")
+                return out / "checkpoints" / f"step-{step}"
+            if step >= total_steps or step % steps_per_epoch == 0:
+                break
+        if step % steps_per_epoch == 0 or step >= total_steps:
+            # dev evaluation after each epoch (and at the end), on the main process
+            if accelerator.is_main_process:
+                result = compute_metrics(predict_split(accelerator.unwrap_model(model), processor, dev,
+                                                       generate=cfg["eval_generate"], device=accelerator.device))
+                accelerator.log({f"dev/{k}": v for k, v in result.items() if isinstance(v, float)}, step=step)
+                if result["avg_metric"] > best:
+                    best = result["avg_metric"]
+                    save_model("best")
+                    (out / "best_metrics.json").write_text(json.dumps({"step": step, **result}, indent=2))
+                accelerator.print(f"step {step} (epoch {epoch + 1}): dev avg_metric {result['avg_metric']:.4f} "
+                                  f"(best {best:.4f})")
+            model.train()
+            accelerator.wait_for_everyone()
+    bar.close()
+    save_model("final")
+    accelerator.end_training()
+    accelerator.print(f"done: best model in {out / 'best'}, last in {out / 'final'}, logs in {out / 'logs'}")
+    return out / "best"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", required=True, help="YAML file (see configs/rahf/)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(description=__doc__,
+                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+        train(cfg, resume=args.resume, cpu=args.cpu)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"rahf train: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

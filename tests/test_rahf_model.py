@@ -1,0 +1,75 @@
+"""RAHF's architecture: both variants, the large layout, and outputs that do not depend on the batch."""
+
+import pytest
+import torch
+
+from richfeedback.reward_models.rahf.configuration import HEATMAP_NAMES, SCORE_NAMES, RAHFConfig
+from richfeedback.reward_models.rahf.modeling import RAHFModel
+from richfeedback.reward_models.rahf.processing import RAHFProcessor, build_shapesworld_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_shapesworld_tokenizer()
+
+
+def make(variant, tokenizer, seed=0):
+    torch.manual_seed(seed)
+    config = RAHFConfig.from_size("tiny", variant=variant)
+    return RAHFModel(config).eval(), RAHFProcessor(tokenizer, config)
+
+
+@pytest.mark.parametrize("variant", ["multi_head", "augmented_prompt"])
+def test_outputs_have_image_sized_heatmaps_and_unit_interval_scores(variant, tokenizer):
+    model, processor = make(variant, tokenizer)
+    images = torch.rand(3, 3, 48, 48)  # resized to the model's 32x32 by the processor
+    prompts = ["a red circle", "two blue squares and a green triangle", "a small yellow square on the left"]
+    labeled = ["a red_0 circle", "two blue squares and a green triangle", "a small yellow_0 square on the left"]
+    output = model(**processor(images, prompts, labeled))
+    assert set(output.heatmaps) == set(HEATMAP_NAMES) and set(output.scores) == set(SCORE_NAMES)
+    for heatmap in output.heatmaps.values():
+        assert heatmap.shape == (3, 32, 32) and 0 <= heatmap.min() and heatmap.max() <= 1
+    for score in output.scores.values():
+        assert score.shape == (3,) and ((0 <= score) & (score <= 1)).all()
+    assert torch.isfinite(output.seq_loss)
+    assert model.generate_marked_prompt(output, max_new_tokens=6).shape[0] == 3
+
+
+@pytest.mark.parametrize("variant", ["multi_head", "augmented_prompt"])
+def test_an_images_outputs_do_not_depend_on_its_batch(variant, tokenizer):
+    model, processor = make(variant, tokenizer)
+    images = torch.rand(2, 3, 32, 32)
+    alone = model(**processor(images[:1], ["a red circle"]))
+    # The other prompt is much longer, so the first one is padded in the batch.
+    together = model(**processor(images, ["a red circle", "a green square on the top, a red circle in the center "
+                                                          "and a small blue triangle on the bottom"]))
+    for name in SCORE_NAMES:
+        torch.testing.assert_close(together.scores[name][:1], alone.scores[name], atol=1e-5, rtol=1e-5)
+    for name in HEATMAP_NAMES:
+        torch.testing.assert_close(together.heatmaps[name][:1], alone.heatmaps[name], atol=1e-5, rtol=1e-5)
+
+
+def test_save_and_load_round_trip_gives_identical_outputs(tmp_path, tokenizer):
+    model, processor = make("multi_head", tokenizer)
+    model.save_pretrained(tmp_path)
+    again = RAHFModel.from_pretrained(tmp_path).eval()
+    inputs = processor(torch.rand(2, 3, 32, 32), ["a red circle", "two blue squares"])
+    a, b = model(**inputs), again(**inputs)
+    for name in SCORE_NAMES:
+        assert torch.equal(a.scores[name], b.scores[name])
+    assert (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("variant, keys, params", [("multi_head", 842, 642_612_710),
+                                                   ("augmented_prompt", 724, 573_074_938)])
+def test_large_size_matches_the_public_layout(variant, keys, params):
+    with torch.device("meta"):
+        model = RAHFModel(RAHFConfig.from_size("large", variant=variant))
+    assert len(model.state_dict()) == keys
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model.config.grid_size == 24 and model.config.num_upsampling_stages == 4
+
+
+def test_unknown_size_lists_the_available_ones():
+    with pytest.raises(ValueError, match=r"available: \['large', 'shapes', 'tiny'\]"):
+        RAHFConfig.from_size("huge")
