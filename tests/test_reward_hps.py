@@ -1,4 +1,5 @@
-"""HPSv2 / v2.1: a reduced open_clip ViT-H-14-structured model saved as {"state_dict": ...} like HPS_v2*_compressed.pt."""
+"""HPSv2 / v2.1: a reduced open_clip model with ViT-H-14's structure, saved as {"state_dict": ...} like the
+official HPS_v2*_compressed.pt."""
 
 import numpy as np
 import pytest
@@ -97,7 +98,8 @@ def test_v2_0_loads_its_own_file_name(tmp_path):
 def test_a_file_that_does_not_fit_the_config_is_refused_with_the_shapes(checkpoint):
     path, config = checkpoint
     other = {**config, "embed_dim": 16}  # as a reduced file loaded without its config= meets the full ViT-H-14
-    with pytest.raises(CheckpointError, match=r"with other shapes: text_projection \(file \(32, 32\), model \(32, 16\)\)"):
+    expected = r"with other shapes: text_projection \(file \(32, 32\), model \(32, 16\)\)"
+    with pytest.raises(CheckpointError, match=expected):
         load_reward_model("hpsv2.1", weights=path, config=other)
 
 

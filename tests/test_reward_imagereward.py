@@ -79,8 +79,8 @@ def blip_vit_from_formulas(state, config, x):
         h = (attention @ v).transpose(1, 2).reshape(x.shape)
         x = x + F.linear(h, b("attn.proj.weight"), b("attn.proj.bias"))
         h = F.layer_norm(x, (width,), b("norm2.weight"), b("norm2.bias"), eps=1e-6)
-        h = F.linear(F.gelu(F.linear(h, b("mlp.fc1.weight"), b("mlp.fc1.bias"))), b("mlp.fc2.weight"), b("mlp.fc2.bias"))
-        x = x + h
+        h = F.gelu(F.linear(h, b("mlp.fc1.weight"), b("mlp.fc1.bias")))
+        x = x + F.linear(h, b("mlp.fc2.weight"), b("mlp.fc2.bias"))
     return F.layer_norm(x, (width,), p["norm.weight"], p["norm.bias"], eps=1e-6)
 
 

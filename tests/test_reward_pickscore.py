@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 from richfeedback.reward_models import CheckpointError, load_reward_model
 from richfeedback.reward_models.tiny_checkpoints import write_tiny_pickscore
 
-PROMPTS = ["a red circle on the left", "two blue squares and a large yellow triangle at the top", "a red circle on the left"]
+PROMPTS = ["a red circle on the left", "two blue squares and a large yellow triangle at the top",
+           "a red circle on the left"]
 
 
 @pytest.fixture(scope="module")

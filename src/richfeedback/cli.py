@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit status 2, no traceback."""
+from .errors import UsageError  # one class, also when this module runs as __main__
 
 
 def read_prompts(args) -> list[str]:
@@ -151,8 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-proc", type=int, default=1, help="worker processes (the rows are the same for any number)")
     p.set_defaults(func=cmd_make_dataset)
 
+    from .reward_models.cli import add_score_command
     from .reward_models.rahf.cli import add_rahf_command
 
+    add_score_command(sub)
     add_rahf_command(sub)
     return parser
 

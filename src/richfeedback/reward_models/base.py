@@ -6,7 +6,9 @@ Images may be PIL images, file paths, uint8 arrays (H, W, 3) or (H, W), uint8 te
 (`ImageTransform.from_tensor`), which `differentiable` also uses so gradients reach the pixels.
 
 Scores do not depend on batch composition: every model pads text with an attention mask (or a causal mask that
-padding cannot reach), and images never interact.
+padding cannot reach), and images never interact. `score` runs the networks once per batch of `max_batch_size`
+images (text encoders once per distinct prompt where the text does not see the image) and preprocesses the images of
+a batch on `preprocess_threads` threads.
 """
 
 from __future__ import annotations
@@ -57,13 +59,15 @@ def as_image_list(images) -> list:
     return list(images)
 
 
-def load_image(image: ImageInput) -> Union[np.ndarray, Image.Image, torch.Tensor]:
-    """8-bit inputs as a uint8 (H, W, 3) array (or the PIL image itself when it is already RGB), float inputs as a
-    (3, H, W) tensor in [0, 1]; errors say what was wrong."""
+def load_image(image: ImageInput) -> Union[np.ndarray, torch.Tensor]:
+    """A uint8 (H, W, 3) array for 8-bit inputs, or a float (3, H, W) tensor in [0, 1]; errors say what was wrong.
+
+    Every `transform.from_pixels` receives such an array (RAHF's transform relies on it too).
+    """
     if isinstance(image, (str, os.PathLike)):
         return load_rgb(image)  # raises ImageLoadError naming the file
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else to_rgb_array(image)
+        return to_rgb_array(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise TypeError(f"a numpy image must be uint8 (H, W, 3), got {image.dtype}; pass float images as a torch "
@@ -106,8 +110,8 @@ class RewardModel(torch.nn.Module):
     scale: str = ""
     higher_is_better: bool = True
     needs_prompt: bool = True
-    # Submodules that stay in float32 whatever `dtype` the model runs in: the small score heads, where bf16 rounding
-    # would add ~1e-2 to a score for no speed gain.
+    # Submodules that stay in float32 whatever `dtype` the model runs in: the small score heads, where half-precision
+    # rounding would add error for no measurable speed gain.
     fp32_modules: tuple[str, ...] = ()
 
     def __init__(self, transform: ImageTransform, max_batch_size: int = 32):
@@ -137,6 +141,8 @@ class RewardModel(torch.nn.Module):
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
         """(3, size, size) float32 model input of one image (see the module docstring for which path it takes)."""
+        if isinstance(image, Image.Image) and image.mode == "RGB" and isinstance(self.transform, ImageTransform):
+            return self.transform.from_pixels(image)  # ImageTransform takes RGB PIL images: no copy to an array
         image = load_image(image)
         if isinstance(image, torch.Tensor):
             return self.transform.from_tensor(image[None].float())[0]

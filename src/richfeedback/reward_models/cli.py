@@ -44,7 +44,7 @@ def add_score_command(subparsers) -> argparse.ArgumentParser:
 
 
 def _usage_error(message: str) -> Exception:
-    from ..cli import UsageError  # imported late: richfeedback.cli imports this module
+    from ..errors import UsageError
 
     return UsageError(message)
 
@@ -127,16 +127,11 @@ def _match_by_file_name(rows: list[dict], paths: list[Path], source: Path) -> li
 
 
 def load_models(specs, device: str, dtype: str) -> dict:
+    """Each model once. Missing or unusable weights raise WeightsNotFoundError (a FileNotFoundError) or
+    CheckpointError (a ValueError), which `richfeedback`'s main prints as one line, like a usage error."""
     from .registry import load_reward_model
-    from .weights import CheckpointError, WeightsNotFoundError
 
-    models = {}
-    for name, weights in specs:
-        try:
-            models[name] = load_reward_model(name, weights, device=device, dtype=dtype)
-        except (WeightsNotFoundError, CheckpointError) as err:
-            raise _usage_error(str(err)) from None
-    return models
+    return {name: load_reward_model(name, weights, device=device, dtype=dtype) for name, weights in specs}
 
 
 def cmd_score(args) -> None:
@@ -195,14 +190,14 @@ def cmd_score(args) -> None:
 
 def main(argv=None) -> int:
     """`python -m richfeedback.reward_models.cli ...`: the score command on its own."""
-    from ..cli import UsageError
+    from ..errors import UsageError
 
     parser = argparse.ArgumentParser(prog="richfeedback")
     add_score_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except UsageError as err:
+    except (UsageError, FileNotFoundError, ValueError) as err:
         print(f"richfeedback: error: {err}", file=sys.stderr)
         return 2
     return 0

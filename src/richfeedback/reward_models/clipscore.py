@@ -31,8 +31,7 @@ class CLIPScore(RewardModel):
         self.weight = weight
         self.prefix = prefix
         self.max_text_length = clip.config.text_config.max_position_embeddings
-        self.scale = (f"{weight} x max(cosine(text, image), 0), in [0, {weight}]; captions that fit their image "
-                      "typically score ~0.7-0.8 with w = 2.5")
+        self.scale = f"{weight} x max(cosine(text, image), 0), in [0, {weight}]; a baseline, weakly tied to preference"
 
     def forward(self, prompts: list[str], pixel_values: torch.Tensor) -> torch.Tensor:
         texts, index = unique_prompts([self.prefix + p for p in prompts])

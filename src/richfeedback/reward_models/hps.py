@@ -34,8 +34,8 @@ ARCHITECTURE = "ViT-H-14"
 
 
 class HPSv2(RewardModel):
-    scale = ("100 x cosine(image, text), as the HPSv2 benchmark reports it: model averages ~25-32; compare images of "
-             "the same prompt; v2.0 and v2.1 differ in scale")
+    scale = ("100 x cosine(image, text), as the HPSv2 benchmark reports it (model averages ~24-28 on v2.0, ~15-31 on "
+             "v2.1); compare images of the same prompt, and never v2.0 with v2.1 scores")
 
     def __init__(self, clip, tokenizer, transform: ImageTransform, version: str, max_batch_size: int = 32):
         super().__init__(transform, max_batch_size)

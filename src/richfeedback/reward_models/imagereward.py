@@ -37,8 +37,8 @@ from torch import nn
 from .base import RewardModel, as_image_list, prepare
 from .heads import LinearMLPHead
 from .preprocess import ImageTransform
-from .weights import CheckpointError, find_weights_file, load_state_dict_strictly, pretrained_not_found, \
-    read_state_dict
+from .weights import (CheckpointError, find_weights_file, load_state_dict_strictly, pretrained_not_found,
+                      read_state_dict)
 
 HUB_REPO = "THUDM/ImageReward"
 CHECKPOINT_FILE = "ImageReward.pt"
@@ -149,7 +149,7 @@ class ImageReward(RewardModel):
 
 
 def load_bert_tokenizer(source: str):
-    """BERT uncased plus BLIP's two added tokens: [DEC] as bos (id 30522) and [ENC] (30523), as BLIP's init_tokenizer."""
+    """BERT uncased plus BLIP's two added tokens, as BLIP's init_tokenizer: [DEC] as bos (30522) and [ENC] (30523)."""
     from transformers import BertTokenizer
 
     try:

@@ -25,15 +25,17 @@ from .weights import find_pretrained_folder
 
 HUB_MODEL = "yuvalkirstain/PickScore_v1"
 HUB_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-PROCESSOR_FILES_HINT = (f" PickScore_v1 has no processor files: add those of {HUB_PROCESSOR} to the same folder "
-                        f"(`hf download {HUB_PROCESSOR} preprocessor_config.json tokenizer.json tokenizer_config.json "
-                        "vocab.json merges.txt special_tokens_map.json --local-dir <that folder>`) or pass processor=.")
+PROCESSOR_FILES_HINT = (f" The processor (tokenizer and preprocessor_config.json) comes from the same folder when it "
+                        f"has one, else from {HUB_PROCESSOR} as in the PickScore README: offline, add its files to the "
+                        f"folder (`hf download {HUB_PROCESSOR} preprocessor_config.json tokenizer.json "
+                        "tokenizer_config.json vocab.json merges.txt special_tokens_map.json --local-dir <folder>`) or "
+                        "pass processor=.")
 
 
 class PickScore(RewardModel):
     name = "pickscore"
-    scale = ("logit_scale.exp() x cosine(text, image): typically ~18-24; only differences between images of the same "
-             "prompt are meaningful (probs() turns them into preferences)")
+    scale = ("logit_scale.exp() x cosine(text, image), ~20-23 for typical generations; compare images of the same "
+             "prompt (probs() turns their scores into preferences)")
 
     def __init__(self, clip, tokenizer, transform: ImageTransform, max_batch_size: int = 32):
         super().__init__(transform, max_batch_size)

@@ -3,11 +3,11 @@
 Every reward model here turns an RGB image into a normalised 224x224 tensor, but the references differ in details
 that move scores (a 1-level pixel difference moves the LAION aesthetic score by ~4e-3):
 
-| model                        | reference recipe                                                                  |
-|------------------------------|-----------------------------------------------------------------------------------|
-| ImageReward, aesthetic, CLIPScore | `clip`/torchvision on PIL: shorter side -> 224 (bicubic), centre crop with the offset rounded, ToTensor, CLIP mean/std |
-| PickScore                    | transformers' CLIP processor, PIL backend: the same, but the crop offset is floored |
-| HPSv2 / v2.1                 | ToTensor first, longer side -> 224 on the float tensor (bicubic, antialiased), zero-pad to a centred square |
+- ImageReward, aesthetic, CLIPScore (the `clip` package's transform, torchvision on PIL): shorter side to 224
+  (bicubic), centre crop with the offset rounded, ToTensor, CLIP mean/std.
+- PickScore (transformers' CLIP processor, PIL backend): the same, but the crop offset is floored.
+- HPSv2 / v2.1: ToTensor first, the longer side to 224 on the float tensor (bicubic, antialiased), zero padding to a
+  centred square, CLIP mean/std.
 
 `ImageTransform` describes one recipe and applies it two ways:
 

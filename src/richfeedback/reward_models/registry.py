@@ -87,5 +87,7 @@ register_reward_model("aesthetic", "richfeedback.reward_models.aesthetic:load_ae
                       description="LAION aesthetic v2: MLP on normalised CLIP ViT-L/14 image embeddings (prompt-free)")
 register_reward_model("clipscore", "richfeedback.reward_models.clipscore:load_clipscore",
                       description="CLIPScore baseline: 2.5 * max(cos, 0) with CLIP ViT-B/32 (Hessel et al.)")
-# RAHF's scores ("rahf:plausibility", "rahf:alignment", "rahf:aesthetics", "rahf:overall") belong to
-# richfeedback.reward_models.rahf, which registers them here in the same form.
+for _score in ("plausibility", "alignment", "aesthetics", "overall"):
+    register_reward_model(f"rahf:{_score}", f"richfeedback.reward_models.rahf.reward:load_rahf_{_score}",
+                          description=f"RAHF {_score} score in [0, 1] (default weights: the embedded ShapesWorld RAHF; "
+                                      "a public-layout checkpoint file loads as size 'large')")

@@ -3,13 +3,15 @@
 Each writer builds a small random model with the official key names and wrapping and writes it where and how the
 official files are written:
 
-| family      | files                                                                                       |
-|-------------|---------------------------------------------------------------------------------------------|
-| pickscore   | transformers CLIPModel folder (model.safetensors + config.json, with the legacy position_ids keys of PickScore_v1) + CLIP tokenizer and preprocessor_config.json |
-| clipscore   | transformers CLIPModel folder (quick_gelu, as OpenAI's) + tokenizer + preprocessor config      |
-| hpsv2(.1)   | `HPS_v2(.1)_compressed.pt` = torch.save({"state_dict": open_clip ViT-H-14-structured state_dict}) |
-| imagereward | `ImageReward.pt` = torch.save(bare state_dict with all 625-key-layout names incl. position_ids, vision_proj, text_proj) + med_config.json + vocab.txt |
-| aesthetic   | `sac+logos+ava1-l14-linearMSE.pth` = torch.save(OrderedDict layers.{0,2,4,6,7}) + `clip/` transformers CLIP folder |
+- pickscore: a transformers CLIPModel folder (model.safetensors with the legacy position_ids keys PickScore_v1's
+  file has, config.json), plus the CLIP tokenizer files and preprocessor_config.json.
+- clipscore: the same with quick_gelu, as OpenAI's CLIPs.
+- hpsv2 / hpsv2.1: `HPS_v2(.1)_compressed.pt` = torch.save({"state_dict": state_dict of an open_clip model with
+  ViT-H-14's structure}).
+- imagereward: `ImageReward.pt` = torch.save(a bare state_dict with the official layout's names, including the
+  position_ids, vision_proj and text_proj keys), plus med_config.json and a BERT vocab.txt.
+- aesthetic: `sac+logos+ava1-l14-linearMSE.pth` = torch.save(OrderedDict of layers.{0,2,4,6,7}), plus a `clip/`
+  transformers CLIP folder.
 
 The reduced architectures are returned as the `config=` the loaders need where the official file does not carry one.
 """
@@ -30,6 +32,13 @@ TINY_OPEN_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 16, "patch_size": 14},
     "text_cfg": {"context_length": 77, "vocab_size": CLIP_VOCAB, "width": 32, "heads": 4, "layers": 2},
+}
+
+# preprocessor_config.json of laion/CLIP-ViT-H-14-laion2B-s32B-b79K (PickScore's processor), in its legacy format.
+LAION_CLIP_PREPROCESSOR = {
+    "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224,
 }
 
 # Words of the ShapesWorld grammar and a few more, for a BERT WordPiece vocabulary that tokenizes test prompts.
@@ -73,7 +82,7 @@ def write_clip_folder(folder, *, seed: int = 0, quick_gelu: bool = False, projec
                       legacy_position_ids: bool = False, processor: bool = True) -> Path:
     """A transformers CLIPModel folder (safetensors), optionally with the tokenizer and image processor files."""
     from safetensors.torch import save_file
-    from transformers import CLIPImageProcessor, CLIPModel
+    from transformers import CLIPModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,7 +101,7 @@ def write_clip_folder(folder, *, seed: int = 0, quick_gelu: bool = False, projec
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     if processor:
         write_clip_tokenizer_files(folder)
-        CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(folder)
+        (folder / "preprocessor_config.json").write_text(json.dumps(LAION_CLIP_PREPROCESSOR, indent=2))
     return folder
 
 

@@ -40,6 +40,9 @@ DEFAULTS = {
     "optim": {"lr": 3.0e-4, "decoder_lr_scale": 1.0, "weight_decay": 2.0e-3, "epochs": 10, "batch_size": 32,
               "grad_accum": 1, "warmup_steps": 100, "min_lr_ratio": 0.05, "max_grad_norm": 1.0, "max_steps": None},
     "loss_weights": {"heatmap": 1.0, "score": 1.0, "seq": 1.0},
+    # "mse" as the reference. "bce" (binary cross-entropy on the same [0, 1] maps) keeps a useful gradient where a
+    # sigmoid output sits near 0 over mostly-empty maps, which MSE loses; models trained from scratch need it.
+    "heatmap_loss": "mse",
     "mixed_precision": "no",
     "checkpoint_every_steps": 200,
     "stop_after_steps": None,  # checkpoint and exit at this step (time-sliced or preemptible jobs); --resume goes on
@@ -68,7 +71,13 @@ def load_config(path: Optional[str], sets: list[str] = ()) -> dict:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node[part]
-        node[leaf] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads "5e-4" as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        node[leaf] = parsed
     return cfg
 
 
@@ -92,8 +101,13 @@ def build_model(cfg: dict):
     return model, RAHFProcessor(tokenizer, model.config)
 
 
-def compute_loss(output, batch: dict, weights: dict) -> tuple[torch.Tensor, dict]:
-    heatmap = sum(F.mse_loss(output.heatmaps[n].float(), batch["target_heatmaps"][:, i]) for i, n in enumerate(HEATMAP_NAMES))
+def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse") -> tuple[torch.Tensor, dict]:
+    if heatmap_loss not in ("mse", "bce"):
+        raise ValueError(f"heatmap_loss must be 'mse' or 'bce', got {heatmap_loss!r}")
+    map_loss = F.mse_loss if heatmap_loss == "mse" else F.binary_cross_entropy
+    heatmap = sum(map_loss(output.heatmaps[n].float().clamp(1e-6, 1 - 1e-6) if heatmap_loss == "bce"
+                           else output.heatmaps[n].float(), batch["target_heatmaps"][:, i])
+                  for i, n in enumerate(HEATMAP_NAMES))
     score = sum(F.mse_loss(output.scores[n].float(), batch["target_scores"][:, i]) for i, n in enumerate(SCORE_NAMES))
     total = weights["heatmap"] * heatmap + weights["score"] * score + weights["seq"] * output.seq_loss
     return total, {"loss/heatmap": heatmap.item(), "loss/score": score.item(), "loss/seq": output.seq_loss.item(),
@@ -220,7 +234,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         for batch in epoch_loader:
             with accelerator.accumulate(model):
                 output = model(**model_inputs(batch))
-                loss, parts = compute_loss(output, batch, cfg["loss_weights"])
+                loss, parts = compute_loss(output, batch, cfg["loss_weights"], cfg["heatmap_loss"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), o["max_grad_norm"])

@@ -1,0 +1,113 @@
+"""RAHF's four scores behind the common `RewardModel` interface (`rahf:plausibility`, `rahf:alignment`,
+`rahf:aesthetics`, `rahf:overall`, registered in `reward_models.registry`), and its heatmaps through
+`RAHFReward.heatmaps`.
+
+    scorer = load_reward_model("rahf:plausibility")                 # the embedded ShapesWorld RAHF
+    scorer = load_reward_model("rahf:overall", weights="model.pt")  # the public checkpoint (size "large")
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..base import RewardModel, prepare
+from .configuration import HEATMAP_NAMES, SCORE_NAMES
+from .modeling import RAHFModel
+from .processing import RAHFProcessor
+
+
+class StretchTransform:
+    """RAHF's preprocessing (ViTImageProcessor): resize to size x size ignoring the aspect ratio (bilinear), then
+    normalise with mean = std = 0.5. `from_pixels` goes through PIL as the reference does; `from_tensor` is the
+    differentiable equivalent (antialiased bilinear)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def from_pixels(self, image: np.ndarray) -> torch.Tensor:
+        pil = Image.fromarray(image)
+        if pil.size != (self.size, self.size):
+            pil = pil.resize((self.size, self.size), Image.BILINEAR)
+        pixels = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return (pixels - 0.5) / 0.5
+
+    def from_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-2:] != (self.size, self.size):
+            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                   antialias=True)
+        return (images - 0.5) / 0.5
+
+
+class RAHFReward(RewardModel):
+    """One of RAHF's scores as a reward; all four come out of the same forward pass."""
+
+    higher_is_better = True
+
+    def __init__(self, model: RAHFModel, processor: RAHFProcessor, score: str, max_batch_size: int = 32):
+        if score not in SCORE_NAMES:
+            raise ValueError(f"RAHF has no score {score!r}; it has {SCORE_NAMES}")
+        super().__init__(StretchTransform(model.config.vit["image_size"]), max_batch_size=max_batch_size)
+        self.model = model
+        self.processor = processor
+        self.score_name = score
+        self.name = f"rahf:{score}"
+        self.scale = f"RAHF {score} score in [0, 1] (a rich-feedback dataset's consolidated rating; higher is better)"
+
+    def _text(self, prompts: list[str]) -> dict:
+        return {k: v.to(self.device) for k, v in self.processor.text_inputs(prompts).items()}
+
+    def forward(self, prompts: list[str], pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values, **self._text(prompts)).scores[self.score_name].float()
+
+    def all_scores(self, prompts, images) -> dict[str, torch.Tensor]:
+        """Every RAHF score of the images, name -> (N,) tensor."""
+        return self._run(prompts, images, lambda out: {n: out.scores[n].float().cpu() for n in SCORE_NAMES})
+
+    def heatmaps(self, prompts, images) -> dict[str, torch.Tensor]:
+        """RAHF's implausibility and misalignment heatmaps, name -> (N, S, S) in [0, 1] at the model's resolution."""
+        return self._run(prompts, images, lambda out: {n: out.heatmaps[n].float().cpu() for n in HEATMAP_NAMES})
+
+    @torch.no_grad()
+    def _run(self, prompts, images, pick) -> dict[str, torch.Tensor]:
+        from ..base import as_image_list
+
+        images = as_image_list(images)
+        prompts = self.prompts_for(prompts, len(images))
+        parts: dict[str, list] = {}
+        for start in range(0, len(images), self.max_batch_size):
+            pixel_values = self.preprocess_batch(images[start : start + self.max_batch_size])
+            out = self.model(pixel_values=pixel_values.to(self.device, self.dtype),
+                             **self._text(prompts[start : start + self.max_batch_size]))
+            for name, value in pick(out).items():
+                parts.setdefault(name, []).append(value)
+        return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def load_rahf_reward(weights=None, *, score: str = "overall", device="cpu", dtype="fp32", max_batch_size: int = 32,
+                     size: str = "large", tokenizer: Optional[str] = None) -> RAHFReward:
+    from .predict import embedded_rahf_path, load_rahf
+
+    model, processor = load_rahf(weights, size=size, tokenizer=tokenizer)
+    source = str(weights) if weights not in (None, "embedded") else str(embedded_rahf_path())
+    return prepare(RAHFReward(model, processor, score, max_batch_size), device=device, dtype=dtype, source=source)
+
+
+def load_rahf_plausibility(weights=None, **kwargs) -> RAHFReward:
+    return load_rahf_reward(weights, score="plausibility", **kwargs)
+
+
+def load_rahf_alignment(weights=None, **kwargs) -> RAHFReward:
+    return load_rahf_reward(weights, score="alignment", **kwargs)
+
+
+def load_rahf_aesthetics(weights=None, **kwargs) -> RAHFReward:
+    return load_rahf_reward(weights, score="aesthetics", **kwargs)
+
+
+def load_rahf_overall(weights=None, **kwargs) -> RAHFReward:
+    return load_rahf_reward(weights, score="overall", **kwargs)
