@@ -1,10 +1,11 @@
 """Train the embedded ShapesWorld RAHF model, ship it, and write its model card.
 
-    python scripts/train_embedded_rahf.py [--n 10000] [--config configs/rahf/shapes.yaml]
+    python scripts/train_embedded_rahf.py [--n 10000] [--configs configs/rahf/shapes.yaml configs/rahf/shapes-continue.yaml]
 
 1. the ShapesWorld rich-feedback dataset (seeded; train/dev/test from disjoint seeds) in runs/embedded-rahf/data
-2. RAHF `shapes` size, multi-head, trained with the same loop as `richfeedback rahf train` (resumable: rerun it)
-3. the best dev checkpoint copied to src/richfeedback/embedded/rahf-shapes with its tokenizer
+2. RAHF `shapes` size, multi-head, trained with the same loop as `richfeedback rahf train`, one stage per config
+   (the second starts from the first's best model); resumable: rerun it
+3. the last stage's best dev checkpoint copied to src/richfeedback/embedded/rahf-shapes with its tokenizer
 4. the test split's tables next to the simulated raters' agreement, in MODEL_CARD.md and test_metrics.json
 """
 
@@ -30,12 +31,14 @@ from richfeedback.shapesworld.raters import agreement_as_rahf_metrics  # noqa: E
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs/rahf/shapes.yaml"))
+    parser.add_argument("--configs", nargs="+", default=[str(ROOT / "configs/rahf/shapes.yaml"),
+                                                         str(ROOT / "configs/rahf/shapes-continue.yaml")])
     parser.add_argument("--n", type=int, default=10000, help="dataset size over the three splits")
     parser.add_argument("--out", default=str(EMBEDDED_RAHF))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    cfg = load_config(args.config)
+    stages = [load_config(c) for c in args.configs]
+    cfg = stages[-1]
     data_dir = Path(cfg["data"]["path"])
     times = {}
     start = time.perf_counter()
@@ -44,7 +47,8 @@ def main(argv=None):
     times["data_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    best = train(cfg, resume=True)
+    for stage in stages:
+        best = train(stage, resume=True)
     times["train_s"] = time.perf_counter() - start
 
     out = Path(args.out)
@@ -64,6 +68,10 @@ def main(argv=None):
     params = sum(p.numel() for p in model.parameters())
     sizes = {split: len(data[split]) for split in data}
     o = cfg["optim"]
+    stage_lines = "\n".join(
+        f"  {i + 1}. `{Path(c).name}`: lr {st['optim']['lr']}, {st['optim']['epochs']} epochs"
+        + (f", from stage {i}'s best model" if st["model"].get("init") else ", from scratch")
+        for i, (c, st) in enumerate(zip(args.configs, stages)))
     card = f"""# Embedded ShapesWorld RAHF (`rahf-shapes`)
 
 RAHF (Rich Automatic Human Feedback; ViT image tokens and T5 text tokens fused by one T5 encoder, heads for the
@@ -77,18 +85,21 @@ model, processor = load_rahf()          # this folder
 results = predict(model, processor, images, prompts)
 ```
 
-## Training (`python scripts/train_embedded_rahf.py`, config `configs/rahf/shapes.yaml`, seed {cfg['seed']})
+## Training (`python scripts/train_embedded_rahf.py`; configs in `configs/rahf/`)
 
 - Data: the ShapesWorld rich-feedback dataset (`richfeedback shapesworld make-dataset`), {sizes.get('train')} train /
   {sizes.get('dev')} dev / {sizes.get('test')} test examples from disjoint seeds: clean renders, injected artifacts
   and misalignments, labelled by three simulated raters as in RichHF-18K (points as disks of radius H/20 averaged into
   heatmaps, 5-point Likert scores averaged, misaligned words by majority vote).
-- Loss: {cfg['loss_weights']['heatmap']} x heatmap MSE + {cfg['loss_weights']['score']} x score MSE +
-  {cfg['loss_weights']['seq']} x teacher-forced cross-entropy of the marked prompt (padding ignored). The heatmap
-  weight is raised from the reference's 1 because ShapesWorld maps are mostly empty.
-- AdamW lr {o['lr']} (weight decay {o['weight_decay']}), {o['warmup_steps']} warm-up steps then cosine decay,
-  batch {o['batch_size']}, {o['epochs']} epochs; the best dev checkpoint by the reference's selection metric (step
-  {best_dev['step']}, dev avg_metric {best_dev['avg_metric']:.3f}).
+- Loss: {cfg['loss_weights']['heatmap']} x heatmap {cfg['heatmap_loss'].upper()} + {cfg['loss_weights']['score']} x score MSE +
+  {cfg['loss_weights']['seq']} x teacher-forced cross-entropy of the marked prompt (padding ignored). Where this
+  differs from the reference (MSE heatmaps, all weights 1): MSE on mostly-empty maps leaves the sigmoid output stuck
+  near 0 for a model trained from scratch (measured: implausibility CC stayed at 0 for two epochs), and the score
+  MSE is small next to the cross-entropy.
+- AdamW (weight decay {o['weight_decay']}), warm-up then cosine decay, batch {o['batch_size']}, in stages:
+{stage_lines}
+  Shipped: the last stage's best dev checkpoint by the reference's selection metric (step {best_dev['step']} of that
+  stage, dev avg_metric {best_dev['avg_metric']:.3f}).
 - Time on 2 CPU threads: data {times['data_s'] / 60:.1f} min, training {times['train_s'] / 60:.1f} min (including
   a dev evaluation per epoch).
 
