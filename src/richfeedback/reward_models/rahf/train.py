@@ -169,6 +169,8 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     loader = DataLoader(RichFeedbackDataset(data[cfg["data"]["train_split"]], processor), batch_size=o["batch_size"],
                         shuffle=True, drop_last=True, collate_fn=Collator(processor),
                         num_workers=cfg["data"]["num_workers"], generator=torch.Generator().manual_seed(cfg["seed"]))
+    # The loader is prepared first: under several processes each gets a shard, and an epoch is that many batches.
+    loader = accelerator.prepare(loader)
     decoder = [p for n, p in model.named_parameters() if n.startswith("t5.decoder.") and p.requires_grad]
     decoder_ids = {id(p) for p in decoder}
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in decoder_ids]
@@ -176,10 +178,15 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
                                    {"params": decoder, "lr": o["lr"] * o["decoder_lr_scale"]}],
                                   lr=o["lr"], weight_decay=o["weight_decay"])
     steps_per_epoch = len(loader) // o["grad_accum"]
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split has {len(loader.dataset)} examples: fewer than one optimizer step of "
+                         f"{o['batch_size']} x {o['grad_accum']} accumulation x {accelerator.num_processes} processes")
     total_steps = o["max_steps"] or steps_per_epoch * o["epochs"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, o["warmup_steps"], o["min_lr_ratio"]))
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    # The scheduler is stepped by hand once per optimizer step (a prepared one would step once per process).
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     accelerator.init_trackers("rahf", config={"config": json.dumps(cfg)})
     if accelerator.is_main_process:
         (out / "distributed.txt").write_text(f"{accelerator.distributed_type} processes={accelerator.num_processes}\n")
@@ -231,6 +238,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         loader.set_epoch(epoch)
         skip = (step % steps_per_epoch) * o["grad_accum"]
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        step_at_epoch_start = step
         for batch in epoch_loader:
             with accelerator.accumulate(model):
                 output = model(**model_inputs(batch))
@@ -239,10 +247,10 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), o["max_grad_norm"])
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue
+            scheduler.step()
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss/total']:.4f}")
@@ -260,6 +268,8 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
                 return out / "checkpoints" / f"step-{step}"
             if step >= total_steps or step % steps_per_epoch == 0:
                 break
+        if step == step_at_epoch_start:
+            raise RuntimeError(f"an epoch made no optimizer step (step {step} of {total_steps}); please report this")
         if step % steps_per_epoch == 0 or step >= total_steps:
             # dev evaluation after each epoch (and at the end), on the main process
             if accelerator.is_main_process:
