@@ -116,7 +116,14 @@ def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    done = {(r["prompt"], r["seed"]) for r in read_manifest(out) if (out / r["file_name"]).exists()}
+    rows = [r for r in read_manifest(out) if (out / r["file_name"]).exists()]
+    manifest_path = out / MANIFEST
+    if manifest_path.exists() and manifest_path.read_text() != "".join(json.dumps(r) + "\n" for r in rows):
+        # A crash left a cut line (or an image went missing): keep only the complete rows before appending.
+        tmp = out / (MANIFEST + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, manifest_path)
+    done = {(r["prompt"], r["seed"]) for r in rows}
     todo = [j for j in jobs if (j.prompt, j.seed) not in done]
     if not todo:
         return out
