@@ -196,6 +196,10 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         checkpoint = latest_checkpoint(out)
         if checkpoint is None:
             accelerator.print(f"no checkpoint in {out / 'checkpoints'}: starting from scratch")
+        elif json.loads((checkpoint / "trainer_state.json").read_text())["step"] >= total_steps and (out / "best").exists():
+            accelerator.print(f"{out} finished training already ({checkpoint.name}); best model in {out / 'best'}")
+            accelerator.end_training()
+            return out / "best"
         else:
             accelerator.load_state(str(checkpoint))
             state = json.loads((checkpoint / "trainer_state.json").read_text())
