@@ -21,7 +21,7 @@ def tiny_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("rahf-tiny")
     torch.manual_seed(0)
     RAHFModel(RAHFConfig.from_size("tiny")).save_pretrained(path)
-    build_shapesworld_tokenizer(path)
+    build_shapesworld_tokenizer(path / "tokenizer")
     return path
 
 

@@ -52,7 +52,7 @@ def test_resume_after_an_interruption_gives_the_same_next_step_loss(small_datase
     changes = sorted(abs(straight[k + 1] - straight[k]) / straight[k] for k in range(1, 8))
     assert changes[len(changes) // 2] > 2 * tolerance
     assert (tmp_path / "cut" / "best" / "model.safetensors").exists()
-    assert (tmp_path / "cut" / "best" / "tokenizer_config.json").exists()
+    assert (tmp_path / "cut" / "best" / "tokenizer" / "tokenizer_config.json").exists()
 
 
 def test_two_processes_train_on_cpu(small_dataset, tmp_path):

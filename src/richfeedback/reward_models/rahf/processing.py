@@ -74,8 +74,11 @@ def load_tokenizer(config: RAHFConfig, model_dir: Optional[str | os.PathLike] = 
     """The tokenizer saved beside a model, else the one its config names ("shapesworld" is built offline)."""
     from transformers import AutoTokenizer
 
-    if model_dir is not None and (Path(model_dir) / "tokenizer_config.json").exists():
-        return AutoTokenizer.from_pretrained(str(model_dir))
+    if model_dir is not None:
+        # Saved in a tokenizer/ subfolder (a tokenizer beside config.json would read the RAHF config as its own).
+        for folder in (Path(model_dir) / "tokenizer", Path(model_dir)):
+            if (folder / "tokenizer_config.json").exists():
+                return AutoTokenizer.from_pretrained(str(folder))
     if config.tokenizer == "shapesworld":
         return build_shapesworld_tokenizer()
     try:

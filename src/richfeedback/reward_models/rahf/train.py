@@ -232,7 +232,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
 
             def write(tmp):
                 unwrapped.save_pretrained(tmp)
-                processor.tokenizer.save_pretrained(tmp)
+                processor.tokenizer.save_pretrained(tmp / "tokenizer")
             _save_atomically(out / name, write)
 
     bar = tqdm(total=total_steps, initial=step, desc="rahf train", disable=not accelerator.is_local_main_process)
