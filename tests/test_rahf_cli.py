@@ -3,46 +3,35 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from richfeedback.cli import main
 from richfeedback.imaging import save_png
 from richfeedback.reward_models.rahf.configuration import RAHFConfig
 from richfeedback.reward_models.rahf.evaluate import format_tables, word_flags
-from richfeedback.reward_models.rahf.modeling import RAHFModel
 from richfeedback.reward_models.rahf.processing import RAHFProcessor, build_shapesworld_tokenizer
 from richfeedback.shapesworld.render import render
 from richfeedback.shapesworld.scene import sample_scene
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rahf-tiny")
-    torch.manual_seed(0)
-    RAHFModel(RAHFConfig.from_size("tiny")).save_pretrained(path)
-    build_shapesworld_tokenizer(path / "tokenizer")
-    return path
-
-
-def test_predict_writes_json_and_heatmap_pngs_and_skips_broken_images(tiny_model_dir, tmp_path, capsys):
+def test_predict_writes_json_and_heatmap_pngs_and_skips_broken_images(tiny_rahf_dir, tmp_path, capsys):
     rng = np.random.default_rng(0)
     for i in range(2):
         save_png(render(sample_scene(rng)), tmp_path / "in" / f"img{i}.png")
     (tmp_path / "in" / "broken.png").write_bytes(b"nope")
     assert main(["rahf", "predict", str(tmp_path / "in"), "--prompt", "a red circle on the left",
-                 "--model", str(tiny_model_dir), "--out", str(tmp_path / "out")]) == 0
+                 "--model", str(tiny_rahf_dir), "--out", str(tmp_path / "out")]) == 0
     rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and set(rows[0]["scores"]) == {"plausibility", "alignment", "aesthetics", "overall"}
     assert (tmp_path / "out" / "img0_heatmaps.png").exists()
     assert "skipped:" in capsys.readouterr().out
 
 
-def test_eval_prints_the_three_tables_with_the_raters_reference(tiny_model_dir, tmp_path, capsys):
+def test_eval_prints_the_three_tables_with_the_raters_reference(tiny_rahf_dir, tmp_path, capsys):
     from richfeedback.shapesworld.dataset import make_dataset
 
     make_dataset(tmp_path / "data", 4, 2, 6, size=32, progress=False)
-    assert main(["rahf", "eval", "--model", str(tiny_model_dir), "--data", str(tmp_path / "data"),
+    assert main(["rahf", "eval", "--model", str(tiny_rahf_dir), "--data", str(tmp_path / "data"),
                  "--out", str(tmp_path / "eval")]) == 0
     printed = capsys.readouterr().out
     for heading in ("heatmaps", "scores", "misaligned keywords"):
@@ -51,8 +40,8 @@ def test_eval_prints_the_three_tables_with_the_raters_reference(tiny_model_dir, 
     assert "avg_metric" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
 
 
-def test_eval_of_a_missing_dataset_is_one_line(tiny_model_dir, tmp_path, capsys):
-    assert main(["rahf", "eval", "--model", str(tiny_model_dir), "--data", str(tmp_path / "none")]) == 2
+def test_eval_of_a_missing_dataset_is_one_line(tiny_rahf_dir, tmp_path, capsys):
+    assert main(["rahf", "eval", "--model", str(tiny_rahf_dir), "--data", str(tmp_path / "none")]) == 2
     assert "make-dataset" in capsys.readouterr().err
 
 

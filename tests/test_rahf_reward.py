@@ -1,32 +1,19 @@
 """RAHF's scores behind the common reward-model interface."""
 
 import numpy as np
-import pytest
 import torch
 
 from richfeedback.reward_models import list_reward_models, load_reward_model
-from richfeedback.reward_models.rahf.configuration import RAHFConfig
-from richfeedback.reward_models.rahf.modeling import RAHFModel
-from richfeedback.reward_models.rahf.processing import build_shapesworld_tokenizer
 from richfeedback.shapesworld.render import render
 from richfeedback.shapesworld.scene import sample_scene
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rahf")
-    torch.manual_seed(0)
-    RAHFModel(RAHFConfig.from_size("tiny")).save_pretrained(path)
-    build_shapesworld_tokenizer(path / "tokenizer")
-    return path
 
 
 def test_the_four_rahf_scores_are_registered():
     assert {f"rahf:{s}" for s in ("plausibility", "alignment", "aesthetics", "overall")} <= set(list_reward_models())
 
 
-def test_score_takes_arrays_and_is_independent_of_the_batch(tiny_dir):
-    scorer = load_reward_model("rahf:plausibility", weights=str(tiny_dir))
+def test_score_takes_arrays_and_is_independent_of_the_batch(tiny_rahf_dir):
+    scorer = load_reward_model("rahf:plausibility", weights=str(tiny_rahf_dir))
     rng = np.random.default_rng(0)
     scenes = [sample_scene(rng) for _ in range(3)]
     images = [render(s) for s in scenes]
@@ -38,16 +25,16 @@ def test_score_takes_arrays_and_is_independent_of_the_batch(tiny_dir):
     assert scorer.name == "rahf:plausibility" and scorer.higher_is_better
 
 
-def test_differentiable_path_gives_finite_gradients(tiny_dir):
-    scorer = load_reward_model("rahf:aesthetics", weights=str(tiny_dir))
+def test_differentiable_path_gives_finite_gradients(tiny_rahf_dir):
+    scorer = load_reward_model("rahf:aesthetics", weights=str(tiny_rahf_dir))
     images = torch.rand(2, 3, 64, 64, requires_grad=True)
     scorer.differentiable(["a red circle", "two blue squares"], images).sum().backward()
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in scorer.parameters())
 
 
-def test_heatmaps_come_through_their_own_method(tiny_dir):
-    scorer = load_reward_model("rahf:overall", weights=str(tiny_dir))
+def test_heatmaps_come_through_their_own_method(tiny_rahf_dir):
+    scorer = load_reward_model("rahf:overall", weights=str(tiny_rahf_dir))
     maps = scorer.heatmaps("a red circle", [render(sample_scene(np.random.default_rng(1)))])
     assert set(maps) == {"implausibility", "misalignment"} and maps["implausibility"].shape == (1, 32, 32)
     assert set(scorer.all_scores("a red circle", [np.zeros((32, 32, 3), np.uint8)])) == {

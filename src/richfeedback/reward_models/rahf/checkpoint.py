@@ -20,16 +20,29 @@ import torch
 from .configuration import RAHFConfig
 from .modeling import RAHFModel
 
-# transformers 4.x ViT names -> transformers 5 names (applied only when the installed ViTModel uses the new ones).
+# The ViT parameters transformers 5 renamed: (name in 4.x, as in the public checkpoint; name in 5.x). The prefix is
+# `vit.encoder.layer.N.` in 4.x and `vit.layers.N.` in 5.x.
 _VIT_RENAMES = [
-    (re.compile(r"^vit\.encoder\.layer\.(\d+)\.attention\.attention\.query\."), r"vit.layers.\1.attention.q_proj."),
-    (re.compile(r"^vit\.encoder\.layer\.(\d+)\.attention\.attention\.key\."), r"vit.layers.\1.attention.k_proj."),
-    (re.compile(r"^vit\.encoder\.layer\.(\d+)\.attention\.attention\.value\."), r"vit.layers.\1.attention.v_proj."),
-    (re.compile(r"^vit\.encoder\.layer\.(\d+)\.attention\.output\.dense\."), r"vit.layers.\1.attention.o_proj."),
-    (re.compile(r"^vit\.encoder\.layer\.(\d+)\.intermediate\.dense\."), r"vit.layers.\1.mlp.fc1."),
-    (re.compile(r"^vit\.encoder\.layer\.(\d+)\.output\.dense\."), r"vit.layers.\1.mlp.fc2."),
-    (re.compile(r"^vit\.encoder\.layer\.(\d+)\.(layernorm_before|layernorm_after)\."), r"vit.layers.\1.\2."),
+    ("attention.attention.query", "attention.q_proj"),
+    ("attention.attention.key", "attention.k_proj"),
+    ("attention.attention.value", "attention.v_proj"),
+    ("attention.output.dense", "attention.o_proj"),
+    ("intermediate.dense", "mlp.fc1"),
+    ("output.dense", "mlp.fc2"),
+    ("layernorm_before", "layernorm_before"),
+    ("layernorm_after", "layernorm_after"),
 ]
+_TO_NEW = [(re.compile(rf"^vit\.encoder\.layer\.(\d+)\.{re.escape(old)}\."), rf"vit.layers.\1.{new}.")
+           for old, new in _VIT_RENAMES]
+_TO_LEGACY = [(re.compile(rf"^vit\.layers\.(\d+)\.{re.escape(new)}\."), rf"vit.encoder.layer.\1.{old}.")
+              for old, new in _VIT_RENAMES]
+
+
+def _rename(key: str, table) -> str:
+    for pattern, replacement in table:
+        if pattern.match(key):
+            return pattern.sub(replacement, key)
+    return key
 
 
 class CheckpointMismatchError(ValueError):
@@ -42,28 +55,12 @@ def _uses_new_vit_names(model_keys) -> bool:
 
 def to_installed_names(key: str, new_vit_names: bool) -> str:
     """A public-checkpoint key under the parameter names of the installed transformers."""
-    if new_vit_names:
-        for pattern, replacement in _VIT_RENAMES:
-            if pattern.match(key):
-                return pattern.sub(replacement, key)
-    return key
+    return _rename(key, _TO_NEW) if new_vit_names else key
 
 
 def to_legacy_names(key: str) -> str:
     """The inverse: a key of our model as transformers 4.x (and so the public checkpoint) names it."""
-    legacy = [
-        (re.compile(r"^vit\.layers\.(\d+)\.attention\.q_proj\."), r"vit.encoder.layer.\1.attention.attention.query."),
-        (re.compile(r"^vit\.layers\.(\d+)\.attention\.k_proj\."), r"vit.encoder.layer.\1.attention.attention.key."),
-        (re.compile(r"^vit\.layers\.(\d+)\.attention\.v_proj\."), r"vit.encoder.layer.\1.attention.attention.value."),
-        (re.compile(r"^vit\.layers\.(\d+)\.attention\.o_proj\."), r"vit.encoder.layer.\1.attention.output.dense."),
-        (re.compile(r"^vit\.layers\.(\d+)\.mlp\.fc1\."), r"vit.encoder.layer.\1.intermediate.dense."),
-        (re.compile(r"^vit\.layers\.(\d+)\.mlp\.fc2\."), r"vit.encoder.layer.\1.output.dense."),
-        (re.compile(r"^vit\.layers\.(\d+)\.(layernorm_before|layernorm_after)\."), r"vit.encoder.layer.\1.\2."),
-    ]
-    for pattern, replacement in legacy:
-        if pattern.match(key):
-            return pattern.sub(replacement, key)
-    return key
+    return _rename(key, _TO_LEGACY)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
