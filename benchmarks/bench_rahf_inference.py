@@ -15,7 +15,7 @@ import torch
 
 from richfeedback.reward_models.rahf.configuration import RAHFConfig
 from richfeedback.reward_models.rahf.modeling import TASKS, RAHFModel, task_prompt
-from richfeedback.reward_models.rahf.processing import RAHFProcessor, build_shapesworld_tokenizer, clean_prompt
+from richfeedback.reward_models.rahf.processing import RAHFProcessor, load_shapesworld_tokenizer, clean_prompt
 from richfeedback.shapesworld.render import render
 from richfeedback.shapesworld.scene import sample_scene
 
@@ -60,7 +60,7 @@ def run(quick: bool = False) -> dict:
     rng = np.random.default_rng(0)
     batch = 32
     scenes = [sample_scene(rng) for _ in range(batch)]
-    tokenizer = build_shapesworld_tokenizer()
+    tokenizer = load_shapesworld_tokenizer()
     rows = []
     for variant in ("multi_head", "augmented_prompt"):
         model = RAHFModel(RAHFConfig.from_size("shapes", variant=variant)).eval()

@@ -15,10 +15,10 @@ def tiny_rahf_dir(tmp_path_factory):
 
     from richfeedback.reward_models.rahf.configuration import RAHFConfig
     from richfeedback.reward_models.rahf.modeling import RAHFModel
-    from richfeedback.reward_models.rahf.processing import build_shapesworld_tokenizer
+    from richfeedback.reward_models.rahf.processing import load_shapesworld_tokenizer
 
     path = tmp_path_factory.mktemp("rahf-tiny")
     torch.manual_seed(0)
     RAHFModel(RAHFConfig.from_size("tiny")).save_pretrained(path)
-    build_shapesworld_tokenizer(path / "tokenizer")
+    load_shapesworld_tokenizer().save_pretrained(path / "tokenizer")
     return path

@@ -9,7 +9,7 @@ from richfeedback.cli import main
 from richfeedback.imaging import save_png
 from richfeedback.reward_models.rahf.configuration import RAHFConfig
 from richfeedback.reward_models.rahf.evaluate import format_tables, word_flags
-from richfeedback.reward_models.rahf.processing import RAHFProcessor, build_shapesworld_tokenizer
+from richfeedback.reward_models.rahf.processing import RAHFProcessor, load_shapesworld_tokenizer
 from richfeedback.shapesworld.render import render
 from richfeedback.shapesworld.scene import sample_scene
 
@@ -52,7 +52,7 @@ def test_misaligned_words_are_read_position_by_position():
 
 
 def test_tensor_and_pil_preprocessing_agree_at_the_model_size():
-    processor = RAHFProcessor(build_shapesworld_tokenizer(), RAHFConfig.from_size("tiny"))
+    processor = RAHFProcessor(load_shapesworld_tokenizer(), RAHFConfig.from_size("tiny"))
     image = render(sample_scene(np.random.default_rng(1)), 32)
     from_pil = processor.preprocess_images([image])
     from_tensor = processor.preprocess_images(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)

@@ -5,12 +5,12 @@ import torch
 
 from richfeedback.reward_models.rahf.configuration import HEATMAP_NAMES, SCORE_NAMES, RAHFConfig
 from richfeedback.reward_models.rahf.modeling import RAHFModel
-from richfeedback.reward_models.rahf.processing import RAHFProcessor, build_shapesworld_tokenizer
+from richfeedback.reward_models.rahf.processing import RAHFProcessor, load_shapesworld_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_shapesworld_tokenizer()
+    return load_shapesworld_tokenizer()
 
 
 def make(variant, tokenizer, seed=0):
@@ -73,3 +73,18 @@ def test_large_size_matches_the_public_layout(variant, keys, params):
 def test_unknown_size_lists_the_available_ones():
     with pytest.raises(ValueError, match=r"available: \['large', 'shapes', 'tiny'\]"):
         RAHFConfig.from_size("huge")
+
+
+def test_shapesworld_tokenizer_round_trips_marked_prompts_and_matches_the_embedded_models():
+    from transformers import AutoTokenizer
+
+    from richfeedback.reward_models.rahf.predict import embedded_rahf_path
+    from richfeedback.reward_models.rahf.processing import build_shapesworld_tokenizer, load_shapesworld_tokenizer
+
+    shipped = load_shapesworld_tokenizer()
+    embedded = AutoTokenizer.from_pretrained(embedded_rahf_path() / "tokenizer")
+    fresh = build_shapesworld_tokenizer()
+    for text in ("a red_0 circle on the left and two blue squares", "three small yellow_0 triangles"):
+        assert shipped(text).input_ids == embedded(text).input_ids
+        for tokenizer in (shipped, fresh):
+            assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text

@@ -70,6 +70,17 @@ def build_shapesworld_tokenizer(out_dir: Optional[str | os.PathLike] = None, voc
     return fast
 
 
+SHAPESWORLD_TOKENIZER = Path(__file__).resolve().parent / "model_configs" / "shapesworld-tokenizer"
+
+
+def load_shapesworld_tokenizer():
+    """The ShapesWorld tokenizer shipped with the package (made once by `build_shapesworld_tokenizer`; the Unigram
+    trainer is not deterministic across runs, so models and tests share this one file)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(SHAPESWORLD_TOKENIZER))
+
+
 def load_tokenizer(config: RAHFConfig, model_dir: Optional[str | os.PathLike] = None):
     """The tokenizer saved beside a model, else the one its config names ("shapesworld" is built offline)."""
     from transformers import AutoTokenizer
@@ -80,7 +91,7 @@ def load_tokenizer(config: RAHFConfig, model_dir: Optional[str | os.PathLike] = 
             if (folder / "tokenizer_config.json").exists():
                 return AutoTokenizer.from_pretrained(str(folder))
     if config.tokenizer == "shapesworld":
-        return build_shapesworld_tokenizer()
+        return load_shapesworld_tokenizer()
     try:
         return AutoTokenizer.from_pretrained(config.tokenizer)
     except OSError as err:
