@@ -95,12 +95,13 @@ def heatmap_colors(heatmap: np.ndarray) -> np.ndarray:
     return (np.stack([r, g, b], -1) * 255).round().astype(np.uint8)
 
 
-def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """The image with a heatmap blended on top, in proportion to the heat (cold pixels stay as they are)."""
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.8) -> np.ndarray:
+    """The image with a heatmap in [0, 1] blended on top in proportion to the heat, on an absolute scale (a map that
+    is 0.05 everywhere stays almost invisible; cold pixels keep their colour)."""
     image = np.asarray(image, dtype=np.float32)
     heat = np.asarray(heatmap, dtype=np.float32)
     if heat.shape != image.shape[:2]:
         heat = np.asarray(Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(
             (image.shape[1], image.shape[0]), Image.BILINEAR), dtype=np.float32) / 255.0
-    weight = (alpha * np.clip(heat / max(float(heat.max()), 1e-6), 0, 1))[..., None]
+    weight = (alpha * np.clip(heat, 0, 1) ** 0.5)[..., None]  # sqrt: a 0.25 heat shows at half strength
     return ((1 - weight) * image + weight * heatmap_colors(heat)).round().astype(np.uint8)
