@@ -20,7 +20,11 @@ images=$(python -c "import json,sys; rows=[json.loads(l) for l in open(sys.argv[
 # shellcheck disable=SC2086
 richfeedback rahf predict $images --prompt "$first_prompt" --out "$OUT/rahf"
 
+echo "== 5. Every generation scored through the common reward-model interface (RAHF's four scores, offline)"
+richfeedback score "$OUT/generations" --model rahf:plausibility --model rahf:alignment --model rahf:aesthetics \
+    --model rahf:overall --out "$OUT/scores.jsonl"
+
 echo
 echo "Look at: $OUT/generations/grid.png (one row per prompt), $OUT/shapesworld/samples.png,"
 echo "         $OUT/rahf/*_heatmaps.png (image | implausibility | misalignment), $OUT/rahf/predictions.jsonl,"
-echo "         $OUT/generations/oracle.jsonl (per image, per word)."
+echo "         $OUT/generations/oracle.jsonl (per image, per word), $OUT/scores.jsonl."

@@ -39,3 +39,24 @@ def test_heatmaps_come_through_their_own_method(tiny_rahf_dir):
     assert set(maps) == {"implausibility", "misalignment"} and maps["implausibility"].shape == (1, 32, 32)
     assert set(scorer.all_scores("a red circle", [np.zeros((32, 32, 3), np.uint8)])) == {
         "plausibility", "alignment", "aesthetics", "overall"}
+
+
+def test_score_command_on_a_generate_folder_scores_the_manifests_images_only(tiny_rahf_dir, tmp_path, capsys):
+    import json
+
+    from richfeedback.cli import main
+    from richfeedback.imaging import save_png
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for i in range(2):
+        scene = sample_scene(rng)
+        save_png(render(scene), tmp_path / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "prompt": scene.prompt.text})
+    save_png(np.zeros((8, 8, 3), np.uint8), tmp_path / "grid.png")  # written by `generate`, has no prompt
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["score", str(tmp_path), "--model", f"rahf:overall={tiny_rahf_dir}",
+                 "--out", str(tmp_path / "scores.jsonl")]) == 0
+    scored = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in scored] == [r["prompt"] for r in rows]
+    assert "left out 1 others (e.g. grid.png)" in capsys.readouterr().err

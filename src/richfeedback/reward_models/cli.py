@@ -113,6 +113,22 @@ def prompts_for_images(args, paths: list[Path]) -> list[str] | None:
     return None
 
 
+def manifest_images(args, paths: list[Path]) -> list[Path]:
+    """Given one folder that `richfeedback generate` wrote (and no other prompt source), its manifest's images only:
+    the folder also holds grid.png and the oracle's files, which have no prompt."""
+    if args.prompt is not None or args.prompts or len(args.images) != 1 or not Path(args.images[0]).is_dir():
+        return paths
+    manifest = Path(args.images[0]) / "manifest.jsonl"
+    if not manifest.is_file():
+        return paths
+    listed = {Path(row.get("file_name") or row.get("image") or "").name for row in _read_prompt_table(manifest)}
+    kept = [p for p in paths if p.name in listed]
+    if len(kept) < len(paths):
+        print(f"scoring the {len(kept)} images listed in {manifest}; left out {len(paths) - len(kept)} others "
+              f"(e.g. {next(p.name for p in paths if p.name not in listed)})", file=sys.stderr)
+    return kept
+
+
 def _match_by_file_name(rows: list[dict], paths: list[Path], source: Path) -> list[str]:
     by_name = {}
     for row in rows:
@@ -142,6 +158,7 @@ def cmd_score(args) -> None:
     if args.batch_size < 1:
         raise _usage_error("--batch-size must be at least 1")
     paths = collect_images(args.images)
+    paths = manifest_images(args, paths)
     prompts = prompts_for_images(args, paths)
     models = load_models(parse_model_specs(args.model), args.device, args.dtype)
     needing = [name for name, model in models.items() if model.needs_prompt]
