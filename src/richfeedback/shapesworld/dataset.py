@@ -19,9 +19,6 @@ import functools
 import json
 import math
 import multiprocessing
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -30,6 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..dataset_io import refuse_non_empty, save_dataset_atomically
 from ..eval import metrics
 from .artifacts import ARTIFACT_KINDS, inject_artifact
 from .misalign import MISALIGNMENT_KINDS, inject_misalignment
@@ -174,14 +172,6 @@ def split_sizes(n: int, dev_fraction: float = 0.1, test_fraction: float = 0.1) -
     return n - n_dev - n_test, n_dev, n_test
 
 
-def _refuse_non_empty(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(
-            f"{out_dir} already exists and is not empty; pick another --out or delete it first "
-            "(a dataset is never written over another one)."
-        )
-
-
 def _make_split(split: str, n: int, size: int, num_proc: int, progress: bool, rater_config: RaterConfig,
                 rows_per_chunk: int = 1000) -> datasets.Dataset:
     # Rows are turned into Arrow (encoded PNGs) every `rows_per_chunk`, so memory holds at most one chunk of decoded
@@ -211,18 +201,6 @@ def _json_safe(value):
     return value
 
 
-def _save(dataset: datasets.DatasetDict, path: Path, progress: bool) -> None:
-    """`save_to_disk`, with its progress bars only if `progress`; the caller's setting is restored afterwards."""
-    was_disabled = datasets.are_progress_bars_disabled()
-    if not progress:
-        datasets.disable_progress_bars()
-    try:
-        dataset.save_to_disk(str(path))
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
-
-
 def make_dataset(out_dir, n_train: int, n_dev: int, n_test: int, size: int = 64, num_proc: int = 1,
                  progress: bool = True, rater_config: RaterConfig = RaterConfig()) -> datasets.DatasetDict:
     """Build the train/dev/test splits and save them with `save_to_disk` into `out_dir`, atomically.
@@ -236,27 +214,15 @@ def make_dataset(out_dir, n_train: int, n_dev: int, n_test: int, size: int = 64,
     if min(sizes.values()) < 1:
         raise ValueError(f"every split needs at least one example (datasets cannot save an empty split), got {sizes}")
     out = Path(out_dir)
-    _refuse_non_empty(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        splits = {}
-        for split, n in sizes.items():
-            splits[split] = _make_split(split, n, size, num_proc, progress, rater_config)
-        dataset = datasets.DatasetDict(splits)
-        _save(dataset, tmp, progress)
-        agreement = {}
-        for split, ds in splits.items():
-            found = rater_agreement(ds.select_columns(list(RATER_FIELDS)), image_size=size,
-                                    radius_fraction=rater_config.disk_radius)
-            agreement[split] = {k: _json_safe(v) for k, v in found.items()}
-        (tmp / "agreement.json").write_text(json.dumps(agreement, indent=2, allow_nan=False) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not
-        _refuse_non_empty(out)  # in case another run finished first
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    refuse_non_empty(out)  # before the minutes of generating, not only after
+    splits = {split: _make_split(split, n, size, num_proc, progress, rater_config) for split, n in sizes.items()}
+    agreement = {}
+    for split, ds in splits.items():
+        found = rater_agreement(ds.select_columns(list(RATER_FIELDS)), image_size=size,
+                                radius_fraction=rater_config.disk_radius)
+        agreement[split] = {k: _json_safe(v) for k, v in found.items()}
+    save_dataset_atomically(datasets.DatasetDict(splits), out, progress=progress,
+                            extra_files={"agreement.json": json.dumps(agreement, indent=2, allow_nan=False) + "\n"})
     return datasets.load_from_disk(str(out))
 
 

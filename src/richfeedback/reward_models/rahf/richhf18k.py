@@ -29,8 +29,6 @@ import io
 import json
 import os
 import posixpath
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence, Union
@@ -40,6 +38,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from ...dataset_io import refuse_non_empty, save_dataset_atomically
 from ...eval.metrics import labeled_prompt
 from ...tfrecord import (  # noqa: F401 - re-exported: the TFRecord API users of this module reach for
     ExampleDecodeError, TFRecordError, crc32c, crc32c_many, encode_example, masked_crc32c, parse_example, read_tfrecord,
@@ -350,12 +349,6 @@ def load_richhf18k(tfrecord_dir, images, splits: Sequence[str] = SPLITS, missing
     return dataset
 
 
-def _refuse_non_empty(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} already exists and is not empty; pick another --out or delete it first "
-                              "(a dataset is never written over another one).")
-
-
 def prepare_richhf18k(tfrecord_dir, images, out_dir, missing: str = "error", splits: Sequence[str] = SPLITS,
                       progress: bool = True, verify_crc: bool = True) -> dict:
     """Join RichHF-18K as `load_richhf18k` does and save it with `save_to_disk` into `out_dir`, atomically.
@@ -365,28 +358,13 @@ def prepare_richhf18k(tfrecord_dir, images, out_dir, missing: str = "error", spl
     `missing` and `length_mismatches` counts, and the `missing_uids` and `length_mismatch_uids`.
     """
     out = Path(out_dir)
-    _refuse_non_empty(out)
+    refuse_non_empty(out)
     dataset, summary = join_richhf18k(tfrecord_dir, images, splits, missing, progress, verify_crc)
     empty = [split for split, n in summary["examples"].items() if n == 0]
     if empty:
         raise ValueError(f"no examples left in split(s) {empty} once missing images are skipped; nothing to save")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    was_disabled = datasets.are_progress_bars_disabled()
-    try:
-        if not progress:
-            datasets.disable_progress_bars()
-        dataset.save_to_disk(str(tmp))
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not
-        _refuse_non_empty(out)  # in case another run finished first
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if not progress and not was_disabled:
-            datasets.enable_progress_bars()
+    save_dataset_atomically(dataset, out, extra_files={SUMMARY_FILE: json.dumps(summary, indent=2) + "\n"},
+                            progress=progress)
     return summary
 
 
