@@ -233,26 +233,20 @@ def judge_words(spec: PromptSpec, objects: Sequence) -> tuple[list[WordJudgement
     judgements, involved = [], set(extras)
     for word, kind, gi in spec.word_roles():
         ok = True
-        if gi >= 0:
-            g, mine = spec.groups[gi], [objects[oi] for oi in assigned[gi]]
-            if kind == "count":
-                same_kind_extras = sum(1 for oi in extras if (objects[oi].colour, objects[oi].shape) == (g.colour, g.shape))
-                ok = len(mine) == g.count and same_kind_extras == 0
-            elif kind == "colour":
-                ok = bool(mine) and all(o.colour == g.colour for o in mine)
-            elif kind == "shape":
-                ok = bool(mine) and all(o.shape == g.shape for o in mine)
-            elif kind == "size":
-                ok = bool(mine) and all(size_class(o.h) == g.size for o in mine)
-            elif kind == "position":
-                ok = bool(mine) and all(position_holds(g.position, o.cx, o.cy) for o in mine)
-            if not ok and kind != "count":
-                involved.update(oi for oi in assigned[gi] if not _object_meets(g, kind, objects[oi]))
+        if gi >= 0 and kind == "count":
+            g = spec.groups[gi]
+            same_kind_extras = sum(1 for oi in extras if (objects[oi].colour, objects[oi].shape) == (g.colour, g.shape))
+            ok = len(assigned[gi]) == g.count and same_kind_extras == 0
+        elif gi >= 0 and kind in ("colour", "shape", "size", "position"):
+            failing = [oi for oi in assigned[gi] if not _object_meets(spec.groups[gi], kind, objects[oi])]
+            ok = bool(assigned[gi]) and not failing  # a group with no object fails every word
+            involved.update(failing)
         judgements.append(WordJudgement(word, kind, gi, bool(ok)))
     return judgements, extras, involved
 
 
 def _object_meets(g, kind: str, o) -> bool:
+    """Whether one object satisfies the group's word of this kind (colour, shape, size or position)."""
     if kind == "colour":
         return o.colour == g.colour
     if kind == "shape":

@@ -108,12 +108,12 @@ def load_public_checkpoint(path: str | os.PathLike, size: str = "large", config:
         config = RAHFConfig.from_size(size, variant=detect_variant(state))
     with torch.device("meta"):
         model = RAHFModel(config)
-    model_keys = model.state_dict().keys()
-    new_names = _uses_new_vit_names(model_keys)
+    expected = model.state_dict()
+    new_names = _uses_new_vit_names(expected)
     mapped = {to_installed_names(k, new_names): v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    missing = sorted(set(model_keys) - set(mapped))
-    unexpected = sorted(set(mapped) - set(model_keys))
-    wrong_shape = sorted(k for k in set(mapped) & set(model_keys) if mapped[k].shape != model.state_dict()[k].shape)
+    missing = sorted(set(expected) - set(mapped))
+    unexpected = sorted(set(mapped) - set(expected))
+    wrong_shape = sorted(k for k in set(mapped) & set(expected) if mapped[k].shape != expected[k].shape)
     if missing or unexpected or wrong_shape:
         def show(keys):
             return ", ".join(keys[:8]) + (f" … ({len(keys)} in all)" if len(keys) > 8 else "")

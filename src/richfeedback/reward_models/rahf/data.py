@@ -33,7 +33,10 @@ class RichFeedbackDataset(Dataset):
 
     def __init__(self, split, processor: RAHFProcessor):
         check_columns(split)
-        self.split = split
+        # Only the columns training reads: a row access decodes every image column it holds, and the ShapesWorld
+        # dataset has two more (the true regions) that RAHF never sees.
+        prompt = "clean_prompt" if "clean_prompt" in split.column_names else "prompt"
+        self.split = split.select_columns(list(dict.fromkeys([*REQUIRED_COLUMNS, prompt])))
         self.processor = processor
 
     def __len__(self) -> int:

@@ -71,8 +71,7 @@ def compute_metrics(predictions: dict) -> dict:
 def word_flags(marked: str, target_marked: str) -> list[int]:
     """Per word of the target, 1 if the prediction marks the same word misaligned at the same position."""
     words = [w[: -len(MISALIGNED_SUFFIX)] if w.endswith(MISALIGNED_SUFFIX) else w for w in target_marked.split()]
-    predicted = marked.split() + [""] * len(words)
-    return [int(p == w + MISALIGNED_SUFFIX) for w, p in zip(words, predicted)]
+    return RAHFProcessor.misaligned_words(marked, " ".join(words))
 
 
 def selection_metric(result: dict) -> float:

@@ -12,8 +12,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from ..base import RewardModel, prepare
 from .configuration import HEATMAP_NAMES, SCORE_NAMES
@@ -21,26 +19,19 @@ from .modeling import RAHFModel
 from .processing import RAHFProcessor
 
 
-class StretchTransform:
-    """RAHF's preprocessing (ViTImageProcessor): resize to size x size ignoring the aspect ratio (bilinear), then
-    normalise with mean = std = 0.5. `from_pixels` goes through PIL as the reference does; `from_tensor` is the
-    differentiable equivalent (antialiased bilinear)."""
+class ProcessorTransform:
+    """`RAHFProcessor`'s image preprocessing (ViTImageProcessor's: resize to size x size ignoring the aspect ratio,
+    bilinear, then mean = std = 0.5) in the shape `RewardModel` expects: `from_pixels` for one uint8 image through
+    PIL as the reference does, `from_tensor` for float batches, differentiably."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, processor: RAHFProcessor):
+        self.processor = processor
 
     def from_pixels(self, image: np.ndarray) -> torch.Tensor:
-        pil = Image.fromarray(image)
-        if pil.size != (self.size, self.size):
-            pil = pil.resize((self.size, self.size), Image.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (pixels - 0.5) / 0.5
+        return self.processor.preprocess_images([image])[0]
 
     def from_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-2:] != (self.size, self.size):
-            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                   antialias=True)
-        return (images - 0.5) / 0.5
+        return self.processor.preprocess_tensor(images)
 
 
 class RAHFReward(RewardModel):
@@ -51,7 +42,7 @@ class RAHFReward(RewardModel):
     def __init__(self, model: RAHFModel, processor: RAHFProcessor, score: str, max_batch_size: int = 32):
         if score not in SCORE_NAMES:
             raise ValueError(f"RAHF has no score {score!r}; it has {SCORE_NAMES}")
-        super().__init__(StretchTransform(model.config.vit["image_size"]), max_batch_size=max_batch_size)
+        super().__init__(ProcessorTransform(processor), max_batch_size=max_batch_size)
         self.model = model
         self.processor = processor
         self.score_name = score
