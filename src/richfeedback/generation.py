@@ -9,6 +9,7 @@ there, so an interrupted run loses at most the batch in flight.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -70,12 +71,11 @@ class GenerationJob:
 
     @property
     def file_name(self) -> str:
-        return f"{self.seed:08d}_{abs(hash_prompt(self.prompt)):016x}.png"
+        return f"{self.seed:08d}_{hash_prompt(self.prompt):016x}.png"
 
 
 def hash_prompt(prompt: str) -> int:
-    import hashlib
-
+    """A stable 64-bit hash of a prompt (Python's hash() changes between processes)."""
     return int.from_bytes(hashlib.sha1(prompt.encode("utf-8")).digest()[:8], "big")
 
 

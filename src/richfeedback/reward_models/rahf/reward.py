@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..base import RewardModel, prepare
+from ..base import RewardModel, as_image_list, prepare
 from .configuration import HEATMAP_NAMES, SCORE_NAMES
 from .modeling import RAHFModel
 from .processing import RAHFProcessor
@@ -65,8 +65,6 @@ class RAHFReward(RewardModel):
 
     @torch.no_grad()
     def _run(self, prompts, images, pick) -> dict[str, torch.Tensor]:
-        from ..base import as_image_list
-
         images = as_image_list(images)
         prompts = self.prompts_for(prompts, len(images))
         parts: dict[str, list] = {}

@@ -104,10 +104,13 @@ def build_model(cfg: dict):
 def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse") -> tuple[torch.Tensor, dict]:
     if heatmap_loss not in ("mse", "bce"):
         raise ValueError(f"heatmap_loss must be 'mse' or 'bce', got {heatmap_loss!r}")
-    map_loss = F.mse_loss if heatmap_loss == "mse" else F.binary_cross_entropy
-    heatmap = sum(map_loss(output.heatmaps[n].float().clamp(1e-6, 1 - 1e-6) if heatmap_loss == "bce"
-                           else output.heatmaps[n].float(), batch["target_heatmaps"][:, i])
-                  for i, n in enumerate(HEATMAP_NAMES))
+
+    def map_loss(predicted, target):
+        if heatmap_loss == "mse":
+            return F.mse_loss(predicted, target)
+        return F.binary_cross_entropy(predicted.clamp(1e-6, 1 - 1e-6), target)  # sigmoid outputs can round to 0 or 1
+
+    heatmap = sum(map_loss(output.heatmaps[n].float(), batch["target_heatmaps"][:, i]) for i, n in enumerate(HEATMAP_NAMES))
     score = sum(F.mse_loss(output.scores[n].float(), batch["target_scores"][:, i]) for i, n in enumerate(SCORE_NAMES))
     total = weights["heatmap"] * heatmap + weights["score"] * score + weights["seq"] * output.seq_loss
     return total, {"loss/heatmap": heatmap.item(), "loss/score": score.item(), "loss/seq": output.seq_loss.item(),
