@@ -109,8 +109,12 @@ def read_manifest(out_dir: str | os.PathLike) -> list[dict]:
 
 
 def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_dir: str | os.PathLike,
-                       batch_size: int = 8, device: str = "cpu", progress: bool = True, **sampling) -> Path:
-    """Generate every job into `out_dir` (PNG files + manifest.jsonl); jobs already in the manifest are skipped."""
+                       batch_size: int = 8, device: str = "cpu", progress: bool = True, pipe=None,
+                       **sampling) -> Path:
+    """Generate every job into `out_dir` (PNG files + manifest.jsonl); jobs already in the manifest are skipped.
+
+    `pipe`: an already loaded pipeline for `model` (callers writing many folders load it once).
+    """
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -128,7 +132,7 @@ def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_
     if not todo:
         return out
     settings = {**pipeline_defaults(model), **{k: v for k, v in sampling.items() if v is not None}}
-    pipe = load_pipeline(model, device=device)
+    pipe = pipe if pipe is not None else load_pipeline(model, device=device)
     with open(out / MANIFEST, "a") as manifest, tqdm(total=len(todo), desc="generate", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
