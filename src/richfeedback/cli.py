@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_score_command(sub)
     add_rahf_command(sub)
+    __import__("richfeedback.inpaint.cli", fromlist=["add_inpaint_command"]).add_inpaint_command(sub)
     __import__("richfeedback.eval.ab.cli", fromlist=["add_ab_command"]).add_ab_command(sub)
     return parser
 

@@ -1,0 +1,230 @@
+"""`inpaint-fix`, the loop: heatmap -> mask -> N inpainted candidates -> composite -> best by reward -> files.
+
+    fixer = InpaintFixer.load()                               # embedded generator + embedded RAHF
+    result = fixer.fix(image, "a red circle on the left")     # one uint8 (H, W, 3) image in memory
+    summary = fix_files(fixer, paths, prompts, "out/fix")     # files in, fixed images and reports out (resumable)
+
+Candidate k of an image is drawn from seed `settings.seed + k`, whatever else is in the run, so a result can be
+made again from its report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..imaging import ImageLoadError, load_rgb
+from .masks import (MaskConfig, MaskError, feather_mask, finish_user_mask, heatmap_to_mask, read_heatmap_file,
+                    read_mask_file, resize_heatmap)
+from .repair import composite, inpaint_candidates, latent_cell, load_inpaint_pipeline
+from .selection import load_selection_reward, score_and_select
+
+# What an input's mode becomes, said in the report (the conversion itself is `imaging.to_rgb_array`'s).
+MODE_NOTES = {
+    "RGBA": "RGBA: alpha composited on white", "LA": "grayscale with alpha: composited on white, as RGB",
+    "PA": "palette with alpha: composited on white", "P": "palette: expanded to RGB", "L": "grayscale: as RGB",
+    "1": "1-bit: as RGB", "I;16": "16-bit grayscale: scaled to 8 bits, as RGB",
+    "I;16B": "16-bit grayscale: scaled to 8 bits, as RGB", "I;16L": "16-bit grayscale: scaled to 8 bits, as RGB",
+    "I": "32-bit integer grayscale: scaled to 8 bits, as RGB", "CMYK": "CMYK: converted to RGB",
+}
+
+
+@dataclasses.dataclass
+class FixSettings:
+    """n: candidates per image; seed: candidate k uses seed + k; keep_original: keep the input when no candidate
+    scores higher; crop_padding: inpaint a padded box around the mask at working resolution (None: the whole
+    image); batch_size: candidates per pipeline call (None: all n in one); heatmap: which RAHF heatmap makes the
+    mask; sampling: pipeline arguments (strength, num_inference_steps, guidance_scale, height, width)."""
+
+    n: int = 8
+    seed: int = 0
+    keep_original: bool = True
+    crop_padding: Optional[int] = None
+    batch_size: Optional[int] = None
+    heatmap: str = "implausibility"
+    mask: MaskConfig = dataclasses.field(default_factory=MaskConfig)
+    sampling: dict = dataclasses.field(default_factory=lambda: {"strength": 1.0})
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1 candidate, got {self.n}")
+        if self.heatmap not in ("implausibility", "misalignment"):
+            raise ValueError(f"heatmap must be 'implausibility' or 'misalignment', got {self.heatmap!r}")
+        strength = self.sampling.get("strength", 1.0)
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+
+
+@dataclasses.dataclass
+class FixResult:
+    status: str  # "fixed" | "kept_original" | "nothing_to_fix"
+    image: np.ndarray  # the output: the chosen candidate, or the input itself
+    heatmap: np.ndarray  # float (H, W) at the image's size
+    mask: np.ndarray  # bool (H, W): what was repainted
+    alpha: np.ndarray  # float (H, W): the composite's weight of the repair, 0 outside `mask`
+    mask_source: str  # "heatmap" | "heatmap file" | "mask file"
+    threshold: Optional[float]  # the heat cut used (None for a user's mask)
+    seeds: list[int]
+    candidates: list[np.ndarray]  # composited
+    original_score: Optional[float]
+    candidate_scores: list[float]
+    chosen: Optional[int]
+    message: str
+
+    @property
+    def mask_area(self) -> float:
+        return float(self.mask.mean())
+
+
+class InpaintFixer:
+    """The models of a repair run and its settings; `fix` repairs one image in memory."""
+
+    def __init__(self, pipe, heatmap_model, reward, settings: FixSettings = FixSettings()):
+        self.pipe = pipe
+        self.heatmap_model = heatmap_model  # a RAHFReward: .heatmaps(prompts, images) and .all_scores
+        self.reward = reward
+        self.settings = settings
+        if settings.mask.round_to_cells == 0:  # "round to the pipeline's own latent cells" unless told otherwise
+            self.settings = dataclasses.replace(
+                settings, mask=dataclasses.replace(settings.mask, round_to_cells=latent_cell(pipe)))
+
+    @classmethod
+    def load(cls, inpaint_model: Optional[str] = None, heatmap_model: Optional[str] = None,
+             reward: Optional[str] = None, settings: Optional[FixSettings] = None, *, heatmap_size: str = "large",
+             device: str = "cpu", dtype: torch.dtype = torch.float32) -> "InpaintFixer":
+        """Defaults: the embedded ShapesWorld generator, the embedded RAHF and rahf:plausibility, with the embedded
+        generator's own sampling settings (25 DDIM steps, CFG 4, 64x64) unless `settings.sampling` says otherwise."""
+        from ..generation import pipeline_defaults
+        from ..reward_models import load_reward_model
+
+        settings = settings or FixSettings()
+        sampling = {**pipeline_defaults(inpaint_model), **settings.sampling}
+        settings = dataclasses.replace(settings, sampling=sampling)
+        pipe = load_inpaint_pipeline(inpaint_model, device=device, dtype=dtype)
+        # Any RAHF score head serves: only its heatmaps and all_scores are used.
+        rahf = load_reward_model("rahf:plausibility", weights=heatmap_model, device=device, size=heatmap_size)
+        return cls(pipe, rahf, load_selection_reward(reward, device=device), settings)
+
+    def predict_heatmap(self, prompt: str, image: np.ndarray) -> np.ndarray:
+        heat = self.heatmap_model.heatmaps([prompt], [image])[self.settings.heatmap][0].numpy()
+        return resize_heatmap(heat, *image.shape[:2])
+
+    def fix(self, image: np.ndarray, prompt: str, mask: Optional[np.ndarray] = None,
+            heatmap: Optional[np.ndarray] = None) -> FixResult:
+        """Repair one uint8 (H, W, 3) image. `mask` (bool, the image's size) is used as given; otherwise the mask
+        comes from `heatmap` (float in [0, 1], any resolution of the image's aspect) or from the heatmap model."""
+        s = self.settings
+        height, width = image.shape[:2]
+        if heatmap is None:
+            heatmap, heat_source = self.predict_heatmap(prompt, image), "heatmap"
+        else:
+            heat_source = "heatmap file"
+        if mask is not None:
+            mask, threshold, source = finish_user_mask(mask, s.mask), None, "mask file"
+        else:
+            mask, threshold = heatmap_to_mask(heatmap, height, width, s.mask)
+            source = heat_source
+        seeds = [s.seed + k for k in range(s.n)]
+        if not mask.any():
+            why = (f"no pixel of the heatmap is above the threshold {threshold:.3g} (hottest {heatmap.max():.3g})"
+                   if threshold is not None else "the mask file is empty")
+            score = float(self.reward.score([prompt], [image])[0])
+            return FixResult("nothing_to_fix", image.copy(), heatmap, mask, mask.astype(np.float32), source,
+                             threshold, seeds, [], score, [], None, f"{why}: nothing to fix, copied through")
+        alpha = feather_mask(mask, s.mask.feather)
+        raw = inpaint_candidates(self.pipe, image, mask, prompt, seeds, crop_padding=s.crop_padding,
+                                 batch_size=s.batch_size, **s.sampling)
+        candidates = [composite(image, candidate, alpha) for candidate in raw]
+        selection = score_and_select(self.reward, prompt, image, candidates, s.keep_original)
+        if selection.chosen is None:
+            status, output = "kept_original", image.copy()
+            message = (f"no candidate beats the original ({self.reward_name} {selection.original_score:.4f}, best "
+                       f"candidate {max(selection.candidate_scores):.4f}): the input is kept")
+        else:
+            status, output = "fixed", candidates[selection.chosen]
+            message = (f"candidate {selection.chosen} (seed {seeds[selection.chosen]}) raised {self.reward_name} from "
+                       f"{selection.original_score:.4f} to {selection.best_score:.4f}")
+        return FixResult(status, output, heatmap, mask, alpha, source, threshold, seeds, candidates,
+                         selection.original_score, selection.candidate_scores, selection.chosen, message)
+
+    @property
+    def reward_name(self) -> str:
+        return getattr(self.reward, "name", "reward")
+
+    def rahf_scores(self, prompt: str, images: Sequence[np.ndarray]) -> list[dict]:
+        scores = self.heatmap_model.all_scores([prompt] * len(images), list(images))
+        return [{name: float(values[i]) for name, values in scores.items()} for i in range(len(images))]
+
+
+def read_input_image(path: Path) -> tuple[np.ndarray, Optional[str]]:
+    """(uint8 RGB image, a note on how its mode was converted or None); ImageLoadError names unusable files."""
+    image = load_rgb(path)  # unreadable, truncated, not an image: ImageLoadError naming the file and the fix
+    with Image.open(path) as opened:
+        mode = opened.mode
+    return image, MODE_NOTES.get(mode)
+
+
+def find_companion(source: Optional[Path], image_path: Path) -> Optional[Path]:
+    """The mask or heatmap for `image_path`: `source` itself if it is a file, else the file in folder `source` with
+    the image's name or stem (any image suffix)."""
+    if source is None:
+        return None
+    if source.is_file():
+        return source
+    if (source / image_path.name).is_file():
+        return source / image_path.name
+    matches = sorted(p for p in source.glob(image_path.stem + ".*") if p.is_file())
+    if not matches:
+        raise MaskError(f"no mask or heatmap for {image_path.name} in {source}: name it {image_path.stem}.png")
+    return matches[0]
+
+
+def fix_files(fixer: InpaintFixer, paths: Sequence[Path], prompts: Sequence[str], out_dir: str | os.PathLike,
+              masks: Optional[str | os.PathLike] = None, heatmaps: Optional[str | os.PathLike] = None,
+              progress: bool = True, log=print) -> dict:
+    """Repair every image file into `out_dir` (see `report` for the layout). An image whose report is already
+    there is not redone. A file that cannot be used (unreadable, truncated, a mask of another size, ...) is
+    reported and skipped; the others go on. Returns the summary that `summary.json` holds."""
+    from tqdm.auto import tqdm
+
+    from .report import image_names, read_report, write_image_outputs, write_error_report, write_summary
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mask_source = Path(masks) if masks else None
+    heatmap_source = Path(heatmaps) if heatmaps else None
+    names = image_names(paths)
+    reports = []
+    for path, prompt, name in tqdm(list(zip(paths, prompts, names)), desc="inpaint-fix", unit="img",
+                                   disable=not progress):
+        done = read_report(out, name, path, fixer.settings)
+        if done is not None:
+            reports.append(done)
+            continue
+        try:
+            image, note = read_input_image(path)
+            height, width = image.shape[:2]
+            mask_file = find_companion(mask_source, path)
+            heat_file = find_companion(heatmap_source, path)
+            mask = read_mask_file(mask_file, height, width) if mask_file else None
+            heatmap = read_heatmap_file(heat_file, height, width) if heat_file else None
+            result = fixer.fix(image, prompt, mask=mask, heatmap=heatmap)
+            rahf_before, rahf_after = fixer.rahf_scores(prompt, [image, result.image])
+            report = write_image_outputs(out, name, path, prompt, image, result, fixer, note, rahf_before, rahf_after,
+                                         mask_file=mask_file, heatmap_file=heat_file)
+        except (ImageLoadError, MaskError, ValueError) as err:
+            report = write_error_report(out, name, path, prompt, str(err), fixer.settings)
+            log(f"skipped {err}")
+        else:
+            if note:
+                log(f"{path}: {note}")
+            if result.status == "nothing_to_fix":
+                log(f"{path}: {result.message}")
+        reports.append(report)
+    return write_summary(out, reports)

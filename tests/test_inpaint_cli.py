@@ -1,0 +1,169 @@
+"""`inpaint-fix` end to end on the embedded models (2 denoising steps, 2 candidates): outputs, reports, resume, and
+every bad-input case, which is reported while the other images are repaired."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from richfeedback.imaging import load_rgb
+from richfeedback.inpaint.cli import main
+from richfeedback.shapesworld.render import render
+from richfeedback.shapesworld.scene import sample_scene
+
+FAST = ["--n", "2", "--steps", "2"]
+
+
+def scene(seed: int) -> np.ndarray:
+    return render(sample_scene(np.random.default_rng(seed)))
+
+
+def square_mask(size=64, lo=20, hi=40) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    mask[lo:hi, lo:hi] = 255
+    return mask
+
+
+@pytest.fixture(scope="module")
+def bad_inputs_run(tmp_path_factory):
+    """One run over a folder mixing good images, every convertible mode and every broken case, each with a mask."""
+    root = tmp_path_factory.mktemp("inpaint-cli")
+    images, masks = root / "images", root / "masks"
+    images.mkdir()
+    masks.mkdir()
+    Image.fromarray(scene(0)).save(images / "good.png")
+    Image.fromarray(np.dstack([scene(1), np.full((64, 64), 200, np.uint8)]), "RGBA").save(images / "rgba.png")
+    Image.fromarray(scene(2)).convert("L").save(images / "gray.png")
+    Image.fromarray(scene(3)).convert("P", palette=Image.ADAPTIVE, colors=16).save(images / "palette.png")
+    Image.fromarray(scene(4)[..., 0].astype(np.uint16) * 257).save(images / "deep.png")  # 16-bit grayscale
+    Image.fromarray(scene(5)).save(root / "full.png")
+    (images / "truncated.png").write_bytes((root / "full.png").read_bytes()[:300])
+    (images / "notimage.png").write_text("this is not an image")
+    Image.fromarray(scene(6)).save(images / "wrongmask.png")
+    Image.fromarray(scene(7)).save(images / "empty.png")
+    for name in ("good", "rgba", "gray", "palette", "deep", "truncated", "notimage"):
+        Image.fromarray(square_mask()).save(masks / f"{name}.png")
+    Image.fromarray(square_mask(32, 8, 16)).save(masks / "wrongmask.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(masks / "empty.png")
+    out = root / "out"
+    argv = [str(images), "--prompt", "a red circle on the left", "--mask", str(masks), "--out", str(out), *FAST]
+    code = main(argv)
+    reports = {p.stem: json.loads(p.read_text()) for p in (out / "reports").glob("*.json")}
+    return {"code": code, "images": images, "out": out, "reports": reports, "argv": argv}
+
+
+def test_a_run_with_bad_files_finishes_the_others_and_exits_1(bad_inputs_run):
+    assert bad_inputs_run["code"] == 1
+    reports = bad_inputs_run["reports"]
+    assert len(reports) == 9
+    assert sorted(n for n, r in reports.items() if r["status"] == "error") == ["notimage", "truncated", "wrongmask"]
+    summary = json.loads((bad_inputs_run["out"] / "summary.json").read_text())
+    assert len(summary["errors"]) == 3 and summary["num_images"] == 9
+
+
+def test_unreadable_and_truncated_files_are_named_in_one_line(bad_inputs_run):
+    for name in ("truncated", "notimage"):
+        message = bad_inputs_run["reports"][name]["message"]
+        assert f"{name}.png: not a readable image" in message and "\n" not in message
+
+
+def test_mask_of_another_size_is_reported_with_the_fix(bad_inputs_run):
+    message = bad_inputs_run["reports"]["wrongmask"]["message"]
+    assert "the mask is 32x32 but its image is 64x64; save the mask at the image's size" in message
+
+
+def test_empty_mask_copies_the_image_through_and_says_so(bad_inputs_run):
+    report = bad_inputs_run["reports"]["empty"]
+    assert report["status"] == "nothing_to_fix" and "nothing to fix, copied through" in report["message"]
+    out = load_rgb(bad_inputs_run["out"] / report["outputs"]["fixed"])
+    assert np.array_equal(out, load_rgb(bad_inputs_run["images"] / "empty.png"))
+
+
+@pytest.mark.parametrize("name,note", [("rgba", "alpha composited on white"), ("gray", "grayscale"),
+                                       ("palette", "palette"), ("deep", "16-bit")])
+def test_other_modes_are_converted_to_rgb_and_repaired(bad_inputs_run, name, note):
+    report = bad_inputs_run["reports"][name]
+    assert report["status"] in ("fixed", "kept_original") and note in report["input_note"]
+    fixed = np.asarray(Image.open(bad_inputs_run["out"] / report["outputs"]["fixed"]))
+    assert fixed.shape == (64, 64, 3)
+    original = load_rgb(bad_inputs_run["images"] / f"{name}.png")
+    outside = square_mask() == 0
+    assert np.array_equal(fixed[outside], original[outside])
+
+
+def test_report_has_scores_candidates_and_mask_area(bad_inputs_run):
+    report = bad_inputs_run["reports"]["good"]
+    assert report["reward"] == "rahf:plausibility"
+    assert 0 <= report["score_before"] <= 1 and report["score_after"] >= report["score_before"]
+    assert [c["seed"] for c in report["candidates"]] == [0, 1]
+    assert report["mask"]["source"] == "mask file" and report["mask"]["area"] == pytest.approx(400 / 4096)
+    assert report["pixels_changed_outside_mask"] == 0
+    if report["status"] == "fixed":
+        assert report["chosen"]["seed"] == report["candidates"][report["chosen"]["index"]]["seed"]
+        assert report["score_after"] > report["score_before"]
+    else:
+        assert report["chosen"] is None and report["score_after"] == report["score_before"]
+    out = bad_inputs_run["out"]
+    for key in ("fixed", "mask", "overlay", "strip", "candidates"):
+        assert (out / report["outputs"][key]).is_file(), key
+    manifest = [json.loads(line) for line in (out / "fixed" / "manifest.jsonl").read_text().splitlines()]
+    assert {row["file_name"] for row in manifest} >= {"good.png", "empty.png"} and len(manifest) == 6
+    assert (out / "index.html").is_file()
+
+
+def test_a_rerun_skips_finished_images(bad_inputs_run):
+    report_path = bad_inputs_run["out"] / "reports" / "good.json"
+    before = report_path.stat().st_mtime_ns
+    assert main(bad_inputs_run["argv"]) == 1  # the broken files are still broken
+    assert report_path.stat().st_mtime_ns == before
+
+
+def test_heatmap_file_goes_through_threshold_and_dilation(tmp_path):
+    Image.fromarray(scene(8)).save(tmp_path / "img.png")
+    heat = np.zeros((16, 16), np.uint8)
+    heat[6:8, 6:8] = 255  # hot 2x2 cells of a 16x16 heatmap: 8x8 image pixels at 24..31
+    Image.fromarray(heat).save(tmp_path / "heat.png")
+    out = tmp_path / "out"
+    code = main([str(tmp_path / "img.png"), "--prompt", "a blue square", "--heatmap", str(tmp_path / "heat.png"),
+                 "--threshold", "0.5", "--dilate", "4", "--out", str(out), *FAST])
+    assert code == 0
+    report = json.loads((out / "reports" / "img.json").read_text())
+    mask = np.asarray(Image.open(out / "masks" / "img.png")) > 0
+    assert report["mask"]["source"] == "heatmap file" and report["mask"]["threshold"] == 0.5
+    assert mask[24:32, 24:32].all() and mask.sum() > 64  # dilated beyond the hot block
+    assert mask.sum() % 16 == 0  # rounded to the embedded VAE's 4x4-pixel latent cells
+
+
+def test_generate_folder_supplies_prompts_and_predicted_heatmaps_make_masks(tmp_path):
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    Image.fromarray(scene(9)).save(folder / "a.png")
+    Image.fromarray(scene(9)).save(folder / "grid.png")  # not in the manifest: not an input
+    (folder / "manifest.jsonl").write_text(json.dumps({"file_name": "a.png", "prompt": "a green circle"}) + "\n")
+    out = tmp_path / "out"
+    assert main([str(folder), "--threshold", "q0.95", "--out", str(out), *FAST]) == 0
+    report = json.loads((out / "reports" / "a.json").read_text())
+    assert report["prompt"] == "a green circle" and report["mask"]["source"] == "heatmap"
+    assert 0.04 <= report["mask"]["area"] <= 0.5  # the hottest 5%, dilated and rounded up
+    assert not (out / "reports" / "grid.json").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--threshold", "hot"], "threshold 'hot' is not understood"),
+    (["--n", "0"], "--n must be at least 1"),
+    (["--strength", "1.5"], "--strength must be in (0, 1]"),
+    (["--mask", "nowhere/"], "--mask nowhere/: no such file or folder"),
+])
+def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, message):
+    Image.fromarray(scene(0)).save(tmp_path / "img.png")
+    code = main([str(tmp_path / "img.png"), "--prompt", "x", "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.startswith("inpaint-fix: error:")
+
+
+def test_richfeedback_has_the_inpaint_fix_subcommand():
+    from richfeedback.cli import build_parser
+
+    args = build_parser().parse_args(["inpaint-fix", "img.png", "--prompt", "x", "--out", "o"])
+    assert args.n == 8 and args.threshold == "0.2" and args.func.__name__ == "cmd_inpaint_fix"

@@ -1,0 +1,111 @@
+"""Inpainting candidates with diffusers (4- and 9-channel UNets), the compositing guarantee, and best-of-N."""
+
+import numpy as np
+import pytest
+import torch
+
+from richfeedback.inpaint.masks import feather_mask
+from richfeedback.inpaint.repair import composite, inpaint_candidates, latent_cell, load_inpaint_pipeline
+from richfeedback.inpaint.selection import select_best
+from richfeedback.shapesworld.render import render
+from richfeedback.shapesworld.scene import sample_scene
+
+FAST = {"num_inference_steps": 3, "guidance_scale": 4.0, "height": 64, "width": 64, "strength": 1.0}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_inpaint_pipeline(None)
+
+
+@pytest.fixture(scope="module")
+def scene_image():
+    return render(sample_scene(np.random.default_rng(3)))
+
+
+def centre_mask(size=64, lo=20, hi=40):
+    mask = np.zeros((size, size), bool)
+    mask[lo:hi, lo:hi] = True
+    return mask
+
+
+def test_composite_keeps_every_pixel_outside_the_mask_bit_for_bit():
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    repaired = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mask = centre_mask(32, 8, 20)
+    out = composite(original, repaired, feather_mask(mask, 3))
+    assert (out[~mask] == original[~mask]).all()
+    assert (out[14, 14] == repaired[14, 14]).all()  # deep inside: the repair itself
+    assert (composite(original, repaired, np.ones((32, 32), np.float32)) == repaired).all()
+
+
+def test_embedded_pipeline_is_the_4_channel_blending_path(pipe):
+    assert type(pipe).__name__ == "StableDiffusionInpaintPipeline"
+    assert pipe.unet.config.in_channels == 4
+    assert latent_cell(pipe) == 4
+
+
+def test_candidates_pasted_back_leave_the_outside_unchanged(pipe, scene_image):
+    mask = centre_mask()
+    alpha = feather_mask(mask, 2)
+    raw = inpaint_candidates(pipe, scene_image, mask, "a red circle", [0, 1, 2], **FAST)
+    assert len(raw) == 3 and raw[0].shape == scene_image.shape and raw[0].dtype == np.uint8
+    drift = np.abs(raw[0].astype(int) - scene_image.astype(int))[~mask].max()
+    assert drift > 0  # the pipeline alone does change pixels outside the mask (VAE round trip) ...
+    for candidate in raw:
+        fixed = composite(scene_image, candidate, alpha)
+        assert (fixed[~mask] == scene_image[~mask]).all()  # ... the composite puts them back exactly
+    assert not np.array_equal(raw[0][mask], raw[1][mask])  # different seeds, different repairs
+
+
+def test_a_candidate_does_not_depend_on_its_batch(pipe, scene_image):
+    mask = centre_mask()
+    together = inpaint_candidates(pipe, scene_image, mask, "a red circle", [5, 6, 7], **FAST)
+    alone = inpaint_candidates(pipe, scene_image, mask, "a red circle", [6], **FAST)
+    one_by_one = inpaint_candidates(pipe, scene_image, mask, "a red circle", [5, 6, 7], batch_size=1, **FAST)
+    def differ(a, b):
+        return np.abs(a.astype(int) - b.astype(int))
+
+    # Only the float noise of batched kernels: a few grey levels at most.
+    assert differ(together[1], alone[0]).max() <= 8 and differ(together[1], alone[0]).mean() < 0.5
+    assert all(differ(a, b).max() <= 8 and differ(a, b).mean() < 0.5 for a, b in zip(together, one_by_one))
+
+
+def test_crop_around_the_mask_is_pasted_back_at_the_image_size(pipe, scene_image):
+    mask = centre_mask(lo=24, hi=32)
+    raw = inpaint_candidates(pipe, scene_image, mask, "a red circle", [0], crop_padding=4, **FAST)
+    fixed = composite(scene_image, raw[0], feather_mask(mask, 1))
+    assert fixed.shape == scene_image.shape
+    assert (fixed[~mask] == scene_image[~mask]).all()
+    assert not np.array_equal(fixed[mask], scene_image[mask])
+
+
+def test_empty_mask_is_refused():
+    with pytest.raises(ValueError, match="empty mask"):
+        inpaint_candidates(None, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), bool), "x", [0])
+
+
+def test_a_9_channel_inpainting_unet_works_through_the_same_call(pipe, scene_image):
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=9,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                cross_attention_dim=pipe.text_encoder.config.hidden_size, norm_num_groups=4)
+    components = {**pipe.components, "unet": unet}
+    nine = StableDiffusionInpaintPipeline(**components)
+    nine.set_progress_bar_config(disable=True)
+    mask = centre_mask()
+    raw = inpaint_candidates(nine, scene_image, mask, "a red circle", [0, 1], **FAST)
+    fixed = composite(scene_image, raw[0], feather_mask(mask, 2))
+    assert (fixed[~mask] == scene_image[~mask]).all()
+
+
+def test_best_candidate_is_kept_only_when_it_beats_the_original():
+    assert select_best(0.5, [0.4, 0.7, 0.6]).chosen == 1
+    kept = select_best(0.8, [0.4, 0.7, 0.6])
+    assert kept.chosen is None and kept.best_score == 0.8
+    assert select_best(0.8, [0.4, 0.7, 0.6], keep_original=False).chosen == 1
+    assert select_best(0.7, [0.7]).chosen is None  # a tie does not replace the original
