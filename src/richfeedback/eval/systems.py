@@ -100,7 +100,7 @@ def parse_system(spec: str) -> SystemSpec:
 
 def load_guidance_for(spec: SystemSpec, device: str = "cpu"):
     """The reward-guidance object of a spec, or None; a clear error when the guidance module is not there."""
-    if spec.guidance is None or spec.guidance_scale == 0:
+    if spec.guidance is None:
         return None
     try:
         from ..guidance import load_guidance
