@@ -132,3 +132,13 @@ def test_cli_make_prints_the_page(tmp_path, capsys):
     assert "wrote 4 A/B pairs" in out and str((tmp_path / "AB" / "index.html").resolve()) in out
     assert main(["ab", "make", "--a", f"{clean},lora=nowhere", "--b", str(clean), "--prompts", str(prompts),
                  "--out", str(tmp_path / "AB2")]) == 2
+
+
+def test_questions_of_your_own_may_hold_commas(tmp_path):
+    clean = shapes_folder(tmp_path / "clean", PROMPTS[:1], [0])
+    assert main(["ab", "make", "--a", str(clean), "--b", str(clean), "--prompt", PROMPTS[0], "--out",
+                 str(tmp_path / "AB"), "--questions", "overall,alignment", "--questions",
+                 "colour=Which image has nicer colours, if any?"]) == 0
+    meta, _ = read_ab(tmp_path / "AB")
+    assert [(q["name"], q["text"]) for q in meta["questions"]][1:] == [
+        ("alignment", "Which image matches the prompt better?"), ("colour", "Which image has nicer colours, if any?")]

@@ -163,3 +163,28 @@ def test_a_csv_without_the_value_column_names_the_columns(tmp_path):
     path.write_text("ab_id,rater,pair_id,question\nabc123,bob,p00000,overall\n")
     with pytest.raises(UsageError, match="without the column"):
         read_ratings_file(path)
+
+
+def test_results_cli_reads_a_folder_of_exports_and_reports_a_wrong_file_in_one_line(tmp_path, capsys):
+    from richfeedback.cli import main
+    from test_ab_make import make_shapes_ab  # noqa: E402
+
+    ab = make_shapes_ab(tmp_path, questions="overall")
+    meta, pairs = __import__("richfeedback.eval.ab", fromlist=["read_ab"]).read_ab(ab)
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    for rater, value in (("alice", -2), ("bob", 1)):  # left much better / right slightly better on every pair
+        export(exports, [{"pair_id": p["pair_id"], "question": "overall", "value": value} for p in pairs],
+               f"{rater}.json", ab_id=meta["id"], rater=rater)
+    assert main(["ab", "results", str(ab), "--ratings", str(exports), "--bootstrap", "200"]) == 0
+    results = json.loads((ab / "results" / "results.json").read_text())["questions"]["overall"]
+    b_left = sum(p["left"] == "b" for p in pairs)
+    # alice picks the left image, bob the right one: each pair gets one win of B and one loss, so B wins half.
+    assert results["win_rate_b"] == 0.5 and results["b_better"] == len(pairs)
+    assert results["per_rater"]["alice"]["win_rate_b"] == pytest.approx(b_left / len(pairs))
+    assert results["agreement"]["percent_agreement_3way"] == 0.0
+    report = (ab / "results" / "report.md").read_text()
+    assert "## Agreement between raters" in report and "alice-bob" in report
+    (exports / "broken.json").write_text("{not json")
+    assert main(["ab", "results", str(ab), "--ratings", str(exports)]) == 2
+    assert "broken.json: not valid JSON" in capsys.readouterr().err

@@ -29,8 +29,9 @@ def add_ab_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="file with one prompt per line (or JSONL with 'prompt')")
     p.add_argument("--seeds", default="0", help="seeds per prompt: 0-3, 0,1,5 or a mix (default: 0)")
     p.add_argument("--out", required=True, help="the AB folder to write (index.html, pairs.jsonl/csv, images/)")
-    p.add_argument("--questions", default=DEFAULT_QUESTIONS,
-                   help=f"comma-separated questions, NAME or NAME=TEXT (default: {DEFAULT_QUESTIONS})")
+    p.add_argument("--questions", action="append", default=None, metavar="QUESTIONS",
+                   help=f"comma-separated known questions (default: {DEFAULT_QUESTIONS}); repeat the option for "
+                        "one of your own as NAME=TEXT, e.g. --questions 'colour=Which image has nicer colours?'")
     p.add_argument("--side-seed", type=int, default=0, help="seed of the left/right randomisation and pair order")
     p.add_argument("--title", default=None, help="heading of the rating page (never names the systems by default)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps for both systems (default: the model's)")
@@ -72,7 +73,7 @@ def cmd_make(args) -> None:
     from .export import make_ab, parse_questions, parse_seeds
 
     out = make_ab(args.a, args.b, read_prompts(args), parse_seeds(args.seeds), args.out,
-                  questions=parse_questions([args.questions]), side_seed=args.side_seed, title=args.title,
+                  questions=parse_questions(args.questions or [DEFAULT_QUESTIONS]), side_seed=args.side_seed, title=args.title,
                   batch_size=args.batch_size, device=args.device,
                   sampling={"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale})
     n_pairs = sum(1 for line in (out / "pairs.jsonl").read_text().splitlines() if line.strip())

@@ -43,7 +43,8 @@ PAIR_FIELDS = ("pair_id", "position", "prompt", "prompt_index", "seed", "left", 
 
 
 def parse_questions(items: Sequence[str]) -> list[dict]:
-    """Questions from NAME or NAME=TEXT items (comma-separated lists accepted); known names have default texts."""
+    """Questions from items that are comma-separated known names ("overall,alignment") or one NAME=TEXT each (the
+    text may hold commas); known names have default texts."""
     questions = []
     for item in items:
         for part in ([item] if "=" in item else item.split(",")):

@@ -51,6 +51,8 @@ def read_ratings_file(path: str | os.PathLike) -> list[dict]:
         if not isinstance(doc, dict) or doc.get("format") != RATINGS_FORMAT or not isinstance(doc.get("ratings"), list):
             raise UsageError(f"{path}: not a rating-page export (expected format {RATINGS_FORMAT!r} with a "
                              "'ratings' list)")
+        if not all(isinstance(r, dict) for r in doc["ratings"]):
+            raise UsageError(f"{path}: every entry of 'ratings' must be an object with pair_id, question and value")
         return [_rating(path, f" rating {i}", doc.get("ab_id"), r.get("rater", doc.get("rater")), r.get("pair_id"),
                         r.get("question"), r.get("value"), r.get("time"))
                 for i, r in enumerate(doc["ratings"])]
