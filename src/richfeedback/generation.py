@@ -8,6 +8,7 @@ there, so an interrupted run loses at most the batch in flight.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,6 +41,14 @@ def resolve_model(model: Optional[str]) -> str:
     return model
 
 
+try:  # diffusers renamed `torch_dtype` to `dtype` (the old name warns); older releases know only `torch_dtype`
+    from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
+
+    _DTYPE_ARGUMENT = "dtype"
+except ImportError:
+    _DTYPE_ARGUMENT = "torch_dtype"
+
+
 def load_pipeline(model: Optional[str] = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """A diffusers text-to-image pipeline from a local folder or hub id (hub ids need a network or a local cache)."""
     from diffusers import AutoPipelineForText2Image
@@ -53,7 +62,7 @@ def load_pipeline(model: Optional[str] = None, device: str = "cpu", dtype: torch
         )
     if local and not (Path(path) / "model_index.json").exists():
         raise FileNotFoundError(f"{path} has no model_index.json: it is not a diffusers pipeline folder")
-    kwargs = {"torch_dtype": dtype, "local_files_only": local}
+    kwargs = {_DTYPE_ARGUMENT: dtype, "local_files_only": local}
     pipe = AutoPipelineForText2Image.from_pretrained(path, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -85,12 +94,16 @@ def plan_jobs(prompts: Sequence[str], n_per_prompt: int, seed: int) -> list[Gene
 
 
 @torch.no_grad()
-def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], **sampling) -> list[np.ndarray]:
-    """uint8 (H, W, 3) images, one per (prompt, seed); each image uses its own seeded generator."""
-    device = pipe.device
+def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], guidance=None,
+                    **sampling) -> list[np.ndarray]:
+    """uint8 (H, W, 3) images, one per (prompt, seed); each image uses its own seeded generator.
+
+    `guidance`: a `richfeedback.guidance.RewardGuidance` steering the sampling (None or scale 0: unguided, exactly).
+    """
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     # Initial latents are drawn on the CPU per image so results match across devices and batch sizes.
-    out = pipe(list(prompts), generator=generators, output_type="np", **sampling)
+    with guidance.attach(pipe, list(prompts)) if guidance is not None else contextlib.nullcontext():
+        out = pipe(list(prompts), generator=generators, output_type="np", **sampling)
     return [(np.clip(img, 0, 1) * 255).round().astype(np.uint8) for img in out.images]
 
 
@@ -110,10 +123,11 @@ def read_manifest(out_dir: str | os.PathLike) -> list[dict]:
 
 def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_dir: str | os.PathLike,
                        batch_size: int = 8, device: str = "cpu", progress: bool = True, pipe=None,
-                       **sampling) -> Path:
+                       guidance=None, **sampling) -> Path:
     """Generate every job into `out_dir` (PNG files + manifest.jsonl); jobs already in the manifest are skipped.
 
     `pipe`: an already loaded pipeline for `model` (callers writing many folders load it once).
+    `guidance`: a `richfeedback.guidance.RewardGuidance`; its settings go into each manifest row as "guidance".
     """
     from PIL import Image
     from tqdm.auto import tqdm
@@ -127,6 +141,10 @@ def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_
         tmp = out / (MANIFEST + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, manifest_path)
+    guided = {"guidance": guidance.settings()} if guidance is not None and guidance.active else {}
+    if rows and any(r.get("guidance") != guided.get("guidance") for r in rows):
+        raise ValueError(f"{out} holds images made with other reward-guidance settings than these; "
+                         "write to a new --out folder (a folder holds one setting, so a rerun can resume it)")
     done = {(r["prompt"], r["seed"]) for r in rows}
     todo = [j for j in jobs if (j.prompt, j.seed) not in done]
     if not todo:
@@ -136,13 +154,14 @@ def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_
     with open(out / MANIFEST, "a") as manifest, tqdm(total=len(todo), desc="generate", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            images = generate_images(pipe, [j.prompt for j in batch], [j.seed for j in batch], **settings)
+            images = generate_images(pipe, [j.prompt for j in batch], [j.seed for j in batch], guidance=guidance,
+                                     **settings)
             for job, image in zip(batch, images):
                 tmp = out / (job.file_name + ".tmp")
                 Image.fromarray(image).save(tmp, format="PNG")
                 os.replace(tmp, out / job.file_name)
                 row = {"file_name": job.file_name, "prompt": job.prompt, "seed": job.seed,
-                       "model": model or "embedded", **settings}
+                       "model": model or "embedded", **settings, **guided}
                 manifest.write(json.dumps(row) + "\n")
             manifest.flush()
             os.fsync(manifest.fileno())

@@ -15,20 +15,17 @@ folder with its tokenizer); `OUTPUT/final` is the last. Tensorboard logs are in 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm.auto import tqdm
 
+from ...training_utils import latest_checkpoint, load_config as load_yaml_config, lr_factor, save_atomically
+from ...training_utils import save_checkpoint as save_training_state
 from .configuration import HEATMAP_NAMES, SCORE_NAMES, RAHFConfig
 from .modeling import RAHFModel
 
@@ -51,34 +48,8 @@ DEFAULTS = {
 }
 
 
-def merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (override or {}).items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(path: Optional[str], sets: list[str] = ()) -> dict:
-    cfg = copy.deepcopy(DEFAULTS)
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: no such training config (see configs/rahf/ for examples)")
-        cfg = merge(cfg, yaml.safe_load(p.read_text()) or {})
-    for item in sets:  # --set optim.lr=1e-4
-        key, _, value = item.partition("=")
-        node = cfg
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads "5e-4" as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        node[leaf] = parsed
-    return cfg
+    return load_yaml_config(path, DEFAULTS, sets, examples="configs/rahf/")
 
 
 def build_model(cfg: dict):
@@ -115,28 +86,6 @@ def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse") 
     total = weights["heatmap"] * heatmap + weights["score"] * score + weights["seq"] * output.seq_loss
     return total, {"loss/heatmap": heatmap.item(), "loss/score": score.item(), "loss/seq": output.seq_loss.item(),
                    "loss/total": total.item()}
-
-
-def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _save_atomically(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-
-
-def latest_checkpoint(output_dir: Path) -> Optional[Path]:
-    done = [p for p in (output_dir / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
 
 
 def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
@@ -210,24 +159,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
             accelerator.print(f"resumed from {checkpoint} at step {step}")
 
     def save_checkpoint():
-        accelerator.wait_for_everyone()
-        path = out / "checkpoints" / f"step-{step}"
-        if accelerator.is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        # every process writes its own RNG state, so the save runs on all of them; the folder is renamed after
-        tmp = path.with_name(path.name + ".tmp")
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "best": best}))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-            kept = sorted((p for p in path.parent.glob("step-*") if not p.name.endswith(".tmp")),
-                          key=lambda p: int(p.name.split("-")[1]))
-            for old in kept[: -cfg["keep_checkpoints"]]:
-                shutil.rmtree(old)
-        accelerator.wait_for_everyone()
+        save_training_state(accelerator, out, step, {"best": best}, cfg["keep_checkpoints"])
 
     def save_model(name: str):
         if accelerator.is_main_process:
@@ -236,7 +168,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
             def write(tmp):
                 unwrapped.save_pretrained(tmp)
                 processor.tokenizer.save_pretrained(tmp / "tokenizer")
-            _save_atomically(out / name, write)
+            save_atomically(out / name, write)
 
     bar = tqdm(total=total_steps, initial=step, desc="rahf train", disable=not accelerator.is_local_main_process)
     model.train()

@@ -1,0 +1,210 @@
+"""Choose the training images of a scored pool, and write them as an `imagefolder` dataset.
+
+    richfeedback pool filter runs/pool --policy align_sd --score "rahf:alignment" --temperature 0.05 --out runs/data
+
+The score a policy ranks by is one reward model's or a weighted sum, `"1.0*rahf:alignment + 0.5*rahf:plausibility"`,
+optionally z-scored per model over the pool first (`normalize="zscore"`), so that models on different scales can be
+mixed. Policies:
+
+- threshold: every image whose score is at least `min_score`.
+- topk: the `k` best images of each prompt (optionally also at least `min_score`).
+- align_sd: the recipe of HPS v1's align_sd (`select_training_images.py`): prompts with at least `min_candidates`
+  (4) images; p = softmax(score / temperature) over a prompt's N images; the best image is kept as a positive when
+  max p > 2/N, i.e. at least twice the uniform probability. With `negatives=True` the worst image is also kept when
+  max softmax(-score / temperature) > 2/N, captioned with `negative_prefix` ("Weird image. "), which then serves as
+  the negative prompt at inference. align_sd's HPS scores are 100 x cosine similarities (temperature 1); scores in
+  [0, 1] such as RAHF's need a temperature near 0.05 for the same selectivity.
+
+Every policy can require `min_prompts` prompts in the result, so that a too-strict filter fails loudly rather than
+training on a handful of images.
+
+The output folder is what `datasets.load_dataset("imagefolder", data_dir=OUT)` and diffusers' example training
+scripts (`--train_data_dir OUT --caption_column text`) read: the images and a `metadata.jsonl` with `file_name`,
+`text` (the caption to train on), `type` (positive|negative), `score`, `scores`, `prompt` and `seed`. It is written
+into a temporary sibling and renamed into place when complete; `filter_report.json` says what was kept and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..dataset_io import refuse_non_empty
+from ..errors import UsageError
+from .pool import read_pool
+
+POLICIES = ("threshold", "topk", "align_sd")
+METADATA = "metadata.jsonl"
+REPORT = "filter_report.json"
+_TERM = re.compile(r"^\s*(?:([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?([A-Za-z0-9_.:\-/]+)\s*$")
+
+
+def parse_score_expression(text: str) -> dict[str, float]:
+    """`"rahf:alignment"` -> {"rahf:alignment": 1.0}; `"2*a + 0.5*b"` -> {"a": 2.0, "b": 0.5}."""
+    weights: dict[str, float] = {}
+    for term in re.split(r"(?<![eE])\+", text):  # terms are separated by '+' (not the one in 1e+3)
+        match = _TERM.match(term)
+        if not match or not term.strip():
+            raise UsageError(f"cannot read the score {text!r}: write a model name, or a weighted sum such as "
+                             "'1.0*rahf:alignment + 0.5*rahf:plausibility'")
+        weight, name = match.groups()
+        weights[name] = weights.get(name, 0.0) + (float(weight) if weight is not None else 1.0)
+    return weights
+
+
+@dataclasses.dataclass
+class FilterPolicy:
+    """What to keep; see the module docstring."""
+
+    policy: str = "align_sd"
+    score: str = "rahf:overall"
+    normalize: str = "none"  # none | zscore
+    min_score: Optional[float] = None
+    k: int = 1
+    temperature: float = 1.0
+    min_candidates: int = 4
+    negatives: bool = False
+    negative_prefix: str = "Weird image. "
+    min_prompts: int = 1
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise UsageError(f"unknown filter policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if self.normalize not in ("none", "zscore"):
+            raise UsageError(f"normalize must be 'none' or 'zscore', got {self.normalize!r}")
+        if self.policy == "threshold" and self.min_score is None:
+            raise UsageError("the threshold policy needs min_score (--min-score)")
+        if self.k < 1 or self.temperature <= 0 or self.min_candidates < 2:
+            raise UsageError("k must be >= 1, temperature > 0 and min_candidates >= 2")
+        self.weights = parse_score_expression(self.score)
+
+
+def combined_scores(rows: list[dict], policy: FilterPolicy) -> np.ndarray:
+    """The policy's score of every row; a missing score is an error that says which `pool score` to run."""
+    total = np.zeros(len(rows))
+    for name, weight in policy.weights.items():
+        missing = sum(name not in r["scores"] for r in rows)
+        if missing:
+            known = sorted({k for r in rows for k in r["scores"]})
+            raise UsageError(f"{missing} of {len(rows)} pool images have no {name!r} score; run `richfeedback pool "
+                             f"score POOL --model {name.split(':')[0] if name.startswith('oracle:') else name}` "
+                             f"first (scores in the pool: {', '.join(known) or 'none'})")
+        values = np.array([r["scores"][name] for r in rows], dtype=np.float64)
+        if policy.normalize == "zscore":
+            values = (values - values.mean()) / (values.std() + 1e-12)
+        total += weight * values
+    return total
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def select(rows: list[dict], policy: FilterPolicy) -> list[dict]:
+    """The kept rows, each with `type` (positive|negative), `text` (the caption to train on) and `score`."""
+    scores = combined_scores(rows, policy)
+    by_prompt: dict[int, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_prompt[row["prompt_index"]].append(i)
+    kept: list[tuple[int, str, Optional[float]]] = []  # (row, type, confidence)
+    for indices in by_prompt.values():
+        s = scores[indices]
+        order = [indices[j] for j in np.argsort(-s, kind="stable")]
+        if policy.policy == "threshold":
+            kept += [(i, "positive", None) for i in order if scores[i] >= policy.min_score]
+        elif policy.policy == "topk":
+            kept += [(i, "positive", None) for i in order[:policy.k]
+                     if policy.min_score is None or scores[i] >= policy.min_score]
+        else:
+            n = len(indices)
+            if n < policy.min_candidates:
+                continue
+            p_best = _softmax(s / policy.temperature)
+            if p_best.max() > 2.0 / n:
+                kept.append((order[0], "positive", float(p_best.max())))
+            p_worst = _softmax(-s / policy.temperature)
+            if policy.negatives and p_worst.max() > 2.0 / n:
+                kept.append((order[-1], "negative", float(p_worst.max())))
+    kept.sort()
+    out = []
+    for i, kind, confidence in kept:
+        row = rows[i]
+        text = row["prompt"] if kind == "positive" else policy.negative_prefix + row["prompt"]
+        out.append({**row, "type": kind, "text": text, "score": float(scores[i]), "confidence": confidence})
+    positives = {r["prompt_index"] for r in out if r["type"] == "positive"}
+    if len(positives) < policy.min_prompts:
+        raise UsageError(f"the {policy.policy} policy kept positives for {len(positives)} prompts, fewer than "
+                         f"min_prompts={policy.min_prompts}: loosen it (lower min_score/temperature, larger k) or "
+                         "generate more images per prompt")
+    return out
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Means of every score over `rows`, for the report (how much better the kept images are than the pool)."""
+    names = sorted({k for r in rows for k in r["scores"]})
+    return {name: float(np.mean([r["scores"][name] for r in rows if name in r["scores"]])) for name in names}
+
+
+def filter_pool(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, policy: FilterPolicy) -> dict:
+    """Write the `imagefolder` dataset of the images `policy` keeps; returns the report (also in filter_report.json)."""
+    rows = read_pool(pool_dir)
+    if not rows:
+        raise UsageError(f"{pool_dir} has no images; run `richfeedback pool generate` first")
+    chosen = select(rows, policy)
+    out = Path(out_dir)
+    refuse_non_empty(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        with open(tmp / METADATA, "w") as f:
+            for row in chosen:
+                file_name = row["file_name"].replace("/", "_")
+                shutil.copyfile(row["path"], tmp / file_name)
+                f.write(json.dumps({"file_name": file_name, "text": row["text"], "type": row["type"],
+                                    "score": row["score"], "scores": row["scores"], "prompt": row["prompt"],
+                                    "seed": row["seed"]}) + "\n")
+        positives = [r for r in chosen if r["type"] == "positive"]
+        report = {
+            "pool": str(pool_dir), "policy": {k: v for k, v in dataclasses.asdict(policy).items()},
+            "pool_images": len(rows), "pool_prompts": len({r["prompt_index"] for r in rows}),
+            "kept_positive": len(positives), "kept_negative": len(chosen) - len(positives),
+            "kept_prompts": len({r["prompt_index"] for r in positives}),
+            "mean_scores_pool": _summary(rows), "mean_scores_kept_positive": _summary(positives),
+        }
+        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        os.chmod(tmp, 0o755)
+        refuse_non_empty(out)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def read_metadata(data_dir: str | os.PathLike) -> list[dict]:
+    path = Path(data_dir) / METADATA
+    if not path.is_file():
+        raise UsageError(f"{data_dir} has no {METADATA}: give the folder `richfeedback pool filter` wrote, or any "
+                         "imagefolder dataset with a metadata.jsonl of file_name and text")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def negative_prompt_of(data_dir: str | os.PathLike) -> Optional[str]:
+    """The negative prefix to use at inference when the dataset has negatives (align_sd), else None."""
+    report = Path(data_dir) / REPORT
+    if not report.is_file():
+        return None
+    info = json.loads(report.read_text())
+    return info["policy"]["negative_prefix"].strip() if info.get("kept_negative") else None

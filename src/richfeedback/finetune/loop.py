@@ -1,0 +1,141 @@
+"""`richfeedback finetune --config FILE`: the four stages, each resumable, from one YAML file.
+
+    output_dir: runs/finetune-embedded
+    pool:    {model: embedded, prompts: {shapesworld: {n: 256, seed: 7, split: train}}, n: 8, seed: 0}
+    score:   {models: [rahf:alignment, rahf:plausibility]}
+    filter:  {policy: align_sd, score: "rahf:alignment + 0.5*rahf:plausibility", temperature: 0.05}
+    train:   {optim: {max_steps: 800, lr: 1.0e-4}, lora: {rank: 8, alpha: 8}}     (richfeedback.finetune.train)
+
+Stage outputs are OUTPUT/pool, OUTPUT/data and OUTPUT/lora. A stage whose output is complete is skipped, so after a
+crash the same command goes on where it stopped. `pool.prompts` is a file (one prompt per line) or a ShapesWorld
+sample. The same file also configures the training stage alone, under `accelerate launch` on several GPUs:
+`accelerate launch -m richfeedback.finetune.train --config FILE` (its data.path and output_dir default to the
+loop's OUTPUT/data and OUTPUT/lora).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from ..errors import UsageError
+from ..training_utils import merge, parse_value
+
+LOOP_DEFAULTS = {
+    "output_dir": "runs/finetune",
+    "pool": {"model": "embedded", "prompts": None, "n": 8, "seed": 0, "shard_size": 16, "batch_size": 16,
+             "device": "cpu", "sampling": {}},
+    "score": {"models": [], "batch_size": 64, "device": "cpu", "dtype": "fp32"},
+    "filter": {},
+    "train": {},
+}
+STAGES = ("pool", "score", "filter", "train")
+
+
+def is_loop_config(raw: dict) -> bool:
+    return bool(raw) and any(k in raw for k in ("pool", "score", "filter")) and "train" in raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such config (see configs/finetune/ for examples)")
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{p} is not valid YAML: {err}") from None
+
+
+def load_loop_config(path: str | Path, sets: list[str] = ()) -> dict:
+    raw = read_yaml(path)
+    unknown = sorted(set(raw) - set(LOOP_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {', '.join(unknown)}; the known ones are {', '.join(LOOP_DEFAULTS)}")
+    cfg = merge(LOOP_DEFAULTS, raw)
+    for item in sets:  # --set train.optim.lr=1e-4
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item}: write KEY=VALUE, e.g. --set train.optim.lr=1e-4")
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = parse_value(value)
+    return cfg
+
+
+def train_section(loop_cfg: dict) -> dict:
+    """The `train` section as a `richfeedback.finetune.train` config, with the loop's paths filled in."""
+    out = Path(loop_cfg.get("output_dir") or LOOP_DEFAULTS["output_dir"])
+    train = copy.deepcopy(loop_cfg.get("train") or {})
+    train.setdefault("output_dir", str(out / "lora"))
+    train.setdefault("model", {}).setdefault("pretrained", (loop_cfg.get("pool") or {}).get("model", "embedded"))
+    train.setdefault("data", {}).setdefault("path", str(out / "data"))
+    negative = (loop_cfg.get("filter") or {}).get("negative_prefix", "Weird image. ")
+    if (loop_cfg.get("filter") or {}).get("negatives"):
+        train.setdefault("negative_prompt", negative.strip())
+    return train
+
+
+def resolve_prompts(spec, base: Path) -> list[str]:
+    """`pool.prompts`: a file path, or {shapesworld: {n, seed, split}}."""
+    if isinstance(spec, dict) and "shapesworld" in spec:
+        from ..shapesworld.scene import sample_prompts
+
+        s = spec["shapesworld"]
+        return sample_prompts(int(s.get("n", 64)), seed=int(s.get("seed", 0)), split=s.get("split", "train"))
+    if isinstance(spec, str):
+        path = Path(spec)
+        if not path.is_absolute() and not path.exists():
+            path = base / spec
+        if not path.is_file():
+            raise UsageError(f"pool.prompts: no such file {spec} (one prompt per line)")
+        return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    raise UsageError("pool.prompts must be a file of prompts or {shapesworld: {n: 256, seed: 0, split: train}}")
+
+
+def run_loop(cfg: dict, stages: tuple[str, ...] = STAGES, config_dir: Optional[Path] = None) -> dict:
+    """Run the stages in order; returns where each stage's output is."""
+    from .filtering import REPORT, FilterPolicy, filter_pool
+    from .pool import generate_pool, score_pool
+    from .train import LORA_WEIGHTS, load_config as load_train_config, train
+
+    out = Path(cfg["output_dir"])
+    paths = {"pool": out / "pool", "data": out / "data", "lora": Path(train_section(cfg)["output_dir"])}
+    p = cfg["pool"]
+    if "pool" in stages:
+        prompts = resolve_prompts(p["prompts"], config_dir or Path.cwd())
+        print(f"== pool: {p['n']} images for each of {len(prompts)} prompts -> {paths['pool']}")
+        generate_pool(p["model"], prompts, paths["pool"], n=p["n"], seed=p["seed"], shard_size=p["shard_size"],
+                      batch_size=p["batch_size"], device=p["device"], **p["sampling"])
+    if "score" in stages:
+        s = cfg["score"]
+        models = [(m.partition("=")[0], m.partition("=")[2] or None) for m in s["models"]]
+        if not models:
+            raise UsageError("score.models is empty: list the reward models to score the pool with")
+        print(f"== score: {', '.join(name for name, _ in models)}")
+        score_pool(paths["pool"], models, batch_size=s["batch_size"], device=s["device"], dtype=s["dtype"])
+    if "filter" in stages:
+        policy = FilterPolicy(**cfg["filter"])
+        report_path = paths["data"] / REPORT
+        if report_path.is_file():
+            done = json.loads(report_path.read_text())
+            if {k: done["policy"].get(k) for k in cfg["filter"]} != cfg["filter"]:
+                raise UsageError(f"{paths['data']} was filtered with another policy; delete it to filter again")
+            print(f"== filter: already done ({done['kept_positive']} images of {done['kept_prompts']} prompts)")
+        else:
+            report = filter_pool(paths["pool"], paths["data"], policy)
+            print(f"== filter ({policy.policy}): kept {report['kept_positive']} positives and "
+                  f"{report['kept_negative']} negatives of {report['pool_images']} images, "
+                  f"{report['kept_prompts']} of {report['pool_prompts']} prompts -> {paths['data']}")
+    if "train" in stages:
+        train_cfg = load_train_config(None)
+        train_cfg = merge(train_cfg, train_section(cfg))
+        print(f"== train: LoRA on {train_cfg['data']['path']} -> {train_cfg['output_dir']}")
+        train(train_cfg, resume=True)
+        paths["lora_weights"] = Path(train_cfg["output_dir"]) / LORA_WEIGHTS
+    return paths

@@ -1,0 +1,227 @@
+"""A pool: N generated images per prompt with their seeds, and every reward model's score of each image.
+
+    richfeedback pool generate --model embedded --prompts prompts.txt --n 8 --out runs/pool
+    richfeedback pool score runs/pool --model rahf:alignment --model pickscore=weights/pickscore
+    richfeedback pool filter runs/pool --policy align_sd --score rahf:alignment --out runs/data   (filtering.py)
+
+Layout of POOL (everything is appended or replaced atomically, so a killed command resumes where it stopped):
+
+    pool.json                      what made the pool: model, sampling settings, n, seed, shard size, number of prompts
+    prompts.txt                    the prompts, in order (a prompt's index is its line number, from 0)
+    shard-00000/manifest.jsonl     rows {file_name, prompt, seed, ...} of the images in that shard, one line per image
+    shard-00000/*.png              the images (`richfeedback.generation.generate_to_folder` writes each shard)
+    scores/<model>.jsonl           rows {file_name, score} per reward model, appended batch by batch
+
+A shard holds the images of `shard_size` consecutive prompts. Under `accelerate launch` process r generates the
+shards r, r + P, r + 2P, ...: shards do not depend on the number of processes, so a pool started on 2 GPUs can be
+finished on 1. The seed of image k of prompt i is `seed + i * n + k`, as in `richfeedback generate`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import UsageError
+from ..generation import MANIFEST, GenerationJob, generate_to_folder, plan_jobs, read_manifest
+
+POOL_FILE = "pool.json"
+PROMPTS_FILE = "prompts.txt"
+SCORES_DIR = "scores"
+ORACLE = "oracle"  # on ShapesWorld, the exact oracle can score a pool: it stands in for perfect human feedback
+ORACLE_SCORES = ("oracle:prompt_correct", "oracle:word_accuracy", "oracle:artifact_free", "oracle:quality")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def read_pool_settings(pool_dir: str | os.PathLike) -> dict:
+    path = Path(pool_dir) / POOL_FILE
+    if not path.is_file():
+        raise UsageError(f"{pool_dir} is not a pool (no {POOL_FILE}); make one with `richfeedback pool generate`")
+    return json.loads(path.read_text())
+
+
+def pool_prompts(pool_dir: str | os.PathLike) -> list[str]:
+    return (Path(pool_dir) / PROMPTS_FILE).read_text().splitlines()
+
+
+def _start_pool(pool_dir: Path, settings: dict, prompts: Sequence[str]) -> None:
+    """Write pool.json and prompts.txt, or check that an existing pool was started with the same settings."""
+    path = pool_dir / POOL_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        old_prompts = pool_prompts(pool_dir)
+        changed = [k for k in settings if old.get(k) != settings[k]]
+        if changed or old_prompts != list(prompts):
+            what = ", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in changed) or "the prompts"
+            raise UsageError(f"{pool_dir} is a pool made with other settings ({what}); resume with the same "
+                             "settings, or pass another --out")
+        return
+    pool_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(pool_dir / PROMPTS_FILE, "".join(p + "\n" for p in prompts))
+    _write_atomically(path, json.dumps(settings, indent=2) + "\n")
+
+
+def generate_pool(model: Optional[str], prompts: Sequence[str], out_dir: str | os.PathLike, n: int = 8,
+                  seed: int = 0, shard_size: int = 16, batch_size: int = 8, device: str = "cpu",
+                  process_index: int = 0, num_processes: int = 1, progress: bool = True, **sampling) -> Path:
+    """Generate `n` images per prompt into the pool at `out_dir` (see the module docstring); resumable.
+
+    `process_index`/`num_processes` split the shards between processes (accelerate's values); every process must be
+    given the same arguments.
+    """
+    from ..generation import load_pipeline, pipeline_defaults
+
+    if n < 1:
+        raise UsageError(f"--n must be at least 1, got {n}")
+    if shard_size < 1:
+        raise UsageError(f"--shard-size must be at least 1, got {shard_size}")
+    duplicates = len(prompts) - len(set(prompts))
+    if duplicates:
+        raise UsageError(f"the prompts file has {duplicates} repeated prompts; a pool keys images by prompt and seed, "
+                         "so give each prompt once (use --n for more images per prompt)")
+    if not prompts:
+        raise UsageError("no prompts: give a prompts file with one prompt per line")
+    out = Path(out_dir)
+    settings = {"model": model or "embedded", "n": n, "seed": seed, "shard_size": shard_size,
+                "num_prompts": len(prompts),
+                "sampling": {**pipeline_defaults(model), **{k: v for k, v in sampling.items() if v is not None}}}
+    if process_index == 0:
+        _start_pool(out, settings, prompts)
+    jobs = plan_jobs(prompts, n, seed)
+    per_shard = shard_size * n
+    shards = range(process_index, (len(prompts) + shard_size - 1) // shard_size, num_processes)
+    pipe = None
+    for shard in shards:
+        shard_jobs = jobs[shard * per_shard:(shard + 1) * per_shard]
+        shard_dir = out / shard_name(shard)
+        done = {(r["prompt"], r["seed"]) for r in read_manifest(shard_dir) if (shard_dir / r["file_name"]).exists()}
+        if all((j.prompt, j.seed) in done for j in shard_jobs):
+            continue
+        if pipe is None:  # loaded only when some shard still has work
+            pipe = load_pipeline(model, device=device)
+        generate_to_folder(model, shard_jobs, shard_dir, batch_size=batch_size, device=device, progress=progress,
+                           pipe=pipe, **sampling)
+    return out
+
+
+def read_pool(pool_dir: str | os.PathLike, require_complete: bool = False) -> list[dict]:
+    """Every image of the pool, in prompt order then seed order: dicts with `file_name` (relative to the pool),
+    `path`, `prompt`, `prompt_index`, `seed` and `scores` (reward model name -> score; the models run so far)."""
+    pool = Path(pool_dir)
+    settings = read_pool_settings(pool)
+    prompts = pool_prompts(pool)
+    index_of = {p: i for i, p in enumerate(prompts)}
+    rows = []
+    for shard_dir in sorted(pool.glob("shard-*")):
+        for row in read_manifest(shard_dir):
+            if not (shard_dir / row["file_name"]).exists() or row["prompt"] not in index_of:
+                continue
+            file_name = f"{shard_dir.name}/{row['file_name']}"
+            rows.append({"file_name": file_name, "path": pool / file_name, "prompt": row["prompt"],
+                         "prompt_index": index_of[row["prompt"]], "seed": int(row["seed"]), "scores": {}})
+    rows.sort(key=lambda r: (r["prompt_index"], r["seed"]))
+    expected = settings["n"] * len(prompts)
+    if require_complete and len(rows) < expected:
+        raise UsageError(f"{pool} has {len(rows)} of its {expected} images; finish it first with the same "
+                         "`richfeedback pool generate` command (it resumes)")
+    by_name = {r["file_name"]: r for r in rows}
+    scores_dir = pool / SCORES_DIR
+    for path in sorted(scores_dir.glob("*.jsonl")) if scores_dir.is_dir() else []:
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash: rescored on the next `pool score`
+            if entry.get("file_name") in by_name:
+                by_name[entry["file_name"]]["scores"].update(entry["scores"])
+    return rows
+
+
+def scores_file(pool_dir: str | os.PathLike, model_name: str) -> Path:
+    """scores/<name>.jsonl, with the name made safe for a file name ("rahf:alignment" -> "rahf_alignment")."""
+    return Path(pool_dir) / SCORES_DIR / (re.sub(r"[^A-Za-z0-9.+-]", "_", model_name) + ".jsonl")
+
+
+def _score_with_oracle(prompts: list[str], images: list) -> list[dict]:
+    from ..shapesworld.oracle import evaluate
+
+    out = []
+    for prompt, image in zip(prompts, images):
+        report = evaluate(prompt, image)
+        labels = report.word_labels()  # 1 aligned, 0 misaligned
+        word_accuracy = sum(labels) / len(labels) if labels else 1.0
+        artifact_free = float(not report.has_artifact)
+        out.append({"oracle:prompt_correct": float(report.prompt_correct), "oracle:word_accuracy": word_accuracy,
+                    "oracle:artifact_free": artifact_free,
+                    # one number to rank by: every word right first, then fewer artifacts
+                    "oracle:quality": word_accuracy + 0.5 * artifact_free})
+    return out
+
+
+def score_pool(pool_dir: str | os.PathLike, models: Sequence[tuple[str, Optional[str]]], batch_size: int = 32,
+               device: str = "cpu", dtype: str = "fp32", progress: bool = True) -> dict[str, int]:
+    """Score every image of the pool with each (name, weights) reward model; images already scored are skipped.
+
+    The name "oracle" runs the ShapesWorld oracle and writes four scores (see ORACLE_SCORES). Returns the number of
+    images newly scored per model.
+    """
+    from tqdm.auto import tqdm
+
+    from ..imaging import load_rgb
+    from ..reward_models.registry import load_reward_model
+
+    rows = read_pool(pool_dir)
+    if not rows:
+        raise UsageError(f"{pool_dir} has no images yet; run `richfeedback pool generate` first")
+    (Path(pool_dir) / SCORES_DIR).mkdir(exist_ok=True)
+    counts = {}
+    for name, weights in models:
+        key = ORACLE_SCORES[0] if name == ORACLE else name
+        todo = [r for r in rows if key not in r["scores"]]
+        counts[name] = len(todo)
+        if not todo:
+            continue
+        model = None if name == ORACLE else load_reward_model(name, weights, device=device, dtype=dtype)
+        with open(scores_file(pool_dir, name), "a") as f, tqdm(total=len(todo), desc=f"score {name}",
+                                                                 disable=not progress) as bar:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                images = [load_rgb(r["path"]) for r in batch]
+                prompts = [r["prompt"] for r in batch]
+                if model is None:
+                    values = _score_with_oracle(prompts, images)
+                else:
+                    values = [{name: float(s)} for s in model.score(prompts, images)]
+                for row, value in zip(batch, values):
+                    f.write(json.dumps({"file_name": row["file_name"], "scores": value}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+                bar.update(len(batch))
+    return counts
+
+
+def pool_images(pool_dir: str | os.PathLike) -> list[GenerationJob]:
+    """The (prompt, seed) of every image the pool's settings call for, generated or not."""
+    settings = read_pool_settings(pool_dir)
+    return plan_jobs(pool_prompts(pool_dir), settings["n"], settings["seed"])
+
+
+def count_missing(pool_dir: str | os.PathLike) -> int:
+    have = {(r["prompt"], r["seed"]) for r in read_pool(pool_dir)}
+    return sum((j.prompt, j.seed) not in have for j in pool_images(pool_dir))
+
+
+__all__ = ["generate_pool", "read_pool", "score_pool", "read_pool_settings", "pool_prompts", "count_missing",
+           "ORACLE", "ORACLE_SCORES", "MANIFEST"]

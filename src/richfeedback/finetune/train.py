@@ -1,0 +1,561 @@
+"""LoRA fine-tuning of a Stable Diffusion (1.x/2.x, XL or the embedded ShapesWorld) UNet on an imagefolder dataset.
+
+    accelerate launch -m richfeedback.finetune.train --config configs/finetune/embedded.yaml
+    richfeedback finetune train --config configs/finetune/sd15.yaml [--resume] [--set optim.lr=1e-4 ...]
+    # two processes on CPU (tests the distributed path):
+    accelerate launch --multi_gpu --num_processes 2 -m richfeedback.finetune.train --config ... --cpu
+
+The recipe of diffusers' `train_text_to_image_lora.py` (and its SDXL sibling), in one straight loop:
+- peft LoRA on the UNet attention projections (`to_q`, `to_k`, `to_v`, `to_out.0`), rank and alpha from the config;
+  optionally on the text encoder(s) too (`q_proj`, `k_proj`, `v_proj`, `out_proj`). Frozen weights run in the
+  mixed-precision dtype, the LoRA weights stay in float32.
+- the denoising loss the noise scheduler's prediction type calls for (epsilon, v_prediction or sample), with optional
+  min-SNR-gamma weighting and noise offset.
+- VAE latents (the mean and std of each image's latent distribution; a fresh sample is drawn every step, as when
+  encoding every step) and text embeddings are computed once before training unless the text encoder is trained.
+- AdamW; diffusers' learning-rate schedules; gradient accumulation, gradient checkpointing, mixed precision.
+- `accelerator.save_state` checkpoints every N steps that hold the LoRA weights (a save hook writes only them, as
+  `pytorch_lora_weights.safetensors`, beside the optimizer, scheduler and RNG states), and `--resume` loads them back
+  into the model: diffusers' own script silently restarted LoRA training from its initialisation until PR #12690.
+  The batches and the noise of step k depend only on the seed and k, so a resumed run sees what the uninterrupted
+  run would have seen.
+- validation images at fixed seeds every N steps: PNG grids in OUTPUT/validation and tensorboard images.
+- the result: OUTPUT/pytorch_lora_weights.safetensors, in the format `pipe.load_lora_weights(OUTPUT)` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import UsageError
+from ..training_utils import latest_checkpoint, load_config as load_yaml_config, merge, save_checkpoint
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+LORA_INFO = "richfeedback_lora.json"  # what the LoRA was trained on, and the negative prompt to use with it
+
+DEFAULTS = {
+    "seed": 0,
+    "output_dir": "runs/finetune/lora",
+    "model": {"pretrained": "embedded"},  # "embedded", a diffusers folder or a hub id
+    "data": {"path": None, "image_column": "image", "caption_column": "text", "resolution": None,
+             "center_crop": True, "random_flip": False, "max_examples": None},
+    "lora": {"rank": 4, "alpha": 4, "dropout": 0.0, "init": "gaussian",
+             "target_modules": ["to_q", "to_k", "to_v", "to_out.0"],
+             "train_text_encoder": False, "text_encoder_target_modules": ["q_proj", "k_proj", "v_proj", "out_proj"]},
+    "optim": {"lr": 1.0e-4, "text_encoder_lr": None, "weight_decay": 1.0e-2, "batch_size": 16, "grad_accum": 1,
+              "max_steps": 1000, "lr_scheduler": "constant", "warmup_steps": 0, "max_grad_norm": 1.0},
+    "loss": {"prediction_type": None, "snr_gamma": None, "noise_offset": 0.0},
+    "mixed_precision": "no",  # no | fp16 | bf16
+    "gradient_checkpointing": False,
+    "cache_latents": True,
+    "cache_text_embeddings": True,  # ignored when the text encoder is trained
+    "checkpoint_every_steps": 500,
+    "keep_checkpoints": 2,
+    "stop_after_steps": None,  # checkpoint and exit at this step (time-sliced or preemptible jobs); --resume goes on
+    "validation": {"prompts": [], "seeds": [0, 1], "every_steps": 500, "num_inference_steps": None,
+                   "guidance_scale": None, "negative_prompt": None},
+    "negative_prompt": None,  # recorded with the LoRA: the prompt to pass as negative_prompt (align_sd negatives)
+}
+
+
+def load_config(path: Optional[str], sets: list[str] = ()) -> dict:
+    """DEFAULTS, then the YAML file, then `--set` overrides. The file is a training config, or the four-stage
+    config of `richfeedback finetune` (its `train` section, with data.path and output_dir from its output_dir)."""
+    from .loop import is_loop_config, read_yaml, train_section
+
+    if path and is_loop_config(read_yaml(path)):
+        cfg = merge(DEFAULTS, train_section(read_yaml(path)))
+        return load_yaml_config(None, cfg, sets)
+    return load_yaml_config(path, DEFAULTS, sets, examples="configs/finetune/")
+
+
+# --- data -------------------------------------------------------------------------------------------------------
+
+def load_examples(cfg: dict, resolution: int) -> tuple[torch.Tensor, list[str]]:
+    """Pixel tensors in [-1, 1] (N, 3, R, R) and captions of the imagefolder dataset at data.path."""
+    import datasets
+    from torchvision import transforms
+
+    d = cfg["data"]
+    if not d["path"]:
+        raise UsageError("set data.path to an imagefolder dataset (`richfeedback pool filter ... --out DIR` writes one)")
+    path = Path(d["path"])
+    if not (path / "metadata.jsonl").is_file() and not (path / "metadata.csv").is_file():
+        raise UsageError(f"{path} has no metadata.jsonl: give the folder `richfeedback pool filter` wrote, or an "
+                         "imagefolder dataset with file_name and text columns")
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        data = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+    for column in (d["image_column"], d["caption_column"]):
+        if column not in data.column_names:
+            raise UsageError(f"{path} has no column {column!r} (it has {', '.join(data.column_names)}); set "
+                             "data.image_column / data.caption_column")
+    if d["max_examples"]:
+        data = data.select(range(min(len(data), d["max_examples"])))
+    if len(data) == 0:
+        raise UsageError(f"{path} has no images")
+    crop = transforms.CenterCrop(resolution) if d["center_crop"] else transforms.RandomCrop(resolution)
+    to_pixels = transforms.Compose([
+        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.LANCZOS), crop,
+        transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+    pixels = torch.stack([to_pixels(image.convert("RGB")) for image in data[d["image_column"]]])
+    captions = [str(c) for c in data[d["caption_column"]]]
+    if d["random_flip"]:  # both orientations, so that cached latents keep the augmentation
+        pixels = torch.cat([pixels, pixels.flip(-1)])
+        captions = captions + captions
+    return pixels, captions
+
+
+def batch_indices(micro_step: int, num_examples: int, per_device: int, process_index: int, num_processes: int,
+                  seed: int) -> torch.Tensor:
+    """The examples of one process's micro-batch: a function of the seed and the micro-step only, so a resumed run
+    draws what the uninterrupted run drew. Each epoch is a fresh permutation; the last incomplete batch is dropped."""
+    global_batch = per_device * num_processes
+    per_epoch = num_examples // global_batch
+    epoch, position = divmod(micro_step, per_epoch)
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    start = position * global_batch + process_index * per_device
+    return order[start:start + per_device]
+
+
+# --- model ------------------------------------------------------------------------------------------------------
+
+def load_components(pretrained: str, device, weight_dtype):
+    """The pipeline whose UNet is trained: SD or SDXL (any pipeline with a UNet, a VAE and `encode_prompt`)."""
+    from diffusers import DiffusionPipeline
+
+    from ..generation import load_pipeline, resolve_model
+
+    path = resolve_model(pretrained)
+    if Path(path).exists():
+        pipe = load_pipeline(path, device="cpu")
+    else:
+        pipe = DiffusionPipeline.from_pretrained(path)
+        pipe.set_progress_bar_config(disable=True)
+    for name in ("unet", "vae"):
+        if getattr(pipe, name, None) is None:
+            raise UsageError(f"{pretrained}: a {type(pipe).__name__} has no {name}; LoRA training here is for "
+                             "Stable Diffusion 1.x/2.x and XL pipelines")
+    pipe.unet.requires_grad_(False)
+    pipe.vae.requires_grad_(False)
+    for encoder in text_encoders(pipe):
+        encoder.requires_grad_(False)
+    pipe.to(device)
+    if weight_dtype != torch.float32:
+        pipe.unet.to(dtype=weight_dtype)
+        for encoder in text_encoders(pipe):
+            encoder.to(dtype=weight_dtype)
+    # The VAE stays in float32: SDXL's VAE overflows in fp16 (diffusers keeps it in float32 too) and it runs once.
+    return pipe
+
+
+def text_encoders(pipe) -> list:
+    return [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if e is not None]
+
+
+def is_sdxl(pipe) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def add_lora(pipe, cfg: dict) -> list[torch.nn.Parameter]:
+    """peft LoRA adapters on the UNet (and the text encoders when asked); returns the trainable parameters."""
+    from peft import LoraConfig
+
+    c = cfg["lora"]
+    pipe.unet.add_adapter(LoraConfig(r=c["rank"], lora_alpha=c["alpha"], lora_dropout=c["dropout"],
+                                     init_lora_weights=c["init"], target_modules=c["target_modules"]))
+    if c["train_text_encoder"]:
+        for encoder in text_encoders(pipe):
+            encoder.add_adapter(LoraConfig(r=c["rank"], lora_alpha=c["alpha"], lora_dropout=c["dropout"],
+                                           init_lora_weights=c["init"],
+                                           target_modules=c["text_encoder_target_modules"]))
+    return [p for m in trained_modules(pipe, cfg) for p in m.parameters() if p.requires_grad]
+
+
+def trained_modules(pipe, cfg: dict) -> list:
+    return [pipe.unet] + (text_encoders(pipe) if cfg["lora"]["train_text_encoder"] else [])
+
+
+def lora_layers(pipe, modules: list) -> dict:
+    """Keyword arguments of `save_lora_weights` for the LoRA state of `modules` (unwrapped), in diffusers' format."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    names = {id(pipe.unet): "unet_lora_layers"}
+    if getattr(pipe, "text_encoder", None) is not None:
+        names[id(pipe.text_encoder)] = "text_encoder_lora_layers"
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        names[id(pipe.text_encoder_2)] = "text_encoder_2_lora_layers"
+    return {names[id(m)]: convert_state_dict_to_diffusers(get_peft_model_state_dict(m)) for m in modules}
+
+
+def load_lora_state(pipe, folder: str | os.PathLike, modules: list) -> None:
+    """Put the LoRA weights saved in `folder` back into the adapters of `modules` (the resume path)."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+
+    state_dict, _ = type(pipe).lora_state_dict(str(folder))
+    prefixes = {id(pipe.unet): "unet."}
+    if getattr(pipe, "text_encoder", None) is not None:
+        prefixes[id(pipe.text_encoder)] = "text_encoder."
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        prefixes[id(pipe.text_encoder_2)] = "text_encoder_2."
+    for module in modules:
+        prefix = prefixes[id(module)]
+        part = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if module is pipe.unet:
+            part = convert_unet_state_dict_to_peft(part)
+        else:
+            from diffusers.utils import convert_state_dict_to_peft
+            part = convert_state_dict_to_peft(part)
+        result = set_peft_model_state_dict(module, part, adapter_name="default")
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"{folder}: LoRA keys that match no layer of the {prefix[:-1]}, e.g. {unexpected[0]}; "
+                             "was this checkpoint made with another lora.rank or target_modules?")
+
+
+# --- conditioning -----------------------------------------------------------------------------------------------
+
+def encode_text(pipe, captions: list[str], device) -> dict:
+    """Text conditioning of `captions`: {"encoder_hidden_states"} (+ "text_embeds" for SDXL), with gradients if the
+    text encoders are being trained."""
+    if is_sdxl(pipe):
+        embeds, _, pooled, _ = pipe.encode_prompt(captions, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+        return {"encoder_hidden_states": embeds, "text_embeds": pooled}
+    embeds, _ = pipe.encode_prompt(captions, device, 1, False)
+    return {"encoder_hidden_states": embeds}
+
+
+def sdxl_time_ids(resolution: int, batch: int, device, dtype) -> torch.Tensor:
+    """SDXL's micro-conditioning (original size, crop top-left, target size) for centre-cropped square images at
+    the training resolution."""
+    return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], device=device, dtype=dtype).repeat(batch, 1)
+
+
+@torch.no_grad()
+def encode_latent_distribution(vae, pixels: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of every image's latent distribution, unscaled."""
+    means, stds = [], []
+    for start in range(0, len(pixels), batch_size):
+        dist = vae.encode(pixels[start:start + batch_size].to(vae.device, vae.dtype)).latent_dist
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def scale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    shift = getattr(vae.config, "shift_factor", None)
+    return ((latents - shift) if shift is not None else latents) * vae.config.scaling_factor
+
+
+def denoising_loss(unet, noise_scheduler, latents, conditioning: dict, generator, cfg: dict, time_ids=None):
+    """The loss of one batch: noise the latents at random timesteps, predict, and compare with the target of the
+    scheduler's prediction type; min-SNR-gamma weighting when `loss.snr_gamma` is set."""
+    from diffusers.training_utils import compute_snr
+
+    c = cfg["loss"]
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    if c["noise_offset"]:
+        noise = noise + c["noise_offset"] * torch.randn((latents.shape[0], latents.shape[1], 1, 1),
+                                                        generator=generator).to(latents.device, latents.dtype)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              generator=generator).to(latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    prediction_type = c["prediction_type"] or noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    elif prediction_type == "sample":
+        target = latents
+    else:
+        raise ValueError(f"unknown prediction type {prediction_type!r}")
+    added = None
+    if "text_embeds" in conditioning:
+        added = {"text_embeds": conditioning["text_embeds"], "time_ids": time_ids}
+    unet_dtype = next(p.dtype for p in unet.parameters() if not p.requires_grad)
+    model_pred = unet(noisy.to(unet_dtype), timesteps, conditioning["encoder_hidden_states"].to(unet_dtype),
+                      added_cond_kwargs=added, return_dict=False)[0].float()
+    if c["snr_gamma"] is None:
+        return F.mse_loss(model_pred, target.float(), reduction="mean")
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.clamp(snr, max=c["snr_gamma"]) / (snr + 1 if prediction_type == "v_prediction" else snr)
+    if prediction_type == "sample":
+        weights = torch.clamp(snr, max=c["snr_gamma"])
+    loss = F.mse_loss(model_pred, target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (loss * weights).mean()
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def validation_images(pipe, cfg: dict) -> list[np.ndarray]:
+    from ..generation import generate_images, pipeline_defaults
+
+    v = cfg["validation"]
+    prompts = [p for p in v["prompts"] for _ in v["seeds"]]
+    seeds = [s for _ in v["prompts"] for s in v["seeds"]]
+    sampling = pipeline_defaults(cfg["model"]["pretrained"])
+    for key in ("num_inference_steps", "guidance_scale"):
+        if v[key] is not None:
+            sampling[key] = v[key]
+    negative = v["negative_prompt"] or cfg["negative_prompt"]
+    if negative:
+        sampling["negative_prompt"] = [negative] * len(prompts)
+    return generate_images(pipe, prompts, seeds, **sampling)
+
+
+def log_validation(pipe, cfg: dict, accelerator, out: Path, step: int) -> None:
+    from ..imaging import make_grid, save_png
+
+    if not cfg["validation"]["prompts"]:
+        return
+    modules = trained_modules(pipe, cfg)
+    for m in modules:
+        m.eval()
+    images = validation_images(pipe, cfg)
+    for m in modules:
+        m.train()
+    grid = make_grid(images, ncols=len(cfg["validation"]["seeds"]), scale=max(1, 256 // images[0].shape[0]))
+    save_png(grid, out / "validation" / f"step-{step:06d}.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images("validation", np.stack(images), step, dataformats="NHWC")
+
+
+# --- the loop ---------------------------------------------------------------------------------------------------
+
+def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    o = cfg["optim"]
+    accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available(), mixed_precision=cfg["mixed_precision"],
+                              gradient_accumulation_steps=o["grad_accum"], log_with="tensorboard",
+                              project_dir=str(out / "logs"))
+    set_seed(cfg["seed"])
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    pipe = load_components(cfg["model"]["pretrained"], accelerator.device, weight_dtype)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    resolution = cfg["data"]["resolution"] or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    pixels, captions = load_examples(cfg, resolution)
+    global_batch = o["batch_size"] * accelerator.num_processes
+    if len(pixels) < global_batch:
+        raise UsageError(f"{cfg['data']['path']} has {len(pixels)} training images, fewer than one batch of "
+                         f"{o['batch_size']} x {accelerator.num_processes} processes: lower optim.batch_size")
+
+    params = add_lora(pipe, cfg)
+    modules = trained_modules(pipe, cfg)
+    if accelerator.mixed_precision == "fp16":
+        cast_training_params(modules, dtype=torch.float32)  # LoRA weights in float32, the frozen rest in fp16
+    if cfg["gradient_checkpointing"]:
+        pipe.unet.enable_gradient_checkpointing()
+        if cfg["lora"]["train_text_encoder"]:
+            for encoder in text_encoders(pipe):
+                encoder.gradient_checkpointing_enable()
+
+    # Encode once: the latent distributions of all images, and the text of all captions (unless it is trained).
+    started = time.perf_counter()
+    cache_text = cfg["cache_text_embeddings"] and not cfg["lora"]["train_text_encoder"]
+    latent_mean = latent_std = None
+    if cfg["cache_latents"]:
+        latent_mean, latent_std = encode_latent_distribution(pipe.vae, pixels)
+    text_cache = None
+    if cache_text:
+        with torch.no_grad():
+            unique = sorted(set(captions))
+            encoded = [encode_text(pipe, unique[i:i + 64], accelerator.device) for i in range(0, len(unique), 64)]
+            stacked = {k: torch.cat([e[k] for e in encoded]).cpu() for k in encoded[0]}
+            row = {c: i for i, c in enumerate(unique)}
+            index = torch.tensor([row[c] for c in captions])
+            text_cache = {k: v[index] for k, v in stacked.items()}
+    cache_seconds = time.perf_counter() - started
+
+    te_lr = o["text_encoder_lr"] or o["lr"]
+    groups = [{"params": [p for p in pipe.unet.parameters() if p.requires_grad], "lr": o["lr"]}]
+    if cfg["lora"]["train_text_encoder"]:
+        groups.append({"params": [p for e in text_encoders(pipe) for p in e.parameters() if p.requires_grad],
+                       "lr": te_lr})
+    optimizer = torch.optim.AdamW(groups, lr=o["lr"], weight_decay=o["weight_decay"])
+    total_steps = o["max_steps"]
+    lr_scheduler = get_scheduler(o["lr_scheduler"], optimizer=optimizer, num_warmup_steps=o["warmup_steps"],
+                                 num_training_steps=total_steps)
+    # Only the UNet is wrapped for distributed training; text-encoder LoRA gradients (when trained) are averaged
+    # across processes by hand below, because `encode_prompt` calls the encoders directly, not through a wrapper.
+    unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
+    # The scheduler is stepped by hand once per optimizer step (a prepared one steps once per process).
+    accelerator.register_for_checkpointing(lr_scheduler)
+    encoder_params = [p for e in modules[1:] for p in e.parameters() if p.requires_grad]
+
+    # Checkpoints hold only the LoRA weights of the trained modules (not a copy of the frozen model) and load them
+    # back into the adapters on resume.
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            type(pipe).save_lora_weights(output_dir, **lora_layers(pipe, modules), safe_serialization=True)
+        while weights:
+            weights.pop()
+
+    def load_hook(models, input_dir):
+        while models:
+            models.pop()
+        load_lora_state(pipe, input_dir, modules)
+        if accelerator.mixed_precision == "fp16":
+            cast_training_params(modules, dtype=torch.float32)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+    accelerator.init_trackers("finetune", config={"config": json.dumps(cfg)})
+
+    step = 0
+    if resume:
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
+            accelerator.print(f"no checkpoint in {out / 'checkpoints'}: starting from scratch")
+        else:
+            accelerator.load_state(str(checkpoint))
+            step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+            accelerator.print(f"resumed from {checkpoint} at step {step}")
+    if step >= total_steps and (out / LORA_WEIGHTS).exists():
+        accelerator.print(f"{out} finished training already; LoRA weights in {out / LORA_WEIGHTS}")
+        accelerator.end_training()
+        return out
+
+    for m in modules:
+        m.train()
+    bar = tqdm(total=total_steps, initial=step, desc="lora train", disable=not accelerator.is_local_main_process)
+    train_started = time.perf_counter()
+    steps_this_run = 0
+    while step < total_steps:
+        step_loss = 0.0
+        for micro in range(o["grad_accum"]):
+            micro_step = step * o["grad_accum"] + micro
+            index = batch_indices(micro_step, len(pixels), o["batch_size"], accelerator.process_index,
+                                  accelerator.num_processes, cfg["seed"])
+            # The step's noise and timesteps come from its own generator: the same after a resume.
+            generator = torch.Generator().manual_seed(cfg["seed"] * 7_919 + micro_step * 104_729
+                                                      + accelerator.process_index)
+            with accelerator.accumulate(unet):
+                if latent_mean is not None:
+                    mean, std = latent_mean[index], latent_std[index]
+                else:
+                    with torch.no_grad():
+                        mean, std = encode_latent_distribution(pipe.vae, pixels[index])
+                sample = mean + std * torch.randn(mean.shape, generator=generator)
+                latents = scale_latents(pipe.vae, sample).to(accelerator.device)
+                if text_cache is not None:
+                    conditioning = {k: v[index].to(accelerator.device) for k, v in text_cache.items()}
+                else:
+                    with torch.set_grad_enabled(cfg["lora"]["train_text_encoder"]):
+                        conditioning = encode_text(pipe, [captions[i] for i in index], accelerator.device)
+                time_ids = None
+                if "text_embeds" in conditioning:
+                    time_ids = sdxl_time_ids(resolution, len(index), accelerator.device,
+                                             conditioning["text_embeds"].dtype)
+                with accelerator.autocast():
+                    loss = denoising_loss(unet, noise_scheduler, latents, conditioning, generator, cfg, time_ids)
+                accelerator.backward(loss)
+                step_loss += loss.detach().float() / o["grad_accum"]
+                if accelerator.sync_gradients:
+                    if encoder_params and accelerator.num_processes > 1:
+                        for p in encoder_params:
+                            p.grad = accelerator.reduce(p.grad, reduction="mean")
+                    accelerator.clip_grad_norm_(params, o["max_grad_norm"])
+                optimizer.step()
+                optimizer.zero_grad()
+        lr_scheduler.step()
+        step += 1
+        steps_this_run += 1
+        loss_value = accelerator.gather(step_loss[None]).mean().item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        accelerator.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=step)
+        if accelerator.is_main_process:
+            with open(out / "train_log.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "loss": loss_value}) + "\n")
+        stopping = cfg["stop_after_steps"] is not None and step >= cfg["stop_after_steps"]
+        if step % cfg["checkpoint_every_steps"] == 0 or step == total_steps or stopping:
+            save_checkpoint(accelerator, out, step, {}, cfg["keep_checkpoints"])
+        if accelerator.is_main_process and (step % cfg["validation"]["every_steps"] == 0 or step == total_steps):
+            log_validation(pipe, cfg, accelerator, out, step)
+        if stopping and step < total_steps:
+            bar.close()
+            accelerator.end_training()
+            accelerator.print(f"stopped at step {step} as asked; continue with --resume ({out / 'checkpoints'})")
+            return out
+    bar.close()
+    train_seconds = time.perf_counter() - train_started
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_lora(pipe, modules, cfg, out, resolution)
+        summary = {"steps": step, "steps_this_run": steps_this_run, "train_seconds": train_seconds,
+                   "steps_per_second": steps_this_run / train_seconds if train_seconds else None,
+                   "cache_seconds": cache_seconds, "num_examples": len(pixels), "num_processes": accelerator.num_processes,
+                   "trainable_parameters": sum(p.numel() for p in params)}
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    accelerator.end_training()
+    accelerator.print(f"done: LoRA weights in {out / LORA_WEIGHTS} (load with pipe.load_lora_weights({str(out)!r})); "
+                      f"validation images in {out / 'validation'}, logs in {out / 'logs'}")
+    return out
+
+
+def save_lora(pipe, modules: list, cfg: dict, out: Path, resolution: int) -> None:
+    """pytorch_lora_weights.safetensors and richfeedback_lora.json, each replaced atomically."""
+    tmp = out / ".final.tmp"
+    tmp.mkdir(exist_ok=True)
+    type(pipe).save_lora_weights(str(tmp), **lora_layers(pipe, modules), safe_serialization=True)
+    info = {"base_model": cfg["model"]["pretrained"], "pipeline": type(pipe).__name__, "rank": cfg["lora"]["rank"],
+            "alpha": cfg["lora"]["alpha"], "train_text_encoder": cfg["lora"]["train_text_encoder"],
+            "resolution": resolution, "data": cfg["data"]["path"], "steps": cfg["optim"]["max_steps"],
+            "negative_prompt": cfg["negative_prompt"]}
+    (tmp / LORA_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    for name in (LORA_WEIGHTS, LORA_INFO):
+        os.replace(tmp / name, out / name)
+    tmp.rmdir()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", required=True, help="YAML file (see configs/finetune/)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(description=__doc__,
+                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+        train(cfg, resume=args.resume, cpu=args.cpu)
+    except (UsageError, FileNotFoundError, ValueError) as err:
+        print(f"finetune train: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

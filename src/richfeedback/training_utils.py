@@ -1,0 +1,109 @@
+"""What every training loop here shares: YAML configs with `--set` overrides, the warm-up + cosine learning rate,
+and checkpoints that are written atomically and resumed from the latest one."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import yaml
+
+
+def merge(base: dict, override: dict) -> dict:
+    """`base` with `override`'s values, nested dicts merged key by key."""
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_value(value: str):
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):  # YAML 1.1 reads "5e-4" as a string
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return parsed
+
+
+def load_config(path: Optional[str], defaults: dict, sets: Sequence[str] = (), examples: str = "configs/") -> dict:
+    """`defaults` merged with the YAML file at `path`, then with `KEY.SUB=VALUE` overrides (`--set`)."""
+    cfg = copy.deepcopy(defaults)
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such training config (see {examples} for examples)")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{p} is not valid YAML: {err}") from None
+        unknown = sorted(set(loaded) - set(defaults))
+        if unknown:
+            raise ValueError(f"{p}: unknown keys {', '.join(unknown)}; the known ones are {', '.join(defaults)}")
+        cfg = merge(cfg, loaded)
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item}: write KEY=VALUE, e.g. --set optim.lr=1e-4")
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"--set {item}: the config has no section {part!r}")
+            node = node[part]
+        node[leaf] = parse_value(value)
+    return cfg
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to `min_ratio` of the peak at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def save_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` into a sibling folder, which then replaces `path`: a crash never leaves half a model."""
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(output_dir: Path) -> Optional[Path]:
+    """The newest complete `checkpoints/step-N` (one with its trainer_state.json) in `output_dir`, or None."""
+    done = [p for p in (Path(output_dir) / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """`accelerator.save_state` into `checkpoints/step-{step}` on every process (each writes its own RNG state), then
+    renamed into place with `state` as trainer_state.json; only the `keep` newest checkpoints are kept."""
+    accelerator.wait_for_everyone()
+    path = Path(output_dir) / "checkpoints" / f"step-{step}"
+    if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        kept = sorted((p for p in path.parent.glob("step-*") if not p.name.endswith(".tmp")),
+                      key=lambda p: int(p.name.split("-")[1]))
+        for old in kept[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return path

@@ -1,0 +1,169 @@
+"""Pools: resumable generation in shards, scores added per model, and the filter policies on hand-computed cases."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from richfeedback.errors import UsageError
+from richfeedback.imaging import load_rgb
+from richfeedback.finetune.filtering import FilterPolicy, filter_pool, parse_score_expression, select
+from richfeedback.finetune.pool import count_missing, generate_pool, read_pool, score_pool, scores_file
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["a red circle", "two blue squares", "a large green triangle on the left"]
+FAST = {"num_inference_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pool") / "pool"
+    generate_pool(None, PROMPTS, out, n=4, seed=10, shard_size=2, batch_size=8, progress=False, **FAST)
+    return out
+
+
+def test_pool_has_n_images_per_prompt_with_recorded_seeds_in_shards(pool):
+    rows = read_pool(pool)
+    assert len(rows) == 12
+    assert [r["seed"] for r in rows] == list(range(10, 22))  # seed + prompt_index * n + k
+    assert [r["prompt_index"] for r in rows] == [0] * 4 + [1] * 4 + [2] * 4
+    assert sorted({r["file_name"].split("/")[0] for r in rows}) == ["shard-00000", "shard-00001"]
+    assert all(r["path"].is_file() for r in rows)
+    assert count_missing(pool) == 0
+
+
+def test_resuming_with_other_settings_is_refused(pool):
+    with pytest.raises(UsageError, match="other settings"):
+        generate_pool(None, PROMPTS, pool, n=5, seed=10, shard_size=2, progress=False, **FAST)
+
+
+def test_processes_split_the_shards_and_together_make_the_same_pool(pool, tmp_path):
+    for rank in (1, 0):  # process 1 may finish first: pool.json comes from process 0
+        generate_pool(None, PROMPTS, tmp_path / "p", n=4, seed=10, shard_size=2, batch_size=8, process_index=rank,
+                      num_processes=2, progress=False, **FAST)
+    split, whole = read_pool(tmp_path / "p"), read_pool(pool)
+    assert [(r["file_name"], r["seed"]) for r in split] == [(r["file_name"], r["seed"]) for r in whole]
+    a = load_rgb(split[5]["path"]).astype(int)
+    b = load_rgb(whole[5]["path"]).astype(int)
+    assert np.abs(a - b).max() <= 1
+
+
+def test_a_killed_pool_generate_resumes_without_redoing_or_losing_images(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"a {c} circle\n" for c in ("red", "green", "blue", "yellow", "purple", "red")[:5]))
+    out = tmp_path / "pool"
+    cmd = [sys.executable, "-m", "richfeedback.cli", "pool", "generate", "--prompts", str(prompts), "--n", "4",
+           "--out", str(out), "--shard-size", "1", "--batch-size", "2", "--steps", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("shard-*/*.png"))) < 6:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = {p: p.stat().st_mtime_ns for p in out.glob("shard-*/*.png")}
+    assert 0 < len(before) < 20, "the run must be killed part-way for this test to mean anything"
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "complete" in result.stdout
+    rows = read_pool(out)
+    assert len(rows) == 20 and len({(r["prompt"], r["seed"]) for r in rows}) == 20
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p.exists())  # nothing redone
+    manifests = [json.loads(line) for m in out.glob("shard-*/manifest.jsonl") for line in m.read_text().splitlines()]
+    assert len(manifests) == 20  # no duplicate rows
+
+
+def test_scores_are_added_per_model_and_rescoring_skips_scored_images(pool):
+    counts = score_pool(pool, [("oracle", None)], progress=False)
+    assert counts == {"oracle": 12}
+    rows = read_pool(pool)
+    assert all({"oracle:prompt_correct", "oracle:word_accuracy", "oracle:artifact_free", "oracle:quality"}
+               <= set(r["scores"]) for r in rows)
+    assert all(0.0 <= r["scores"]["oracle:word_accuracy"] <= 1.0 for r in rows)
+    assert score_pool(pool, [("oracle", None)], progress=False) == {"oracle": 0}
+    assert scores_file(pool, "rahf:alignment").name == "rahf_alignment.jsonl"
+
+
+def rows_with(scores_by_prompt: dict[int, list[float]], name="s") -> list[dict]:
+    return [{"file_name": f"{p}_{k}.png", "path": None, "prompt": f"prompt {p}", "prompt_index": p, "seed": k,
+             "scores": {name: v}} for p, values in scores_by_prompt.items() for k, v in enumerate(values)]
+
+
+def test_score_expressions_are_weighted_sums():
+    assert parse_score_expression("rahf:alignment") == {"rahf:alignment": 1.0}
+    assert parse_score_expression("2*a + 0.5*b:c") == {"a": 2.0, "b:c": 0.5}
+    assert parse_score_expression("1e+1*a") == {"a": 10.0}
+    with pytest.raises(UsageError, match="weighted sum"):
+        parse_score_expression("a * * b")
+
+
+def test_align_sd_keeps_the_best_only_when_its_softmax_probability_exceeds_two_over_n():
+    # prompt 0: p_best = e^3 / (e^3 + 3) = 0.870 > 2/4 -> kept; prompt 1: all equal, p = 1/4 <= 2/4 -> dropped
+    rows = rows_with({0: [0.0, 0.0, 3.0, 0.0], 1: [1.0, 1.0, 1.0, 1.0]})
+    kept = select(rows, FilterPolicy(policy="align_sd", score="s", temperature=1.0))
+    assert [(r["prompt_index"], r["seed"], r["type"]) for r in kept] == [(0, 2, "positive")]
+    assert kept[0]["confidence"] == pytest.approx(np.exp(3) / (np.exp(3) + 3))
+    # the temperature scales the selectivity: scores 0/0/0.3/0 at T=0.1 are the same case
+    rows = rows_with({0: [0.0, 0.0, 0.3, 0.0]})
+    assert len(select(rows, FilterPolicy(policy="align_sd", score="s", temperature=0.1))) == 1
+    assert len(select(rows, FilterPolicy(policy="align_sd", score="s", temperature=1.0, min_prompts=0))) == 0
+
+
+def test_align_sd_negatives_are_the_worst_image_with_the_weird_image_prefix():
+    rows = rows_with({0: [0.0, 0.0, 0.0, -3.0, 0.0, 0.0]})  # N = 6: threshold 1/3; p_worst = e^3/(e^3+5) = 0.80
+    kept = select(rows, FilterPolicy(policy="align_sd", score="s", negatives=True, min_prompts=0))
+    assert [(r["seed"], r["type"], r["text"]) for r in kept] == [(3, "negative", "Weird image. prompt 0")]
+
+
+def test_align_sd_skips_prompts_with_fewer_than_four_candidates():
+    rows = rows_with({0: [0.0, 9.0, 0.0]})
+    assert select(rows, FilterPolicy(policy="align_sd", score="s", min_prompts=0)) == []
+
+
+def test_topk_and_threshold():
+    rows = rows_with({0: [0.1, 0.9, 0.5], 1: [0.7, 0.2, 0.8]})
+    topk = select(rows, FilterPolicy(policy="topk", score="s", k=2))
+    assert [(r["prompt_index"], r["seed"]) for r in topk] == [(0, 1), (0, 2), (1, 0), (1, 2)]
+    threshold = select(rows, FilterPolicy(policy="threshold", score="s", min_score=0.75))
+    assert [(r["prompt_index"], r["seed"]) for r in threshold] == [(0, 1), (1, 2)]
+
+
+def test_weighted_combination_with_zscores():
+    rows = [{**r, "scores": {"a": r["scores"]["s"], "b": 100.0 * (1 - r["scores"]["s"])}}
+            for r in rows_with({0: [0.0, 1.0, 0.5, 0.25]})]
+    # a and b disagree; b has the larger raw scale but z-scoring weighs them by their weights only
+    best = select(rows, FilterPolicy(policy="topk", score="2*a + 1*b", normalize="zscore"))
+    assert best[0]["seed"] == 1
+    raw = select(rows, FilterPolicy(policy="topk", score="2*a + 1*b"))
+    assert raw[0]["seed"] == 0
+
+
+def test_too_few_prompts_kept_is_an_error_that_says_how_to_loosen_the_filter():
+    rows = rows_with({0: [0.1, 0.2], 1: [0.3, 0.4]})
+    with pytest.raises(UsageError, match="min_prompts=3"):
+        select(rows, FilterPolicy(policy="topk", score="s", min_prompts=3))
+
+
+def test_a_missing_score_names_the_pool_score_command():
+    with pytest.raises(UsageError, match="pool score POOL --model rahf:alignment"):
+        select(rows_with({0: [1.0]}), FilterPolicy(policy="topk", score="rahf:alignment"))
+
+
+def test_filter_writes_an_imagefolder_dataset_that_datasets_loads(pool, tmp_path):
+    score_pool(pool, [("oracle", None)], progress=False)
+    report = filter_pool(pool, tmp_path / "data", FilterPolicy(policy="topk", score="oracle:quality", k=2))
+    assert report["kept_positive"] == 6 and report["kept_prompts"] == 3
+    import datasets
+
+    data = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "data"), split="train")
+    assert len(data) == 6 and {"image", "text", "type", "score"} <= set(data.column_names)
+    assert sorted(set(data["text"])) == sorted(PROMPTS)
+    assert data[0]["image"].size == (64, 64)
+    with pytest.raises(FileExistsError):
+        filter_pool(pool, tmp_path / "data", FilterPolicy(policy="topk", score="oracle:quality"))

@@ -1,0 +1,154 @@
+"""LoRA training: resume restores the LoRA (same next-step loss), two CPU processes train, the result loads in plain
+diffusers and changes its images, and the four-stage `richfeedback finetune` runs from one YAML file."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from richfeedback.finetune.train import LORA_WEIGHTS, batch_indices, load_config, main, train
+from richfeedback.imaging import save_png
+from richfeedback.shapesworld.render import render
+from richfeedback.shapesworld.scene import sample_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """16 clean ShapesWorld renders in the imagefolder layout `richfeedback pool filter` writes."""
+    out = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(16):
+        scene = sample_scene(rng)
+        save_png(render(scene, 64), out / f"{i:03d}.png")
+        rows.append({"file_name": f"{i:03d}.png", "text": scene.prompt.text})
+    (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def config(dataset, out, **overrides):
+    cfg = load_config(None, [f"data.path={dataset}", f"output_dir={out}", "optim.batch_size=4", "optim.max_steps=6",
+                             "optim.lr=5e-3", "checkpoint_every_steps=100", "validation.every_steps=100"])
+
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+def losses(out):
+    return {r["step"]: r["loss"] for r in map(json.loads, (Path(out) / "train_log.jsonl").read_text().splitlines())}
+
+
+def test_batches_depend_only_on_the_seed_and_the_step():
+    a = batch_indices(5, 16, 4, 0, 1, seed=0)
+    assert torch.equal(a, batch_indices(5, 16, 4, 0, 1, seed=0))
+    epoch = torch.cat([batch_indices(k, 16, 4, 0, 1, seed=0) for k in range(4)])
+    assert sorted(epoch.tolist()) == list(range(16))  # one epoch sees every example once
+    two = torch.cat([batch_indices(0, 16, 4, r, 2, seed=0) for r in range(2)])
+    assert len(set(two.tolist())) == 8  # two processes take different examples
+
+
+def test_resume_after_an_interruption_gives_the_same_next_step_loss(dataset, tmp_path):
+    train(config(dataset, tmp_path / "straight"))
+    train(config(dataset, tmp_path / "cut", stop_after_steps=3))
+    checkpoint = tmp_path / "cut" / "checkpoints" / "step-3"
+    assert (checkpoint / LORA_WEIGHTS).exists() and (checkpoint / "optimizer.bin").exists()
+    assert not (checkpoint / "model.safetensors").exists()  # the frozen model is not copied into checkpoints
+    train(config(dataset, tmp_path / "cut"), resume=True)
+    straight, cut = losses(tmp_path / "straight"), losses(tmp_path / "cut")
+    assert sorted(cut) == sorted(straight) == list(range(1, 7))
+    for step in range(1, 7):
+        assert cut[step] == pytest.approx(straight[step], rel=1e-4), (step, cut, straight)
+    # A resume that lost the LoRA weights (diffusers' script before PR #12690) restarts from the initialisation:
+    fresh = config(dataset, tmp_path / "fresh", stop_after_steps=3)
+    train(fresh)
+    (tmp_path / "fresh" / "checkpoints" / "step-3" / LORA_WEIGHTS).unlink()
+    from safetensors.torch import load_file, save_file
+
+    init = {k: torch.zeros_like(v) for k, v in load_file(checkpoint / LORA_WEIGHTS).items()}
+    save_file(init, tmp_path / "fresh" / "checkpoints" / "step-3" / LORA_WEIGHTS)
+    train(config(dataset, tmp_path / "fresh"), resume=True)
+    assert losses(tmp_path / "fresh")[4] != pytest.approx(straight[4], rel=1e-3)
+
+
+def test_the_lora_file_loads_in_a_fresh_diffusers_pipeline_and_changes_its_output(dataset, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from richfeedback.generation import embedded_generator_path, generate_images
+
+    out = train(config(dataset, tmp_path / "lora", optim={**config(dataset, tmp_path)["optim"], "lr": 3e-2}))
+    assert (out / LORA_WEIGHTS).exists()
+    info = json.loads((out / "richfeedback_lora.json").read_text())
+    assert info["rank"] == 4 and info["base_model"] == "embedded"
+    pipe = StableDiffusionPipeline.from_pretrained(embedded_generator_path(), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    sampling = {"num_inference_steps": 4, "guidance_scale": 4.0, "height": 64, "width": 64}
+    before = generate_images(pipe, ["a red circle"], [0], **sampling)[0]
+    pipe.load_lora_weights(str(out))
+    after = generate_images(pipe, ["a red circle"], [0], **sampling)[0]
+    assert np.abs(before.astype(int) - after.astype(int)).mean() > 3.0
+    pipe.unload_lora_weights()
+    again = generate_images(pipe, ["a red circle"], [0], **sampling)[0]
+    assert np.abs(before.astype(int) - again.astype(int)).max() <= 1
+
+
+def test_two_processes_train_on_cpu(dataset, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "richfeedback.finetune.train", "--config", str(ROOT / "configs/finetune/embedded.yaml"), "--cpu",
+           "--set", f"data.path={dataset}", "--set", f"output_dir={tmp_path}", "--set", "optim.batch_size=4",
+           "--set", "optim.max_steps=2", "--set", "validation.every_steps=100"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["steps"] == 2
+    assert list(losses(tmp_path)) == [1, 2]
+    assert (tmp_path / LORA_WEIGHTS).exists()
+
+
+def test_bad_dataset_is_one_line_naming_the_command_that_makes_one(tmp_path, capsys):
+    assert main(["--config", str(ROOT / "configs/finetune/embedded.yaml"), "--set", f"data.path={tmp_path}",
+                 "--set", f"output_dir={tmp_path / 'o'}"]) == 2
+    assert "richfeedback pool filter" in capsys.readouterr().err
+
+
+def test_too_small_a_dataset_for_one_batch_says_so(dataset, tmp_path):
+    with pytest.raises(Exception, match="fewer than one batch"):
+        train(config(dataset, tmp_path, optim={**load_config(None)["optim"], "batch_size": 64}))
+
+
+def test_the_four_stages_run_from_one_yaml_and_a_rerun_skips_what_is_done(tmp_path):
+    from richfeedback.cli import main as cli
+
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "pool": {"prompts": {"shapesworld": {"n": 4, "seed": 3, "split": "train"}}, "n": 4, "shard_size": 2,
+                 "sampling": {"num_inference_steps": 2}},
+        "score": {"models": ["oracle"]},
+        "filter": {"policy": "topk", "score": "oracle:quality", "k": 2},
+        "train": {"optim": {"batch_size": 4, "max_steps": 2}, "validation": {"prompts": ["a red circle"],
+                                                                              "seeds": [0], "every_steps": 2,
+                                                                              "num_inference_steps": 2}},
+    }
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli(["finetune", "--config", str(path)]) == 0
+    run = tmp_path / "run"
+    assert len(list((run / "pool").glob("shard-*/*.png"))) == 16
+    assert len((run / "data" / "metadata.jsonl").read_text().splitlines()) == 8
+    assert (run / "lora" / LORA_WEIGHTS).exists() and (run / "lora" / "validation" / "step-000002.png").exists()
+    stamp = (run / "lora" / LORA_WEIGHTS).stat().st_mtime_ns
+    assert cli(["finetune", "--config", str(path)]) == 0  # everything done: nothing redone
+    assert (run / "lora" / LORA_WEIGHTS).stat().st_mtime_ns == stamp
+    # the same file configures the training stage alone (what `accelerate launch -m ...train` reads)
+    train_cfg = load_config(str(path))
+    assert train_cfg["data"]["path"] == str(run / "data") and train_cfg["output_dir"] == str(run / "lora")
