@@ -1,8 +1,9 @@
-"""`richfeedback ab make | results | auto`: the command line of the A/B evaluation (`richfeedback.eval.ab`).
+"""`richfeedback ab make | results | auto | simulate`: the command line of the A/B evaluation (`richfeedback.eval.ab`).
 
     richfeedback ab make --a embedded --b "embedded,lora=runs/lora" --prompts prompts.txt --seeds 0-3 --out out/ab
     richfeedback ab results out/ab --ratings alice.json bob.csv          # -> out/ab/results/report.md, chart.png
     richfeedback ab auto out/ab --model oracle --model rahf:overall      # -> out/ab/auto/<rater>/report.md
+    richfeedback ab simulate out/ab --raters 3                           # -> out/ab/simulated/results/report.md
 
 A system (--a, --b) is `embedded`, a diffusers folder, a hub id or a folder of generated images with
 manifest.jsonl, optionally followed by `,lora=DIR[,lora_scale=X]` and/or `,guidance=NAME,guidance_scale=S`.
@@ -58,6 +59,14 @@ def add_ab_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     _add_statistics_options(p)
     p.set_defaults(func=cmd_auto)
+
+    p = sub.add_parser("simulate", help="a simulated human study on ShapesWorld: noisy raters' exports + results")
+    p.add_argument("ab_dir", metavar="AB")
+    p.add_argument("--raters", type=int, default=3, help="number of simulated raters")
+    p.add_argument("--noise", type=float, default=0.5, help="per-image score noise in Likert points")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0, help="seed of the raters' noise and of the bootstrap")
+    p.set_defaults(func=cmd_simulate)
     return ab
 
 
@@ -107,6 +116,17 @@ def cmd_auto(args) -> None:
         _print_summary(summary)
     auto = Path(args.ab_dir) / "auto"
     print(f"reports: {auto / 'report.md'} and {', '.join(str(auto / rater_folder_name(n)) for n in results)}")
+
+
+def cmd_simulate(args) -> None:
+    from .simulate import simulate_study
+
+    paths, summary = simulate_study(args.ab_dir, n_raters=args.raters, noise=args.noise, seed=args.seed,
+                                    n_resamples=args.bootstrap)
+    _print_summary(summary)
+    out = Path(args.ab_dir) / "simulated"
+    print(f"{len(paths)} simulated raters' exports in {out}; report: {out / 'results' / 'report.md'}, "
+          f"chart: {out / 'results' / 'chart.png'}")
 
 
 def _print_summary(summary: dict) -> None:
