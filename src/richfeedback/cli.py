@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rahf_command(sub)
     __import__("richfeedback.inpaint.cli", fromlist=["add_inpaint_command"]).add_inpaint_command(sub)
     __import__("richfeedback.eval.ab.cli", fromlist=["add_ab_command"]).add_ab_command(sub)
+    __import__("richfeedback.reward_models.adapters.cli", fromlist=["x"]).add_adapter_command(sub)
     return parser
 
 

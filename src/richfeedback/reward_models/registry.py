@@ -58,12 +58,13 @@ def describe_reward_models() -> dict[str, str]:
 
 
 def load_reward_model(name: str, weights=None, *, device="cpu", dtype="fp32", max_batch_size: int = 32,
-                      **options) -> "RewardModel":
+                      adapter=None, **options) -> "RewardModel":
     """A frozen reward model by name.
 
     weights: a file or folder with the official files, a hub id, or None (the default folder, then the official hub
         repository; see `richfeedback.reward_models.weights`).
     dtype: "fp32" (default), "fp16" or "bf16"; score heads stay fp32.
+    adapter: a reward-adapter folder (`richfeedback adapter train`) trained on these weights; refused otherwise.
     options: family-specific, e.g. `processor=` (pickscore), `clip=` (aesthetic), `config=` (reduced architectures
         of imagereward and hps), `prefix=` (clipscore).
     """
@@ -72,7 +73,15 @@ def load_reward_model(name: str, weights=None, *, device="cpu", dtype="fp32", ma
     except KeyError:
         known = ", ".join(list_reward_models())
         raise KeyError(f"unknown reward model {name!r}; known: {known}") from None
-    return entry.resolve()(weights, device=device, dtype=dtype, max_batch_size=max_batch_size, **options)
+    if adapter is None:
+        return entry.resolve()(weights, device=device, dtype=dtype, max_batch_size=max_batch_size, **options)
+    from .adapters.modeling import apply_adapter
+    from .base import prepare
+
+    # The base is checked against the adapter's fingerprint in float32, then cast to `dtype`.
+    model = entry.resolve()(weights, device=device, dtype="fp32", max_batch_size=max_batch_size, **options)
+    apply_adapter(model, adapter)
+    return prepare(model, device=device, dtype=dtype, source=model.source)
 
 
 register_reward_model("pickscore", "richfeedback.reward_models.pickscore:load_pickscore",

@@ -1,0 +1,243 @@
+"""Reward adapters: losses, training touches only the adapter, save/load round trips, base checks, data sources."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from richfeedback.reward_models import load_reward_model
+from richfeedback.reward_models import tiny_checkpoints as tiny
+from richfeedback.reward_models.adapters import AdapterError, AdapterSpec, add_adapter, save_adapter
+from richfeedback.reward_models.adapters.evaluate import bootstrap_interval, pair_correctness, preference_accuracy
+from richfeedback.reward_models.adapters.losses import pairwise_softmax_loss, ranking_loss
+from richfeedback.reward_models.adapters.preferences import (PreferencePair, oracle_key, pairs_from_pool,
+                                                             read_preference_file, shapesworld_pairs,
+                                                             split_by_prompt)
+
+PROMPT = "a red circle on the left"
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    """Tiny official-layout checkpoints: {name: (weights, load options)}."""
+    root = tmp_path_factory.mktemp("adapter-bases")
+    hps, hps_config = tiny.write_tiny_hps(root / "hps", "v2.1")
+    imagereward, imagereward_config = tiny.write_tiny_imagereward(root / "imagereward")
+    return {"pickscore": (str(tiny.write_tiny_pickscore(root / "pickscore")), {}),
+            "hpsv2.1": (str(hps), {"config": hps_config}),
+            "imagereward": (str(imagereward), {"config": imagereward_config}),
+            "aesthetic": (str(tiny.write_tiny_aesthetic(root / "aesthetic")), {})}
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
+
+
+# -- losses -----------------------------------------------------------------------------------------------------------
+
+def test_pairwise_softmax_loss_matches_hand_computed_values_with_ties_as_half():
+    a, b = torch.tensor([2.0, 2.0, 2.0]), torch.tensor([1.0, 1.0, 1.0])
+    # -log softmax([2, 1])[0] = log(1 + e^-1) = 0.31326; for B: log(1 + e^1) = 1.31326; a tie: their mean
+    per_pair = [math.log1p(math.exp(-1)), math.log1p(math.exp(1)), 0.5 * (math.log1p(math.exp(-1)) +
+                                                                           math.log1p(math.exp(1)))]
+    assert per_pair[0] == pytest.approx(0.31326, abs=1e-5) and per_pair[2] == pytest.approx(0.81326, abs=1e-5)
+    loss = pairwise_softmax_loss(a, b, torch.tensor([1.0, 0.0, 0.5]))
+    assert loss.item() == pytest.approx(sum(per_pair) / 3, abs=1e-6)
+    # scale multiplies the scores before the softmax: [4, 2] -> log(1 + e^-2) = 0.12693
+    assert pairwise_softmax_loss(a[:1], b[:1], torch.tensor([1.0]), scale=2.0).item() == pytest.approx(0.12693,
+                                                                                                       abs=1e-5)
+
+
+def test_ranking_loss_matches_hand_computed_values_and_skips_ties():
+    a, b = torch.tensor([2.0, 2.0, 5.0]), torch.tensor([1.0, 1.0, 5.0])
+    # -log sigmoid(1) = 0.31326 (A won), -log sigmoid(-1) = 1.31326 (B won); the tie adds nothing
+    loss = ranking_loss(a, b, torch.tensor([1.0, 0.0, 0.5]))
+    assert loss.item() == pytest.approx((0.31326 + 1.31326) / 2, abs=1e-5)
+    scores = torch.tensor([3.0], requires_grad=True)
+    all_ties = ranking_loss(scores, torch.tensor([1.0]), torch.tensor([0.5]))
+    all_ties.backward()
+    assert all_ties.item() == 0.0 and scores.grad is not None
+
+
+# -- training touches only the adapter --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,kind", [("pickscore", "lora"), ("aesthetic", "head")])
+def test_a_few_training_steps_change_only_adapter_weights(bases, images, name, kind):
+    weights, options = bases[name]
+    model = load_reward_model(name, weights, **options)
+    trainable = set(add_adapter(model, AdapterSpec(kind=kind, r=4)))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # an optimizer over *every* parameter, with weight decay: frozen ones must still not move
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    pixels = torch.stack([model.preprocess(image) for image in images])
+    for _ in range(3):
+        scores = model([PROMPT] * 4, pixels)
+        loss = pairwise_softmax_loss(scores[:2], scores[2:], torch.tensor([1.0, 0.0]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable
+    if kind == "lora":
+        assert all("lora_" in n for n in trainable)
+        assert any("lora_B" in n for n in changed)  # lora_B starts at zero: it moved
+    else:
+        assert all(n.startswith("mlp.") for n in trainable)
+
+
+# -- save / load ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,kind", [("pickscore", "lora"), ("hpsv2.1", "lora"), ("imagereward", "lora"),
+                                       ("aesthetic", "head"), ("pickscore", "head")])
+def test_save_and_load_round_trip_gives_identical_scores(bases, images, tmp_path, name, kind):
+    weights, options = bases[name]
+    model = load_reward_model(name, weights, **options)
+    base_scores = model.score(PROMPT, images)
+    trainable = add_adapter(model, AdapterSpec(kind=kind, r=4))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # stands in for training: every adapter weight gets a new value
+        for n, p in model.named_parameters():
+            if n in trainable:
+                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    adapted_scores = model.score(PROMPT, images)
+    save_adapter(model, tmp_path / "adapter")
+
+    loaded = load_reward_model(name, weights, adapter=tmp_path / "adapter", **options)
+    assert torch.equal(loaded.score(PROMPT, images), adapted_scores)
+    assert not torch.allclose(adapted_scores, base_scores)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model"] == name and config["kind"] == kind
+    assert config["trainable_parameters"] == sum(p.numel() for n, p in model.named_parameters() if n in trainable)
+
+
+def test_loading_an_adapter_on_other_base_weights_fails_clearly(bases, tmp_path):
+    weights, _ = bases["pickscore"]
+    model = load_reward_model("pickscore", weights)
+    add_adapter(model, AdapterSpec(kind="lora", r=4))
+    save_adapter(model, tmp_path / "adapter")
+    other = tiny.write_tiny_pickscore(tmp_path / "other", seed=1)
+    with pytest.raises(AdapterError, match="trained on other pickscore weights"):
+        load_reward_model("pickscore", str(other), adapter=tmp_path / "adapter")
+    with pytest.raises(AdapterError, match="adapts pickscore, not aesthetic"):
+        load_reward_model("aesthetic", bases["aesthetic"][0], adapter=tmp_path / "adapter")
+    with pytest.raises(AdapterError, match="is not a reward adapter"):
+        load_reward_model("pickscore", weights, adapter=tmp_path)
+
+
+def test_loaded_adapter_runs_in_bf16_and_keeps_gradients_to_the_image(bases, tmp_path):
+    weights, _ = bases["pickscore"]
+    model = load_reward_model("pickscore", weights)
+    add_adapter(model, AdapterSpec(kind="lora", r=4))
+    save_adapter(model, tmp_path / "adapter")
+    loaded = load_reward_model("pickscore", weights, adapter=tmp_path / "adapter", dtype="bf16")
+    assert loaded.dtype == torch.bfloat16
+    image = torch.rand(1, 3, 64, 64, requires_grad=True)
+    loaded.differentiable(PROMPT, image).sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+# -- data -------------------------------------------------------------------------------------------------------------
+
+def test_preference_files_of_the_three_formats_give_the_same_labels(tmp_path):
+    rows = [{"prompt": PROMPT, "image_a": "x.png", "image_b": "/abs/y.png", "choice": "a", "strength": 2},
+            {"prompt": PROMPT, "image_a": "x.png", "image_b": "y.png", "choice": "tie", "strength": 0},
+            {"caption": PROMPT, "image_0": "x.png", "image_1": "y.png", "label_0": 0.0, "label_1": 1.0}]
+    (tmp_path / "prefs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pairs = read_preference_file(tmp_path / "prefs.jsonl")
+    assert [p.label for p in pairs] == [1.0, 0.5, 0.0]
+    assert str(pairs[0].image_a) == str(tmp_path / "x.png") and str(pairs[0].image_b) == "/abs/y.png"
+    (tmp_path / "hpd.json").write_text(json.dumps([{"prompt": PROMPT, "image_path": ["a.png", "b.png"],
+                                                    "human_preference": [0, 1]}]))
+    assert read_preference_file(tmp_path / "hpd.json")[0].label == 0.0
+
+
+def test_pairs_from_a_generate_folder_ranked_by_the_oracle(tmp_path):
+    from richfeedback.imaging import save_png
+    from richfeedback.shapesworld.misalign import inject_misalignment
+    from richfeedback.shapesworld.render import render
+    from richfeedback.shapesworld.scene import layout_scene, parse_prompt
+
+    rng = np.random.default_rng(0)
+    scene = layout_scene(parse_prompt(PROMPT), rng)
+    wrong, _ = inject_misalignment(scene, rng, "wrong_colour")
+    rows = []
+    for i, s in enumerate([scene, wrong]):
+        save_png(render(s), tmp_path / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "prompt": PROMPT, "seed": i})
+    (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pairs = pairs_from_pool(tmp_path, by="oracle")
+    assert len(pairs) == 1 and pairs[0].label == 1.0  # the clean render wins
+    assert oracle_key(PROMPT, tmp_path / "0.png") > oracle_key(PROMPT, tmp_path / "1.png")
+
+
+def test_held_out_split_is_by_prompt():
+    pairs = shapesworld_pairs(30, seed=0)
+    train, heldout = split_by_prompt(pairs, 0.3)
+    assert train and heldout and not ({p.prompt for p in train} & {p.prompt for p in heldout})
+    assert len(train) + len(heldout) == len(pairs)
+
+
+def test_preference_accuracy_counts_ties_in_scores_as_half_and_leaves_tied_labels_out():
+    correct = pair_correctness(np.array([2.0, 1.0, 3.0]), np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 0.0]))
+    assert correct.tolist() == [1.0, 0.0, 0.5]
+
+    class ByBrightness:
+        def score(self, prompts, images):
+            return torch.tensor([float(np.mean(i)) for i in images])
+
+    dark, light = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 200, np.uint8)
+    pairs = [PreferencePair("p1", light, dark, 1.0), PreferencePair("p2", dark, light, 1.0),
+             PreferencePair("p3", light, dark, 0.5)]
+    result = preference_accuracy(ByBrightness(), pairs, bootstrap=200)
+    assert result["accuracy"] == 0.5 and result["pairs"] == 2 and result["ties"] == 1
+    assert bootstrap_interval(np.ones(10), [str(i) for i in range(10)]) == (1.0, 1.0)
+
+
+# -- the training loop and the command line ---------------------------------------------------------------------------
+
+def _smoke_config(tmp_path, weights, out, **extra):
+    lines = [f"output_dir: {out}", f"base: {{name: pickscore, weights: {weights}}}",
+             "adapter: {kind: lora, r: 4, alpha: 4.0}", "data: {source: shapesworld, n_prompts: 16}",
+             "optim: {lr: 5.0e-3, epochs: 2, batch_size: 8, warmup_steps: 2}", "checkpoint_every_steps: 2",
+             *[f"{k}: {v}" for k, v in extra.items()]]
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_trains_an_adapter_that_loads_back_and_resumes_to_the_same_weights(bases, tmp_path):
+    from safetensors.torch import load_file
+
+    from richfeedback.cli import main
+
+    weights, _ = bases["pickscore"]
+    straight = tmp_path / "straight"
+    assert main(["adapter", "train", "--config", str(_smoke_config(tmp_path, weights, straight))]) == 0
+    for name in ("best", "final"):
+        assert (straight / name / "adapter_model.safetensors").is_file()
+    base = json.loads((straight / "base_metrics.json").read_text())
+    assert base["pairs"] > 0 and 0.0 <= base["accuracy"] <= 1.0
+    load_reward_model("pickscore", weights, adapter=straight / "final")
+
+    cut = tmp_path / "cut"
+    config = _smoke_config(tmp_path, weights, cut, stop_after_steps=3)
+    assert main(["adapter", "train", "--config", str(config)]) == 0
+    assert not (cut / "final").exists() and (cut / "checkpoints" / "step-3").is_dir()
+    assert main(["adapter", "train", "--config", str(config), "--resume", "--set", "stop_after_steps=null"]) == 0
+    a, b = load_file(str(straight / "final" / "adapter_model.safetensors")), \
+        load_file(str(cut / "final" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    from richfeedback.cli import main
+
+    (tmp_path / "bad.yaml").write_text("base: {name: pickscore}\ndata: {source: preferences, path: nowhere.jsonl}\n")
+    assert main(["adapter", "train", "--config", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere.jsonl: no such preferences file" in err and "Traceback" not in err
