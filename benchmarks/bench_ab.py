@@ -38,14 +38,16 @@ def simulate(rng, scenario: str) -> tuple[list[dict], float]:
         for p in range(n_prompts):
             for s in range(seeds):
                 choice = rng.choice(["b", "tie", "a"], p=[0.5, 0.2, 0.3])
-                rows.append({"pair_id": f"{p}-{s}", "prompt": str(p), "choice": choice, "strength": 1, "rater": "sim"})
+                rows.append({"pair_id": f"{p}-{s}", "prompt": str(p), "choice": choice, "strength": 1,
+                             "rater": "sim"})
         return rows, truth
     n_prompts, seeds = (40, 4) if scenario == "correlated seeds" else (10, 2)
     for p in range(n_prompts):
         favours_b = rng.random() < 0.6
         for s in range(seeds):
             b_wins = rng.random() < (0.9 if favours_b else 0.1)
-            rows.append({"pair_id": f"{p}-{s}", "prompt": str(p), "choice": "b" if b_wins else "a", "strength": 1, "rater": "sim"})
+            rows.append({"pair_id": f"{p}-{s}", "prompt": str(p), "choice": "b" if b_wins else "a", "strength": 1,
+                         "rater": "sim"})
     return rows, 0.6 * 0.9 + 0.4 * 0.1
 
 

@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from test_ab_make import make_shapes_ab  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from richfeedback.cli import main

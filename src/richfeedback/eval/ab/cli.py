@@ -60,7 +60,8 @@ def add_ab_command(subparsers) -> argparse.ArgumentParser:
     _add_statistics_options(p)
     p.set_defaults(func=cmd_auto)
 
-    p = sub.add_parser("simulate", help="a simulated human study on ShapesWorld: noisy raters' exports + results")
+    p = sub.add_parser("simulate",
+                       help="a simulated human study on ShapesWorld: noisy raters' exports and their results")
     p.add_argument("ab_dir", metavar="AB")
     p.add_argument("--raters", type=int, default=3, help="number of simulated raters")
     p.add_argument("--noise", type=float, default=0.5, help="per-image score noise in Likert points")
@@ -82,8 +83,8 @@ def cmd_make(args) -> None:
     from .export import make_ab, parse_questions, parse_seeds
 
     out = make_ab(args.a, args.b, read_prompts(args), parse_seeds(args.seeds), args.out,
-                  questions=parse_questions(args.questions or [DEFAULT_QUESTIONS]), side_seed=args.side_seed, title=args.title,
-                  batch_size=args.batch_size, device=args.device,
+                  questions=parse_questions(args.questions or [DEFAULT_QUESTIONS]), side_seed=args.side_seed,
+                  title=args.title, batch_size=args.batch_size, device=args.device,
                   sampling={"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale})
     n_pairs = sum(1 for line in (out / "pairs.jsonl").read_text().splitlines() if line.strip())
     print(f"wrote {n_pairs} A/B pairs to {out} (pairs.jsonl, pairs.csv, images/a, images/b)")

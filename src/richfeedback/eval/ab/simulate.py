@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
