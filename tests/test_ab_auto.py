@@ -63,3 +63,10 @@ def test_a_question_the_model_cannot_answer_is_refused(tmp_path):
     ab = make_shapes_ab(tmp_path, questions="alignment")
     with pytest.raises(UsageError, match="answers the question 'aesthetics'"):
         run_auto(ab, ["rahf:aesthetics"], progress=False)
+
+
+def test_a_reward_adapter_reaches_load_reward_model(tmp_path, tiny_rahf_dir, capsys):
+    ab = make_shapes_ab(tmp_path, questions="plausibility")
+    assert main(["ab", "auto", str(ab), "--model",
+                 f"rahf:plausibility={tiny_rahf_dir},adapter={tmp_path / 'no-adapter'}"]) == 2
+    assert f"{tmp_path / 'no-adapter'} is not a reward adapter" in capsys.readouterr().err

@@ -7,7 +7,8 @@
   overall - the image that satisfies the whole prompt wins (much better) when only one does; otherwise the
   plausibility rule decides (slightly better at most); aesthetics - not judged (ShapesWorld has no exact
   aesthetics), so the question is left out.
-* a reward model (`load_reward_model` name, `NAME=WEIGHTS` for a local file) answers one question: rahf:X answers
+* a reward model (`load_reward_model` name, `NAME=WEIGHTS` for a local file, `...,adapter=DIR` with a reward adapter
+  of `richfeedback adapter train`) answers one question: rahf:X answers
   X, aesthetic answers aesthetics, clipscore alignment, every other model overall. The higher score wins; a score
   difference of at most `tie_margin` is about the same, and a difference above the median difference of the
   study's non-tied pairs is "much better".
@@ -106,7 +107,8 @@ def reward_values(scores_a: np.ndarray, scores_b: np.ndarray, tie_margin: float 
 
 
 def reward_preferences(ab_dir: Path, meta: dict, pairs: Sequence[dict], name: str, weights: Optional[str],
-                       tie_margin: float = 0.0, device: str = "cpu", batch_size: int = 16) -> list[dict]:
+                       tie_margin: float = 0.0, device: str = "cpu", batch_size: int = 16,
+                       adapter: Optional[str] = None, rater: Optional[str] = None) -> list[dict]:
     from ...reward_models import load_reward_model
 
     question = REWARD_QUESTIONS.get(name, "overall")
@@ -114,7 +116,8 @@ def reward_preferences(ab_dir: Path, meta: dict, pairs: Sequence[dict], name: st
         raise UsageError(f"{name} answers the question {question!r}, which this comparison does not ask "
                          f"({', '.join(q['name'] for q in meta['questions'])})")
     try:
-        model = load_reward_model(name, weights=weights, device=device, max_batch_size=batch_size)
+        extra = {} if adapter is None else {"adapter": adapter}
+        model = load_reward_model(name, weights=weights, device=device, max_batch_size=batch_size, **extra)
     except KeyError as err:
         raise UsageError(str(err.args[0])) from None
     prompts = [p["prompt"] for p in pairs]
@@ -123,33 +126,36 @@ def reward_preferences(ab_dir: Path, meta: dict, pairs: Sequence[dict], name: st
     values = reward_values(scores_a, scores_b, tie_margin)
     rows = []
     for pair, value, score_a, score_b in zip(pairs, values, scores_a, scores_b):
-        row = _auto_row(pair, question, name, int(value), ab_dir)
+        row = _auto_row(pair, question, rater or name, int(value), ab_dir)
         rows.append({**row, "score_a": float(score_a), "score_b": float(score_b)})
     return rows
 
 
 def rater_folder_name(name: str) -> str:
-    return name.replace(":", "-").replace("/", "-")
+    return name.replace(":", "-").replace("/", "-").replace("+", "-")
 
 
 def run_auto(ab_dir: str | os.PathLike, models: Sequence[str], tie_margin: float = 0.0, device: str = "cpu",
              batch_size: int = 16, n_resamples: int = 2000, seed: int = 0, unit: str = "prompt",
              progress: bool = True) -> dict[str, dict]:
-    """Rate every pair with each model ("oracle" or a reward model NAME[=WEIGHTS]); returns {name: summary}."""
+    """Rate every pair with each model ("oracle", or a reward model NAME[=WEIGHTS][,adapter=DIR]); returns
+    {rater: summary}, the rater being the model's name (with its adapter folder's name, if any)."""
     ab_dir = Path(ab_dir)
     meta, pairs = read_ab(ab_dir)
     results = {}
     for spec in models:
-        name, _, weights = spec.partition("=")
+        model, _, adapter = spec.partition(",adapter=")
+        name, _, weights = model.partition("=")
+        rater = name if not adapter else f"{name}+{Path(adapter).name}"
         if name == ORACLE:
             rows = oracle_preferences(ab_dir, meta, pairs, progress)
             source = "the ShapesWorld oracle (automatic; aesthetics not judged)"
         else:
             rows = reward_preferences(ab_dir, meta, pairs, name, os.path.expanduser(weights) if weights else None,
-                                      tie_margin, device, batch_size)
-            source = f"reward model {name} (automatic; tie margin {tie_margin:g})"
-        results[name] = write_study(ab_dir / "auto" / rater_folder_name(name), meta, rows, source,
-                                    n_resamples, seed, unit)
+                                      tie_margin, device, batch_size, adapter=adapter or None, rater=rater)
+            source = f"reward model {rater} (automatic; tie margin {tie_margin:g})"
+        results[rater] = write_study(ab_dir / "auto" / rater_folder_name(rater), meta, rows, source,
+                                     n_resamples, seed, unit)
     write_auto_overview(ab_dir, meta)
     return results
 

@@ -51,8 +51,9 @@ def add_ab_command(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("auto", help="the same tables with the ShapesWorld oracle or reward models as raters")
     p.add_argument("ab_dir", metavar="AB")
-    p.add_argument("--model", action="append", required=True, metavar="NAME[=WEIGHTS]",
-                   help="oracle, or a reward model (repeatable): rahf:overall, pickscore=path/to/weights, ...")
+    p.add_argument("--model", action="append", required=True, metavar="NAME[=WEIGHTS][,adapter=DIR]",
+                   help="oracle, or a reward model (repeatable): rahf:overall, pickscore=path/to/weights, "
+                        "pickscore,adapter=runs/adapter, ...")
     p.add_argument("--tie-margin", type=float, default=0.0,
                    help="reward models: a score difference up to this is 'about the same' (model units)")
     p.add_argument("--batch-size", type=int, default=16)
