@@ -39,12 +39,14 @@ def read_prompts(args) -> list[str]:
 
 def cmd_generate(args) -> None:
     from .generation import generate_to_folder, plan_jobs, read_manifest
+    from .guidance.cli import guidance_from_args
     from .imaging import load_rgb, make_grid, save_png
 
     prompts = read_prompts(args)
     jobs = plan_jobs(prompts, args.n, args.seed)
+    guidance = guidance_from_args(args, embedded=args.model in (None, "embedded", "shapes"))
     out = generate_to_folder(args.model, jobs, args.out, batch_size=args.batch_size, device=args.device,
-                             num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
+                             num_inference_steps=args.steps, guidance_scale=args.cfg_scale, guidance=guidance)
     wanted = {(j.prompt, j.seed) for j in jobs}
     rows = [r for r in read_manifest(out) if (r["prompt"], r["seed"]) in wanted]
     grid = make_grid([load_rgb(out / r["file_name"]) for r in rows[:64]], ncols=max(args.n, 1) if args.n <= 16 else 8,
@@ -105,6 +107,8 @@ def cmd_make_dataset(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .guidance.cli import add_guidance_arguments
+
     parser = argparse.ArgumentParser(prog="richfeedback", description="Rich human feedback for text-to-image models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -116,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (PNG files, manifest.jsonl, grid.png)")
     p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the embedded ShapesWorld model)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
+    add_guidance_arguments(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("oracle", help="the ShapesWorld oracle's numbers for a folder of generations")

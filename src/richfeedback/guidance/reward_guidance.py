@@ -1,0 +1,257 @@
+"""Reward guidance: steer a diffusers pipeline's sampling up the gradient of a differentiable reward.
+
+At a guided step with latents x_t and the pipeline's noise prediction (after classifier-free guidance):
+
+    x0     = predicted_x0(scheduler, noise_pred, t, x_t)            the scheduler's own coefficients
+    image  = VAE.decode(x0) / 2 + 0.5, clamped to [0, 1]
+    g      = d reward(prompt, image) / d x_t
+    x_t-1  = scheduler.step(noise_pred, t, x_t) + scale * noise_level(t) * normalize(g)
+
+as the Diffusion Posterior Sampling pipeline in diffusers/examples/community does (a gradient taken at x_t, applied to
+the step's output). Two paths to the gradient:
+
+- "cheap": the noise prediction is a constant; the gradient goes through the x0 formula and the VAE decoder only.
+  One VAE decode and one reward pass (forward and backward) per guided step.
+- "accurate": the UNet is run again on x_t with gradients on (both halves of classifier-free guidance, combined as
+  the pipeline combines them), so the gradient also goes back through the UNet: an extra UNet forward and backward.
+
+Design: the guidance wraps `pipe.scheduler.step` for the duration of one pipeline call (`attach`). That is the one
+place where a stock diffusers pipeline (SD, SDXL, their img2img variants) hands over everything guidance needs: the
+noise prediction after classifier-free guidance, the timestep and x_t, and where it takes back the next latents.
+`callback_on_step_end` runs after the step without the noise prediction, so it would have to rebuild it (another UNet
+call, or a UNet hook plus a copy of each pipeline's guidance arithmetic); it stays free for the user. The accurate
+path records the UNet's conditioning with a forward pre-hook (prompt embeddings; SDXL's added time ids), so it can
+call the UNet again exactly as the pipeline did.
+
+Scale 0, an unguided step, or no guidance at all leave the pipeline's computation untouched, bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from .options import DEFAULT_EVERY, DEFAULT_REWARD, DEFAULT_SCALE, DEFAULT_WINDOW, NORMALIZATIONS, PATHS
+from .schedulers import check_scheduler, noise_level, predicted_x0
+
+
+def decode_to_unit_range(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] from (unscaled) latents, differentiably, as the SD / SDXL pipelines decode."""
+    config = vae.config
+    if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
+        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(latents)
+        std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(latents)
+        latents = latents * std / config.scaling_factor + mean
+    else:
+        latents = latents / config.scaling_factor
+    images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+@dataclasses.dataclass
+class RewardGuidance:
+    """How to guide: the reward, its scale and which steps.
+
+    reward: a `RewardModel` or `WeightedReward` (anything with `differentiable(prompts, images)` -> (B,)).
+    scale: size of each edit in units of the step's noise level (with normalize="rms": the edit's RMS over the
+        latents is scale * noise_level). 0 turns guidance off.
+    every: guide every k-th step of the window.
+    window: (start, end) fractions of the sampling steps that are guided: step i of n is in it when
+        start <= i / n < end. Late steps change pixels directly, so edits there tend to show as reward hacking.
+    normalize: "rms" (each image's gradient divided by its RMS: the scale means the same for any reward),
+        "clip" (the raw gradient, its RMS capped at max_rms per image) or "none" (the raw gradient).
+    path: "cheap" (through the x0 formula and the VAE) or "accurate" (also back through the UNet).
+    name: the reward spec, for manifests.
+    """
+
+    reward: torch.nn.Module
+    scale: float = DEFAULT_SCALE
+    every: int = DEFAULT_EVERY
+    window: tuple[float, float] = DEFAULT_WINDOW
+    normalize: str = "rms"
+    max_rms: float = 1.0
+    path: str = "cheap"
+    name: str = ""
+
+    def __post_init__(self):
+        if not math.isfinite(self.scale) or self.scale < 0:
+            raise ValueError(f"guidance scale must be a finite number >= 0, got {self.scale}")
+        if self.every < 1:
+            raise ValueError(f"guidance every must be >= 1, got {self.every}")
+        start, end = self.window
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError(f"guidance window must satisfy 0 <= start < end <= 1, got {self.window}")
+        self.window = (float(start), float(end))
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"guidance normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+        if self.path not in PATHS:
+            raise ValueError(f"guidance path must be one of {PATHS}, got {self.path!r}")
+        if not hasattr(self.reward, "differentiable"):
+            raise TypeError(f"the guidance reward needs a differentiable(prompts, images) method; "
+                            f"got {type(self.reward).__name__}")
+        self.name = self.name or getattr(self.reward, "name", type(self.reward).__name__)
+        self.history: list[dict] = []  # per guided step of the last call: step, mean reward of x0, gradient RMS
+
+    @property
+    def active(self) -> bool:
+        return self.scale > 0
+
+    def settings(self) -> dict:
+        """What a manifest records to say how an image was guided."""
+        return {"reward": self.name, "scale": self.scale, "every": self.every, "window": list(self.window),
+                "normalize": self.normalize, **({"max_rms": self.max_rms} if self.normalize == "clip" else {}),
+                "path": self.path}
+
+    def guided_steps(self, num_steps: int) -> list[int]:
+        """Indices of the steps that are guided out of `num_steps`."""
+        first = math.ceil(self.window[0] * num_steps - 1e-9)
+        in_window = [i for i in range(num_steps) if first <= i and i / num_steps < self.window[1]]
+        return [i for i in in_window if (i - first) % self.every == 0]
+
+    @contextlib.contextmanager
+    def attach(self, pipe, prompts: Sequence[str]):
+        """Guide the pipeline calls made inside the block; `prompts` are the ones the pipeline is called with."""
+        if not self.active:
+            yield self
+            return
+        for part in ("scheduler", "vae", "unet"):
+            if getattr(pipe, part, None) is None:
+                raise ValueError(f"reward guidance needs a pipeline with a {part} (UNet latent-diffusion pipelines "
+                                 f"such as StableDiffusionPipeline and StableDiffusionXLPipeline); "
+                                 f"{type(pipe).__name__} has none")
+        scheduler = pipe.scheduler
+        check_scheduler(scheduler)
+        run = _GuidedRun(self, pipe, list(prompts))
+        self.history = run.history
+        original_step = scheduler.step
+        # An instance attribute shadows the class's `step`; `wraps` keeps its signature, which the pipelines inspect
+        # to decide whether to pass `eta` and `generator`.
+        scheduler.step = functools.wraps(original_step)(functools.partial(run.step, original_step))
+        hook = pipe.unet.register_forward_pre_hook(run.record_unet_call, with_kwargs=True) \
+            if self.path == "accurate" else None
+        try:
+            yield self
+        finally:
+            del scheduler.step
+            if hook is not None:
+                hook.remove()
+
+
+class _GuidedRun:
+    """The state of one guided pipeline call: its step counter and the UNet call being recorded."""
+
+    def __init__(self, guidance: RewardGuidance, pipe, prompts: list[str]):
+        self.guidance = guidance
+        self.pipe = pipe
+        self.prompts = prompts
+        self.step_index = 0
+        self.unet_call: Optional[tuple[tuple, dict]] = None
+        self.recomputing = False
+        self.history: list[dict] = []
+
+    def record_unet_call(self, module, args, kwargs):
+        if not self.recomputing:
+            self.unet_call = (args, kwargs)
+
+    def step(self, original_step, model_output, timestep, sample, *args, **kwargs):
+        index = self.step_index
+        self.step_index += 1
+        scheduler = self.pipe.scheduler
+        # Computed before the real step: the Euler schedulers advance `step_index` inside it.
+        guided = index in set(self.guidance.guided_steps(len(scheduler.timesteps)))
+        if guided:
+            gradient = self.reward_gradient(model_output, timestep, sample)
+            edit = self.guidance.scale * noise_level(scheduler, timestep, sample) * gradient
+        result = original_step(model_output, timestep, sample, *args, **kwargs)
+        if not guided:
+            return result
+        if isinstance(result, tuple):
+            return (result[0] + edit.to(result[0].dtype), *result[1:])
+        result.prev_sample = result.prev_sample + edit.to(result.prev_sample.dtype)
+        return result
+
+    def prompts_for(self, batch: int) -> list[str]:
+        if batch % len(self.prompts):
+            raise ValueError(f"reward guidance got {len(self.prompts)} prompts for a batch of {batch} latents")
+        repeat = batch // len(self.prompts)  # num_images_per_prompt: the pipelines repeat each prompt in place
+        return [p for p in self.prompts for _ in range(repeat)]
+
+    def reward_gradient(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
+        """The normalised gradient of the reward of the predicted x0 with respect to x_t."""
+        guidance = self.guidance
+        prompts = self.prompts_for(sample.shape[0])
+        with torch.enable_grad():
+            x_t = sample.detach().requires_grad_(True)
+            record = {"step": self.step_index - 1}
+            if guidance.path == "accurate":
+                recomputed = self.noise_prediction_with_grad(x_t, timestep)
+                # How far the recomputed prediction is from the pipeline's: a check that the UNet call was replayed
+                # faithfully (float noise only).
+                record["recompute_error"] = float((recomputed.detach() - model_output).abs().max())
+                model_output = recomputed
+            x0 = predicted_x0(self.pipe.scheduler, model_output.detach() if guidance.path == "cheap" else model_output,
+                              timestep, x_t)
+            images = decode_to_unit_range(self.pipe.vae, x0)
+            rewards = guidance.reward.differentiable(prompts if getattr(guidance.reward, "needs_prompt", True)
+                                                     else None, images)
+            (gradient,) = torch.autograd.grad(rewards.sum(), x_t)
+        gradient = gradient.float()
+        if not torch.isfinite(gradient).all():
+            raise FloatingPointError(f"the reward gradient at step {self.step_index - 1} is not finite; lower the "
+                                     "pipeline's precision issues (run the VAE in fp32) or the guidance scale")
+        rms = gradient.pow(2).mean(dim=tuple(range(1, gradient.ndim)), keepdim=True).sqrt()
+        self.history.append({**record, "reward": float(rewards.detach().float().mean()), "grad_rms": float(rms.mean())})
+        if guidance.normalize == "rms":
+            return gradient / rms.clamp_min(1e-12)
+        if guidance.normalize == "clip":
+            return gradient * (guidance.max_rms / rms.clamp_min(1e-12)).clamp(max=1.0)
+        return gradient
+
+    def noise_prediction_with_grad(self, x_t: torch.Tensor, timestep) -> torch.Tensor:
+        """The pipeline's noise prediction for x_t again, with gradients: the recorded UNet call on x_t, combined
+        with classifier-free guidance (and its rescale) as the SD / SDXL pipelines combine it."""
+        if self.unet_call is None:
+            raise RuntimeError("the accurate guidance path saw no UNet call before the scheduler step")
+        args, kwargs = self.unet_call
+        recorded = kwargs["sample"] if "sample" in kwargs else args[0]
+        copies = recorded.shape[0] // x_t.shape[0]  # 2 with classifier-free guidance
+        model_input = self.pipe.scheduler.scale_model_input(torch.cat([x_t] * copies), timestep)
+        kwargs = {**kwargs, "return_dict": False}
+        if "sample" in kwargs:
+            kwargs["sample"] = model_input
+        else:
+            args = (model_input, *args[1:])
+        self.recomputing = True
+        try:
+            noise_pred = self.pipe.unet(*args, **kwargs)[0]
+        finally:
+            self.recomputing = False
+        if copies == 2:
+            uncond, text = noise_pred.chunk(2)
+            noise_pred = uncond + self.pipe.guidance_scale * (text - uncond)
+            rescale = getattr(self.pipe, "guidance_rescale", 0.0)
+            if rescale > 0:
+                from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+                noise_pred = rescale_noise_cfg(noise_pred, text, guidance_rescale=rescale)
+        return noise_pred
+
+
+
+def load_guidance(spec: Optional[str] = None, scale: float = DEFAULT_SCALE, *, device="cpu", dtype="fp32",
+                  every: int = DEFAULT_EVERY, window: tuple[float, float] = DEFAULT_WINDOW, normalize: str = "rms",
+                  max_rms: float = 1.0, path: str = "cheap", max_batch_size: int = 32,
+                  **reward_options) -> RewardGuidance:
+    """Guidance by the reward `spec` ("rahf:aesthetics", "aesthetic", "0.7*rahf:aesthetics+0.3*rahf:plausibility";
+    see `guidance.rewards`), loaded on `device`; None means `DEFAULT_REWARD`."""
+    from .rewards import load_reward
+
+    spec = spec or DEFAULT_REWARD
+    reward = load_reward(spec, device=device, dtype=dtype, max_batch_size=max_batch_size, **reward_options)
+    return RewardGuidance(reward, scale=scale, every=every, window=tuple(window), normalize=normalize,
+                          max_rms=max_rms, path=path, name=spec)

@@ -1,0 +1,89 @@
+"""The reward that guidance climbs: one registered reward model or a weighted sum of several.
+
+A spec names it the way the command line does:
+
+    "rahf:aesthetics"                                   the embedded RAHF's aesthetics head (ShapesWorld default)
+    "aesthetic=weights/aesthetic/"                      LAION aesthetic with its weights (a file or folder)
+    "0.7*rahf:aesthetics+0.3*rahf:plausibility"         a weighted sum; weights are plain numbers, may be negative
+
+Terms are split at a "+" that starts another registered name, so weight files with "+" in their name
+(`sac+logos+ava1-l14-linearMSE.pth`) stay whole. The sum is of the raw scores: rewards on different scales
+(aesthetic ~5, RAHF in [0, 1]) need weights that account for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Optional, Sequence
+
+import torch
+
+from ..reward_models import RewardModel, list_reward_models, load_reward_model
+
+NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardTerm:
+    weight: float
+    name: str
+    weights: Optional[str] = None  # the model's weights file or folder; None: its default location
+
+
+def parse_reward_spec(spec: str, known: Optional[Sequence[str]] = None) -> list[RewardTerm]:
+    """The terms of a spec such as "0.7*rahf:aesthetics+0.3*aesthetic=path/to/weights"."""
+    known = list(known if known is not None else list_reward_models())
+    names = "|".join(re.escape(n) for n in sorted(known, key=len, reverse=True))
+    # A "+" separates terms only where a (weighted) registered name follows it.
+    parts = re.split(rf"\+(?=\s*(?:{NUMBER}\s*\*\s*)?(?:{names})\s*(?:=|\+|$))", spec.strip())
+    terms = []
+    for part in parts:
+        match = re.fullmatch(rf"\s*(?:({NUMBER})\s*\*\s*)?([^=\s*]+)\s*(?:=\s*(.+?))?\s*", part)
+        if not match or match.group(2) not in known:
+            raise ValueError(f"cannot read the reward {part.strip()!r} in {spec!r}: write NAME, NAME=WEIGHTS or "
+                             f"WEIGHT*NAME joined by '+', with NAME one of {', '.join(known)}")
+        weight = float(match.group(1)) if match.group(1) is not None else 1.0
+        terms.append(RewardTerm(weight, match.group(2), match.group(3)))
+    if len({t.name for t in terms}) != len(terms):
+        raise ValueError(f"{spec!r} names a reward model twice; give each once with its total weight")
+    return terms
+
+
+def spec_of(terms: Sequence[RewardTerm]) -> str:
+    """The canonical spec of `terms` (what manifests record)."""
+    parts = []
+    for t in terms:
+        part = t.name if t.weight == 1.0 and len(terms) == 1 else f"{t.weight:g}*{t.name}"
+        parts.append(part + (f"={t.weights}" if t.weights else ""))
+    return "+".join(parts)
+
+
+class WeightedReward(torch.nn.Module):
+    """sum_i weight_i * reward_i, with the `score`/`differentiable` calls of a `RewardModel`."""
+
+    def __init__(self, terms: Sequence[tuple[float, RewardModel]], name: str = ""):
+        super().__init__()
+        if not terms:
+            raise ValueError("a weighted reward needs at least one term")
+        self.weights = [float(w) for w, _ in terms]
+        self.models = torch.nn.ModuleList([m for _, m in terms])
+        self.name = name or "+".join(f"{w:g}*{m.name}" for w, m in terms)
+        self.needs_prompt = any(m.needs_prompt for m in self.models)
+
+    def differentiable(self, prompts, images: torch.Tensor) -> torch.Tensor:
+        return sum(w * m.differentiable(prompts if m.needs_prompt else None, images)
+                   for w, m in zip(self.weights, self.models))
+
+    def score(self, prompts, images) -> torch.Tensor:
+        return sum(w * m.score(prompts if m.needs_prompt else None, images) for w, m in zip(self.weights, self.models))
+
+
+def load_reward(spec: str, *, device="cpu", dtype="fp32", max_batch_size: int = 32, **options):
+    """The reward of `spec`: a `RewardModel` for a single unweighted name, else a `WeightedReward`."""
+    terms = parse_reward_spec(spec)
+    models = [load_reward_model(t.name, weights=t.weights, device=device, dtype=dtype,
+                                max_batch_size=max_batch_size, **options) for t in terms]
+    if len(terms) == 1 and terms[0].weight == 1.0:
+        return models[0]
+    return WeightedReward([(t.weight, m) for t, m in zip(terms, models)], name=spec_of(terms))

@@ -1,0 +1,196 @@
+"""Reward guidance: gradients reach the latents, scale 0 changes nothing, the x0 of each supported scheduler is the
+scheduler's own, unsupported schedulers are refused, and SD (the embedded model) and SDXL (tiny, random) both work."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from richfeedback.generation import EMBEDDED_DEFAULTS, generate_images, generate_to_folder, load_pipeline, plan_jobs
+from richfeedback.guidance import (RewardGuidance, WeightedReward, check_scheduler, load_guidance, parse_reward_spec,
+                                   predicted_x0)
+from richfeedback.reward_models import load_reward_model
+
+FAST = {**EMBEDDED_DEFAULTS, "num_inference_steps": 6}
+PROMPTS = ["a red circle on the left", "two blue squares"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline("embedded")
+
+
+@pytest.fixture(scope="module")
+def rahf_aesthetics():
+    return load_reward_model("rahf:aesthetics")
+
+
+def test_guided_steps_follow_every_and_window(rahf_aesthetics):
+    g = RewardGuidance(rahf_aesthetics, scale=1.0, every=4, window=(0.0, 0.8))
+    assert g.guided_steps(25) == [0, 4, 8, 12, 16]
+    assert RewardGuidance(rahf_aesthetics, every=2, window=(0.2, 0.6)).guided_steps(10) == [2, 4]
+    assert RewardGuidance(rahf_aesthetics, every=1, window=(0.0, 1.0)).guided_steps(3) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("path", ["cheap", "accurate"])
+def test_reward_gradient_reaches_the_latents_and_is_finite(pipe, rahf_aesthetics, path):
+    g = RewardGuidance(rahf_aesthetics, scale=0.1, every=1, window=(0.0, 1.0), path=path)
+    images = generate_images(pipe, PROMPTS, [0, 1], guidance=g, **FAST)
+    assert [h["step"] for h in g.history] == list(range(6))
+    assert all(np.isfinite(h["grad_rms"]) and h["grad_rms"] > 0 for h in g.history)
+    assert all(img.shape == (64, 64, 3) for img in images)
+    if path == "accurate":  # the UNet call was replayed exactly as the pipeline made it (CFG included)
+        assert max(h["recompute_error"] for h in g.history) < 1e-4
+
+
+def test_scale_zero_reproduces_the_unguided_images_exactly(pipe, rahf_aesthetics):
+    unguided = generate_images(pipe, PROMPTS, [3, 4], **FAST)
+    zero = generate_images(pipe, PROMPTS, [3, 4], guidance=RewardGuidance(rahf_aesthetics, scale=0.0), **FAST)
+    assert all(np.array_equal(a, b) for a, b in zip(unguided, zero))
+    assert pipe.scheduler.step.__func__ is type(pipe.scheduler).step  # the wrapper is gone after the call
+
+
+def test_guidance_raises_the_guiding_reward_on_the_same_seeds(pipe, rahf_aesthetics):
+    prompts = ["a red circle on the left", "a green triangle on the right", "two yellow squares", "a blue circle"]
+    unguided = generate_images(pipe, prompts, [0, 1, 2, 3], **FAST)
+    guided = generate_images(pipe, prompts, [0, 1, 2, 3], guidance=RewardGuidance(rahf_aesthetics, scale=0.3),
+                             **FAST)
+    before, after = rahf_aesthetics.score(prompts, unguided), rahf_aesthetics.score(prompts, guided)
+    assert after.mean() > before.mean() + 0.02
+    assert not any(np.array_equal(a, b) for a, b in zip(unguided, guided))
+
+
+def test_unsupported_scheduler_is_refused_with_a_clear_message(pipe, rahf_aesthetics):
+    from diffusers import DPMSolverMultistepScheduler, PNDMScheduler
+
+    for cls in (DPMSolverMultistepScheduler, PNDMScheduler):
+        with pytest.raises(ValueError, match=f"does not support {cls.__name__}.*DDIMScheduler.from_config"):
+            check_scheduler(cls.from_config(pipe.scheduler.config))
+    original = pipe.scheduler
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(original.config)
+    try:
+        with pytest.raises(ValueError, match="does not support DPMSolverMultistepScheduler"):
+            generate_images(pipe, PROMPTS[:1], [0], guidance=RewardGuidance(rahf_aesthetics, scale=0.1), **FAST)
+    finally:
+        pipe.scheduler = original
+
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler",
+                                  "EulerAncestralDiscreteScheduler"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_predicted_x0_is_the_schedulers_own(name, prediction_type):
+    import diffusers
+
+    scheduler = getattr(diffusers, name)(prediction_type=prediction_type, beta_schedule="scaled_linear",
+                                         beta_start=0.00085, beta_end=0.012)
+    scheduler.set_timesteps(10)
+    check_scheduler(scheduler)
+    torch.manual_seed(0)
+    sample, output = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    t = scheduler.timesteps[3]
+    scheduler.scale_model_input(sample, t)  # as the pipelines do; sets the Euler schedulers' step index
+    ours = predicted_x0(scheduler, output, t, sample)
+    theirs = scheduler.step(output, t, sample, generator=torch.Generator().manual_seed(0)).pred_original_sample
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_reward_specs_parse_weights_and_weight_files():
+    known = ["rahf:aesthetics", "rahf:plausibility", "aesthetic", "hpsv2.1"]
+    terms = parse_reward_spec("0.7*rahf:aesthetics+0.3*rahf:plausibility", known)
+    assert [(t.weight, t.name) for t in terms] == [(0.7, "rahf:aesthetics"), (0.3, "rahf:plausibility")]
+    # "+" inside a weights file name does not split a term; only a "+" before a known name does
+    terms = parse_reward_spec("aesthetic=w/sac+logos+ava1-l14-linearMSE.pth+-0.5*hpsv2.1", known)
+    assert [(t.weight, t.name, t.weights) for t in terms] == [
+        (1.0, "aesthetic", "w/sac+logos+ava1-l14-linearMSE.pth"), (-0.5, "hpsv2.1", None)]
+    with pytest.raises(ValueError, match="cannot read the reward 'pickscore'"):
+        parse_reward_spec("pickscore", known)
+    with pytest.raises(ValueError, match="names a reward model twice"):
+        parse_reward_spec("aesthetic+2*aesthetic", known)
+
+
+def test_weighted_combination_is_the_weighted_sum_of_its_rewards():
+    guidance = load_guidance("0.7*rahf:aesthetics+0.3*rahf:plausibility", scale=0.1)
+    assert isinstance(guidance.reward, WeightedReward) and guidance.settings()["reward"].startswith("0.7*")
+    aes, plaus = load_reward_model("rahf:aesthetics"), load_reward_model("rahf:plausibility")
+    images = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(guidance.reward.differentiable(PROMPTS, images),
+                               0.7 * aes.differentiable(PROMPTS, images) + 0.3 * plaus.differentiable(PROMPTS, images))
+
+
+def test_bad_options_are_refused(rahf_aesthetics):
+    for kwargs, message in [({"scale": -1}, "scale must be"), ({"every": 0}, "every must be"),
+                            ({"window": (0.5, 0.5)}, "window must satisfy"), ({"normalize": "l3"}, "normalize"),
+                            ({"path": "fast"}, "path must be")]:
+        with pytest.raises(ValueError, match=message):
+            RewardGuidance(rahf_aesthetics, **kwargs)
+
+
+def test_folder_manifest_records_the_guidance_and_refuses_mixing(tmp_path):
+    guidance = load_guidance("rahf:aesthetics", scale=0.1)
+    jobs = plan_jobs(["a red circle on the left"], n_per_prompt=2, seed=0)
+    generate_to_folder("embedded", jobs, tmp_path, progress=False, guidance=guidance, num_inference_steps=4)
+    rows = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["guidance"] == guidance.settings() for r in rows)
+    assert rows[0]["guidance"]["reward"] == "rahf:aesthetics" and rows[0]["guidance"]["scale"] == 0.1
+    with pytest.raises(ValueError, match="other reward-guidance settings"):
+        generate_to_folder("embedded", plan_jobs(["two blue squares"], 1, 0), tmp_path, progress=False,
+                           num_inference_steps=4)
+
+
+# ----------------------------------------------------------------------------- SDXL (tiny, random, offline)
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory):
+    """The diffusers SDXL test configuration (tests/pipelines/stable_diffusion_xl), CLIP tokenizers built offline."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from richfeedback.tokenizers import build_clip_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(2, 4), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=1)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], sample_size=128)
+    text_config = CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32,
+                                 intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
+                                 hidden_act="gelu", projection_dim=32)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(text_config)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    tokenizer = build_clip_tokenizer(tmp_path_factory.mktemp("clip-tokenizer"))
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_laion_aesthetic(tmp_path_factory):
+    from richfeedback.reward_models.tiny_checkpoints import write_tiny_aesthetic
+
+    return write_tiny_aesthetic(tmp_path_factory.mktemp("aesthetic")).parent
+
+
+@pytest.mark.parametrize("path", ["cheap", "accurate"])
+def test_sdxl_with_euler_is_guided_by_the_laion_aesthetic_reward(tiny_sdxl, tiny_laion_aesthetic, path):
+    sampling = {"num_inference_steps": 2, "height": 64, "width": 64, "guidance_scale": 5.0}
+    guidance = load_guidance(f"aesthetic={tiny_laion_aesthetic}", scale=0.5, every=1, window=(0.0, 1.0), path=path)
+    unguided = generate_images(tiny_sdxl, PROMPTS, [0, 1], **sampling)
+    guided = generate_images(tiny_sdxl, PROMPTS, [0, 1], guidance=guidance, **sampling)
+    assert [h["step"] for h in guidance.history] == [0, 1]
+    assert all(np.isfinite(h["grad_rms"]) and h["grad_rms"] > 0 for h in guidance.history)
+    if path == "accurate":  # SDXL's added conditioning (pooled text, time ids) was replayed too
+        assert max(h["recompute_error"] for h in guidance.history) < 1e-4
+    assert not np.array_equal(unguided[0], guided[0])
+    guidance.scale = 0.0
+    assert all(np.array_equal(a, b) for a, b in
+               zip(unguided, generate_images(tiny_sdxl, PROMPTS, [0, 1], guidance=guidance, **sampling)))
