@@ -152,3 +152,28 @@ def test_the_four_stages_run_from_one_yaml_and_a_rerun_skips_what_is_done(tmp_pa
     # the same file configures the training stage alone (what `accelerate launch -m ...train` reads)
     train_cfg = load_config(str(path))
     assert train_cfg["data"]["path"] == str(run / "data") and train_cfg["output_dir"] == str(run / "lora")
+
+
+def test_sdxl_unet_and_both_text_encoders_train_and_load_back_in_diffusers(dataset, tiny_sdxl_dir, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from richfeedback.generation import generate_images
+
+    cfg = load_config(None, [f"data.path={dataset}", f"output_dir={tmp_path}", f"model.pretrained={tiny_sdxl_dir}",
+                             "optim.batch_size=4", "optim.max_steps=3", "optim.lr=5e-2", "lora.init=false",
+                             "lora.train_text_encoder=true", "checkpoint_every_steps=2", "stop_after_steps=2"])
+    train(cfg)
+    cfg["stop_after_steps"] = None
+    train(cfg, resume=True)  # the resume path loads the UNet's and both text encoders' LoRA back
+    assert list(losses(tmp_path)) == [1, 2, 3]
+    from safetensors.torch import load_file
+
+    keys = load_file(tmp_path / LORA_WEIGHTS).keys()
+    assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    sampling = {"num_inference_steps": 2, "height": 64, "width": 64}
+    before = generate_images(pipe, ["a red circle"], [0], **sampling)[0]
+    pipe.load_lora_weights(str(tmp_path))
+    after = generate_images(pipe, ["a red circle"], [0], **sampling)[0]
+    assert np.abs(before.astype(int) - after.astype(int)).max() > 0

@@ -6,7 +6,8 @@
     filter:  {policy: align_sd, score: "rahf:alignment + 0.5*rahf:plausibility", temperature: 0.05}
     train:   {optim: {max_steps: 800, lr: 1.0e-4}, lora: {rank: 8, alpha: 8}}     (richfeedback.finetune.train)
 
-Stage outputs are OUTPUT/pool, OUTPUT/data and OUTPUT/lora. A stage whose output is complete is skipped, so after a
+Stage outputs are OUTPUT/pool (or `pool.path`: runs with other filters can share one pool), OUTPUT/data and
+OUTPUT/lora. A stage whose output is complete is skipped, so after a
 crash the same command goes on where it stopped. `pool.prompts` is a file (one prompt per line) or a ShapesWorld
 sample. The same file also configures the training stage alone, under `accelerate launch` on several GPUs:
 `accelerate launch -m richfeedback.finetune.train --config FILE` (its data.path and output_dir default to the
@@ -27,7 +28,7 @@ from ..training_utils import merge, parse_value
 
 LOOP_DEFAULTS = {
     "output_dir": "runs/finetune",
-    "pool": {"model": "embedded", "prompts": None, "n": 8, "seed": 0, "shard_size": 16, "batch_size": 16,
+    "pool": {"path": None, "model": "embedded", "prompts": None, "n": 8, "seed": 0, "shard_size": 16, "batch_size": 16,
              "device": "cpu", "sampling": {}},
     "score": {"models": [], "batch_size": 64, "device": "cpu", "dtype": "fp32"},
     "filter": {},
@@ -105,8 +106,9 @@ def run_loop(cfg: dict, stages: tuple[str, ...] = STAGES, config_dir: Optional[P
     from .train import LORA_WEIGHTS, load_config as load_train_config, train
 
     out = Path(cfg["output_dir"])
-    paths = {"pool": out / "pool", "data": out / "data", "lora": Path(train_section(cfg)["output_dir"])}
     p = cfg["pool"]
+    paths = {"pool": Path(p["path"]) if p["path"] else out / "pool", "data": out / "data",
+             "lora": Path(train_section(cfg)["output_dir"])}
     if "pool" in stages:
         prompts = resolve_prompts(p["prompts"], config_dir or Path.cwd())
         print(f"== pool: {p['n']} images for each of {len(prompts)} prompts -> {paths['pool']}")

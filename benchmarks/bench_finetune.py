@@ -1,0 +1,94 @@
+"""Reward-filtered LoRA fine-tuning of the embedded generator: base against fine-tuned, same prompts and seeds.
+
+Runs `richfeedback finetune` with configs/finetune/embedded.yaml (a pool of 8 images for each of 256 training
+prompts, scored by the embedded RAHF's alignment and plausibility, the best 2 per prompt kept, LoRA rank 16) and
+configs/finetune/embedded-oracle.yaml (the same pool filtered by the exact oracle: the upper bound that perfect
+feedback gives). Both resume: a second run only evaluates.
+
+Evaluation: the protocol of `bench_generator_baseline` (48 training-split and 48 held-out prompts from
+`sample_prompts(seed=100)`, seeds 0-3, DDIM 25 steps, CFG 4), the same images for every system. Reported per
+system and split: the oracle's full-prompt accuracy, alignment per word kind, artifact rate, the embedded RAHF's four
+scores, and the diversity spread (std of object position and size across a prompt's seeds, as a ratio to the base).
+Targets (issue 5): held-out full-prompt accuracy +15 points, artifact rate no worse, diversity within 10% of the base.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from richfeedback.finetune.loop import load_loop_config, run_loop
+from richfeedback.generation import EMBEDDED_DEFAULTS, generate_images, load_pipeline
+from richfeedback.shapesworld.evaluate import PROTOCOL_PROMPT_SEED, diversity
+from richfeedback.shapesworld.oracle import evaluate, summarize
+from richfeedback.shapesworld.scene import sample_prompts
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"rahf-filtered": ROOT / "configs/finetune/embedded.yaml",
+           "oracle-filtered": ROOT / "configs/finetune/embedded-oracle.yaml"}
+
+
+def quick_overrides(name: str) -> list[str]:
+    out = ROOT / "runs" / f"bench-finetune-quick-{name}"
+    return [f"output_dir={out}", f"pool.path={ROOT / 'runs' / 'bench-finetune-quick-pool'}",
+            "pool.prompts={shapesworld: {n: 16, seed: 7, split: train}}", "pool.n=4", "pool.shard_size=8",
+            "pool.sampling={num_inference_steps: 10}", "filter.min_prompts=4", "train.optim.max_steps=20",
+            "train.optim.batch_size=8", "train.validation.every_steps=20", "train.checkpoint_every_steps=20"]
+
+
+def evaluate_system(pipe, prompts: list[str], seeds: int, rahf) -> dict:
+    jobs = [(p, s) for p in prompts for s in range(seeds)]
+    reports, scores = [], {}
+    for i in range(0, len(jobs), 32):
+        batch = jobs[i:i + 32]
+        images = generate_images(pipe, [p for p, _ in batch], [s for _, s in batch], **EMBEDDED_DEFAULTS)
+        reports += [evaluate(p, image) for (p, _), image in zip(batch, images)]
+        for name, values in rahf.all_scores([p for p, _ in batch], images).items():
+            scores.setdefault(name, []).extend(values.tolist())
+    summary = summarize(reports)
+    return {**summary, "diversity": diversity(reports)["mean_std"],
+            "rahf": {name: float(np.mean(v)) for name, v in scores.items()}}
+
+
+def run(quick: bool = False) -> dict:
+    from richfeedback.reward_models import load_reward_model
+
+    n_prompts, n_seeds = (8, 2) if quick else (48, 4)
+    timings, loras = {}, {}
+    for name, path in CONFIGS.items():
+        cfg = load_loop_config(path, quick_overrides(name) if quick else [])
+        start = time.perf_counter()
+        paths = run_loop(cfg, config_dir=ROOT)
+        timings[name] = time.perf_counter() - start
+        loras[name] = paths["lora"]
+    rahf = load_reward_model("rahf:overall")
+    systems = {"base": None, **loras}
+    results: dict[str, dict] = {}
+    for system, lora in systems.items():
+        pipe = load_pipeline("embedded")
+        if lora is not None:
+            pipe.load_lora_weights(str(lora))
+        for split in ("train", "heldout"):
+            prompts = sample_prompts(n_prompts, seed=PROTOCOL_PROMPT_SEED, split=split)
+            results[f"{system}/{split}"] = evaluate_system(pipe, prompts, n_seeds, rahf)
+    rows = []
+    for key, r in results.items():
+        system, split = key.split("/")
+        base = results[f"base/{split}"]
+        rows.append({"system": system, "split": split, "prompt_acc": r["prompt_accuracy"],
+                     "gain_points": 100 * (r["prompt_accuracy"] - base["prompt_accuracy"]),
+                     **{f"{k}_acc": v for k, v in r["word_alignment"].items()},
+                     "artifact_rate": r["artifact_rate"],
+                     "diversity_ratio": (r["diversity"] / base["diversity"]) if base["diversity"] else None,
+                     **{f"rahf_{k}": v for k, v in r["rahf"].items()}})
+    held = {s: next(r for r in rows if r["system"] == s and r["split"] == "heldout") for s in systems}
+    targets = {s: {"heldout_gain_points": held[s]["gain_points"],
+                   "gain_target_met": held[s]["gain_points"] >= 15.0,
+                   "artifact_not_worse": held[s]["artifact_rate"] <= held["base"]["artifact_rate"],
+                   "diversity_within_10pct": abs(held[s]["diversity_ratio"] - 1.0) <= 0.10}
+               for s in loras}
+    return {"rows": rows, "targets": targets, "loop_seconds": timings, "detail": results,
+            "protocol": {"prompt_seed": PROTOCOL_PROMPT_SEED, "prompts_per_split": n_prompts,
+                         "seeds_per_prompt": n_seeds, "sampling": EMBEDDED_DEFAULTS}}
