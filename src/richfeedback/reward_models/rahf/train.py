@@ -33,7 +33,10 @@ DEFAULTS = {
     "seed": 0,
     "output_dir": "runs/rahf",
     "model": {"size": "shapes", "variant": "multi_head", "init": None},
-    "data": {"path": None, "train_split": "train", "dev_split": "dev", "num_workers": 0, "max_dev_examples": None},
+    "data": {"path": None, "train_split": "train", "dev_split": "dev", "num_workers": 0, "max_dev_examples": None,
+             # more datasets in the same schema whose train_split is appended to the training data (the first
+             # extra_max_examples of each, if set), e.g. the synthetic dataset beside feedback on generated images
+             "extra_paths": [], "extra_max_examples": None},
     "optim": {"lr": 3.0e-4, "decoder_lr_scale": 1.0, "weight_decay": 2.0e-3, "epochs": 10, "batch_size": 32,
               "grad_accum": 1, "warmup_steps": 100, "min_lr_ratio": 0.05, "max_grad_norm": 1.0, "max_steps": None},
     "loss_weights": {"heatmap": 1.0, "score": 1.0, "seq": 1.0},
@@ -89,6 +92,7 @@ def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse") 
 
 
 def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
+    import datasets
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from torch.utils.data import DataLoader
@@ -117,8 +121,21 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     if cfg["data"]["max_dev_examples"]:
         dev = dev.select(range(min(len(dev), cfg["data"]["max_dev_examples"])))
 
+    train_data = data[cfg["data"]["train_split"]]
+    for extra_path in cfg["data"]["extra_paths"] or []:
+        extra = load_shapesworld_dataset(extra_path)
+        if cfg["data"]["train_split"] not in extra:
+            raise ValueError(f"{extra_path} has no split {cfg['data']['train_split']!r}; it has {list(extra)}")
+        extra = extra[cfg["data"]["train_split"]]
+        if extra.features != train_data.features:
+            raise ValueError(f"{extra_path} has other columns than {cfg['data']['path']}; data.extra_paths must "
+                             "have the same schema (e.g. ShapesWorld datasets from make-dataset or generated feedback)")
+        if cfg["data"]["extra_max_examples"]:
+            extra = extra.select(range(min(len(extra), cfg["data"]["extra_max_examples"])))
+        train_data = datasets.concatenate_datasets([train_data, extra])
+
     model, processor = build_model(cfg)
-    loader = DataLoader(RichFeedbackDataset(data[cfg["data"]["train_split"]], processor), batch_size=o["batch_size"],
+    loader = DataLoader(RichFeedbackDataset(train_data, processor), batch_size=o["batch_size"],
                         shuffle=True, drop_last=True, collate_fn=Collator(processor),
                         num_workers=cfg["data"]["num_workers"], generator=torch.Generator().manual_seed(cfg["seed"]))
     # The loader is prepared first: under several processes each gets a shard, and an epoch is that many batches.
