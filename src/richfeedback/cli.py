@@ -6,6 +6,11 @@
     richfeedback shapesworld sample --n 16 --out out/samples                           (richfeedback.shapesworld)
     richfeedback shapesworld make-dataset --n 2000 --out data/shapes-richhf            (richfeedback.shapesworld.dataset)
     richfeedback rahf train|eval|predict|prepare-richhf18k                             (richfeedback.reward_models.rahf)
+    richfeedback pool generate|score|filter ...                                       (richfeedback.finetune)
+    richfeedback finetune --config configs/finetune/embedded.yaml                      (richfeedback.finetune.loop)
+    richfeedback inpaint-fix IMAGES --prompt TEXT --out DIR                            (richfeedback.inpaint)
+    richfeedback ab make|results|auto|simulate ...                                     (richfeedback.eval.ab)
+    richfeedback adapter train|eval ...                                                (richfeedback.reward_models.adapters)
 """
 
 from __future__ import annotations
@@ -106,6 +111,13 @@ def cmd_make_dataset(args) -> None:
           f"raters' agreement in {Path(args.out) / 'agreement.json'}")
 
 
+def cmd_renders(args) -> None:
+    from .shapesworld.renders import write_render_folder
+
+    out = write_render_folder(args.out, args.n, seed=args.seed, split=args.split, size=args.size)
+    print(f"wrote {args.n} clean {args.split} renders with their prompts to {out} (metadata.jsonl: file_name, text)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .guidance.cli import add_guidance_arguments
 
@@ -146,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_sample)
+    p = sw.add_parser("renders", help="clean renders as an imagefolder dataset (fine-tuning regularisation data)")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("train", "heldout", "all"), default="train")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_renders)
     p = sw.add_parser("make-dataset", help="a rich-feedback dataset in the RichHF-18K schema")
     p.add_argument("--n", type=int, required=True, help="total examples over the three splits")
     p.add_argument("--out", required=True)
@@ -155,14 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-proc", type=int, default=1, help="worker processes (the rows are the same for any number)")
     p.set_defaults(func=cmd_make_dataset)
 
+    from .eval.ab.cli import add_ab_command
+    from .finetune.cli import add_finetune_command, add_pool_command
+    from .inpaint.cli import add_inpaint_command
+    from .reward_models.adapters.cli import add_adapter_command
     from .reward_models.cli import add_score_command
     from .reward_models.rahf.cli import add_rahf_command
 
     add_score_command(sub)
     add_rahf_command(sub)
-    __import__("richfeedback.inpaint.cli", fromlist=["add_inpaint_command"]).add_inpaint_command(sub)
-    __import__("richfeedback.eval.ab.cli", fromlist=["add_ab_command"]).add_ab_command(sub)
-    __import__("richfeedback.reward_models.adapters.cli", fromlist=["x"]).add_adapter_command(sub)
+    add_pool_command(sub)
+    add_finetune_command(sub)
+    add_inpaint_command(sub)
+    add_ab_command(sub)
+    add_adapter_command(sub)
     return parser
 
 

@@ -48,7 +48,7 @@ DEFAULTS = {
     "seed": 0,
     "output_dir": "runs/finetune/lora",
     "model": {"pretrained": "embedded"},  # "embedded", a diffusers folder or a hub id
-    "data": {"path": None, "image_column": "image", "caption_column": "text", "resolution": None,
+    "data": {"path": None, "extra_paths": [], "image_column": "image", "caption_column": "text", "resolution": None,
              "center_crop": True, "random_flip": False, "max_examples": None},
     "lora": {"rank": 4, "alpha": 4, "dropout": 0.0, "init": "gaussian",
              "target_modules": ["to_q", "to_k", "to_v", "to_out.0"],
@@ -82,15 +82,9 @@ def load_config(path: Optional[str], sets: list[str] = ()) -> dict:
 
 # --- data -------------------------------------------------------------------------------------------------------
 
-def load_examples(cfg: dict, resolution: int) -> tuple[torch.Tensor, list[str]]:
-    """Pixel tensors in [-1, 1] (N, 3, R, R) and captions of the imagefolder dataset at data.path."""
+def read_imagefolder(path: Path, image_column: str, caption_column: str):
     import datasets
-    from torchvision import transforms
 
-    d = cfg["data"]
-    if not d["path"]:
-        raise UsageError("set data.path to an imagefolder dataset (`richfeedback pool filter ... --out DIR` writes one)")
-    path = Path(d["path"])
     if not (path / "metadata.jsonl").is_file() and not (path / "metadata.csv").is_file():
         raise UsageError(f"{path} has no metadata.jsonl: give the folder `richfeedback pool filter` wrote, or an "
                          "imagefolder dataset with file_name and text columns")
@@ -101,20 +95,35 @@ def load_examples(cfg: dict, resolution: int) -> tuple[torch.Tensor, list[str]]:
     finally:
         if not was_disabled:
             datasets.enable_progress_bars()
-    for column in (d["image_column"], d["caption_column"]):
+    for column in (image_column, caption_column):
         if column not in data.column_names:
             raise UsageError(f"{path} has no column {column!r} (it has {', '.join(data.column_names)}); set "
                              "data.image_column / data.caption_column")
-    if d["max_examples"]:
-        data = data.select(range(min(len(data), d["max_examples"])))
     if len(data) == 0:
         raise UsageError(f"{path} has no images")
+    return data
+
+
+def load_examples(cfg: dict, resolution: int) -> tuple[torch.Tensor, list[str]]:
+    """Pixel tensors in [-1, 1] (N, 3, R, R) and captions of the imagefolder dataset at data.path, followed by those
+    of `data.extra_paths` (regularisation data, appended as align_sd appends its LAION images)."""
+    from torchvision import transforms
+
+    d = cfg["data"]
+    if not d["path"]:
+        raise UsageError("set data.path to an imagefolder dataset (`richfeedback pool filter ... --out DIR` writes one)")
     crop = transforms.CenterCrop(resolution) if d["center_crop"] else transforms.RandomCrop(resolution)
     to_pixels = transforms.Compose([
         transforms.Resize(resolution, interpolation=transforms.InterpolationMode.LANCZOS), crop,
         transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
-    pixels = torch.stack([to_pixels(image.convert("RGB")) for image in data[d["image_column"]]])
-    captions = [str(c) for c in data[d["caption_column"]]]
+    pixels, captions = [], []
+    for number, path in enumerate([d["path"], *d["extra_paths"]]):
+        data = read_imagefolder(Path(path), d["image_column"], d["caption_column"])
+        if number == 0 and d["max_examples"]:
+            data = data.select(range(min(len(data), d["max_examples"])))
+        pixels += [to_pixels(image.convert("RGB")) for image in data[d["image_column"]]]
+        captions += [str(c) for c in data[d["caption_column"]]]
+    pixels = torch.stack(pixels)
     if d["random_flip"]:  # both orientations, so that cached latents keep the augmentation
         pixels = torch.cat([pixels, pixels.flip(-1)])
         captions = captions + captions
