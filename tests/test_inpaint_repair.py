@@ -59,17 +59,17 @@ def test_candidates_pasted_back_leave_the_outside_unchanged(pipe, scene_image):
     assert not np.array_equal(raw[0][mask], raw[1][mask])  # different seeds, different repairs
 
 
-def test_a_candidate_does_not_depend_on_its_batch(pipe, scene_image):
-    mask = centre_mask()
-    together = inpaint_candidates(pipe, scene_image, mask, "a red circle", [5, 6, 7], **FAST)
-    alone = inpaint_candidates(pipe, scene_image, mask, "a red circle", [6], **FAST)
-    one_by_one = inpaint_candidates(pipe, scene_image, mask, "a red circle", [5, 6, 7], batch_size=1, **FAST)
-    def differ(a, b):
-        return np.abs(a.astype(int) - b.astype(int))
-
-    # Only the float noise of batched kernels: a few grey levels at most.
-    assert differ(together[1], alone[0]).max() <= 8 and differ(together[1], alone[0]).mean() < 0.5
-    assert all(differ(a, b).max() <= 8 and differ(a, b).mean() < 0.5 for a, b in zip(together, one_by_one))
+def test_candidates_reproduce_and_the_first_is_the_same_alone_or_in_a_batch(pipe, scene_image):
+    mask = centre_mask(lo=8, hi=40)  # over an object: different noise gives visibly different repairs
+    sampling = {**FAST, "num_inference_steps": 6}  # at 3 steps the tiny model draws nearly the same for any noise
+    together = inpaint_candidates(pipe, scene_image, mask, "two red triangles", [5, 6, 7], **sampling)
+    again = inpaint_candidates(pipe, scene_image, mask, "two red triangles", [5, 6, 7], **sampling)
+    alone = inpaint_candidates(pipe, scene_image, mask, "two red triangles", [5], **sampling)
+    assert all(np.array_equal(a, b) for a, b in zip(together, again))
+    # N=1 is candidate 0 of N=3, up to the float noise of batched kernels (a few grey levels).
+    difference = np.abs(together[0].astype(int) - alone[0].astype(int))
+    assert difference.max() <= 8 and difference.mean() < 0.5
+    assert np.abs(together[0].astype(int) - together[1].astype(int)).max() > 30
 
 
 def test_crop_around_the_mask_is_pasted_back_at_the_image_size(pipe, scene_image):

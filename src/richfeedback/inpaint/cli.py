@@ -65,11 +65,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(diffusers' padding_mask_crop); default: the whole image")
     p.add_argument("--strength", type=float, default=1.0, help="1.0 repaints the mask from noise (default)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the model's)")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's), as in `richfeedback generate`")
     p.add_argument("--always-replace", action="store_true",
                    help="take the best candidate even when it scores below the original")
     p.add_argument("--batch-size", type=int, default=None, help="candidates per pipeline call (default: all --n)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="the inpainting pipeline's dtype (fp16/bf16 on a GPU); reward models stay fp32")
 
 
 def add_inpaint_command(subparsers) -> argparse.ArgumentParser:
@@ -104,8 +107,8 @@ def settings_from_args(args):
     sampling = {"strength": args.strength}
     if args.steps is not None:
         sampling["num_inference_steps"] = args.steps
-    if args.guidance_scale is not None:
-        sampling["guidance_scale"] = args.guidance_scale
+    if args.cfg_scale is not None:
+        sampling["guidance_scale"] = args.cfg_scale
     mask = MaskConfig(threshold=args.threshold, dilate=args.dilate, min_area=args.min_area,
                       round_to_cells=1 if args.no_round_to_latent else 0, feather=args.feather)
     return FixSettings(n=args.n, seed=args.seed, keep_original=not args.always_replace, crop_padding=args.crop_padding,
@@ -134,8 +137,10 @@ def run(args) -> int:
     if prompts is None:
         raise UsageError("inpaint-fix needs each image's prompt: give --prompt TEXT, --prompts FILE, or a folder with "
                          "the manifest.jsonl of `richfeedback generate`")
+    from ..reward_models.base import parse_dtype
+
     fixer = InpaintFixer.load(args.inpaint_model, args.heatmap_model, args.reward, settings,
-                              heatmap_size=args.heatmap_size, device=args.device)
+                              heatmap_size=args.heatmap_size, device=args.device, dtype=parse_dtype(args.dtype))
     out = Path(args.out)
 
     def log(message: str) -> None:

@@ -4,8 +4,8 @@
     result = fixer.fix(image, "a red circle on the left")     # one uint8 (H, W, 3) image in memory
     summary = fix_files(fixer, paths, prompts, "out/fix")     # files in, fixed images and reports out (resumable)
 
-Candidate k of an image is drawn from seed `settings.seed + k`, whatever else is in the run, so a result can be
-made again from its report.
+Candidate k of an image is drawn from seed `settings.seed + k` in a pipeline call of its own image only, so a result
+does not depend on the other images of the run and can be made again from its report (seeds, n, batch size).
 """
 
 from __future__ import annotations

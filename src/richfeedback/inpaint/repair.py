@@ -58,9 +58,11 @@ def inpaint_candidates(pipe, image: np.ndarray, mask: np.ndarray, prompt: str, s
     """One uint8 (H, W, 3) candidate per seed, at the image's size, *not yet composited*.
 
     The candidates of one image come out of one pipeline call (`num_images_per_prompt`; `batch_size` splits them
-    into several calls to bound memory). Each candidate has its own generator seeded with its seed, so candidate
-    k is the same whether it was drawn alone or with others. `sampling` goes to the pipeline (strength,
-    num_inference_steps, guidance_scale, height, width, negative_prompt, ...).
+    into several calls to bound memory). Each candidate has its own generator seeded with its seed. diffusers also
+    draws the VAE's posterior sample of the input from the *first* generator of a call before the noise, so the
+    first candidate of a call is the same drawn alone or with others (N=1 is candidate 0 of N=8), while the others
+    depend on their seed and on the call's first seed: a result is reproduced from its seeds and batch size.
+    `sampling` goes to the pipeline (strength, num_inference_steps, guidance_scale, height, width, ...).
     """
     if not mask.any():
         raise ValueError("inpaint_candidates got an empty mask: there is nothing to repaint")

@@ -1,0 +1,185 @@
+"""`inpaint-fix` on ShapesWorld artifact images, judged by the exact oracle.
+
+Two sets of images with an artifact the oracle sees:
+- injected: clean renders with one injected artifact (smear, broken edge, stray blob, texture noise, ghost);
+- generated: the embedded generator's own images that the oracle flags (prompts of the evaluation protocol).
+
+Conditions (embedded generator as the inpainter, 25 DDIM steps, CFG 4, strength 1; embedded RAHF; best candidate by
+RAHF plausibility, the original kept when no candidate beats it):
+- predicted, N=8: the RAHF implausibility heatmap, default mask settings (threshold 0.2, dilate 2, latent cells);
+- predicted, N=1: the same masks, only candidate 0 (its seed is the same as in the N=8 run, so it is the same
+  candidate; a candidate does not depend on its batch, see bench_inpaint_batching);
+- random, N=8: the predicted mask shifted to a random place (same shape and area);
+- predicted q0.95, N=8: the hottest 5% of each heatmap, so every image gets a mask;
+- oracle mask, N=8: the oracle's own artifact map, dilated the same way: the ceiling for a perfect heatmap.
+
+"fixed" = the oracle finds no artifact afterwards *and* no prompt word that was satisfied before is unsatisfied after
+(and no extra object appeared). "fixed if oracle picked": the same candidates, chosen by the oracle instead of the
+reward (the selector's ceiling). "outside unchanged" = the share of images whose pixels outside the repainted mask
+are bit-identical to the input's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from richfeedback.inpaint.fix import FixSettings, InpaintFixer
+from richfeedback.inpaint.masks import MaskConfig, dilate_mask, round_to_cells
+from richfeedback.inpaint.selection import select_best
+from richfeedback.shapesworld import oracle
+from richfeedback.shapesworld.artifacts import inject_artifact
+from richfeedback.shapesworld.evaluate import PROTOCOL_PROMPT_SEED
+from richfeedback.shapesworld.render import render
+from richfeedback.shapesworld.scene import sample_prompts, sample_scene
+
+
+def injected_cases(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < n:
+        scene = sample_scene(rng)
+        result = inject_artifact(render(scene), scene, rng)
+        if result is None:
+            continue
+        image, artifact = result
+        report = oracle.evaluate(scene.prompt, image)
+        if report.has_artifact:
+            cases.append({"set": "injected", "kind": artifact.kind, "prompt": scene.prompt.text, "image": image,
+                          "before": report})
+    return cases
+
+
+def generated_cases(pipe, n: int) -> list[dict]:
+    from diffusers import AutoPipelineForText2Image
+
+    from richfeedback.generation import EMBEDDED_DEFAULTS, generate_images
+
+    text2image = AutoPipelineForText2Image.from_pipe(pipe)
+    prompts = sample_prompts(8 * n, seed=PROTOCOL_PROMPT_SEED, split="all")
+    cases = []
+    for start in range(0, len(prompts), 16):
+        batch = prompts[start : start + 16]
+        for prompt, image in zip(batch, generate_images(text2image, batch, [0] * len(batch), **EMBEDDED_DEFAULTS)):
+            report = oracle.evaluate(prompt, image)
+            if report.has_artifact:
+                cases.append({"set": "generated", "kind": "generator", "prompt": prompt, "image": image,
+                              "before": report})
+            if len(cases) == n:
+                return cases
+    return cases
+
+
+def is_fixed(case: dict, output: np.ndarray) -> tuple[bool, bool, bool]:
+    """(fixed, artifact left, new misalignment) by the oracle, against the image before repair."""
+    before = case["before"]
+    after = oracle.evaluate(case["prompt"], output)
+    lost_word = any(b.satisfied and not a.satisfied for b, a in zip(before.words, after.words))
+    new_misalignment = lost_word or after.extra_objects > before.extra_objects
+    return (not after.has_artifact) and not new_misalignment, after.has_artifact, new_misalignment
+
+
+def judge(case: dict, output: np.ndarray, mask: np.ndarray, score_before: float, score_after: float,
+          kept: bool, candidates=()) -> dict:
+    image, truth = case["image"], case["before"].artifact_map
+    fixed, artifact_after, new_misalignment = is_fixed(case, output)
+    return {
+        "empty_mask": not mask.any(),
+        "mask_area": float(mask.mean()),
+        "artifact_coverage": float((mask & truth).sum() / max(truth.sum(), 1)),
+        "artifact_after": artifact_after,
+        "new_misalignment": new_misalignment,
+        "fixed": fixed,
+        # The same candidates picked by the oracle instead of the reward: what a perfect selector would reach.
+        "fixed_by_some_candidate": fixed or any(is_fixed(case, c)[0] for c in candidates),
+        "kept_original": kept,
+        "plausibility_before": score_before,
+        "plausibility_after": score_after,
+        "outside_unchanged": bool((output == image).all(-1)[~mask].all()),
+    }
+
+
+def shifted(mask: np.ndarray, rng: np.random.Generator, cell: int) -> np.ndarray:
+    """The mask moved by a random whole-cell offset (wrapping around): same shape, same area, another place."""
+    h, w = mask.shape
+    dy = int(rng.integers(1, h // cell)) * cell
+    dx = int(rng.integers(1, w // cell)) * cell
+    return np.roll(mask, (dy, dx), axis=(0, 1))
+
+
+def summarize(name: str, condition: str, n_candidates: int, judged: list[dict]) -> dict:
+    def mean(key):
+        return float(np.mean([j[key] for j in judged]))
+
+    return {"set": name, "mask": condition, "N": n_candidates, "images": len(judged),
+            "empty_mask": mean("empty_mask"), "mask_area": mean("mask_area"),
+            "artifact_coverage": mean("artifact_coverage"),
+            "artifact_rate_before": 1.0, "artifact_rate_after": mean("artifact_after"),
+            "fixed": mean("fixed"), "fixed_if_oracle_picked": mean("fixed_by_some_candidate"),
+            "new_misalignment": mean("new_misalignment"),
+            "kept_original": mean("kept_original"),
+            "plausibility_before": mean("plausibility_before"), "plausibility_after": mean("plausibility_after"),
+            "outside_unchanged": mean("outside_unchanged")}
+
+
+def run(quick: bool = False) -> dict:
+    from tqdm.auto import tqdm
+
+    settings = FixSettings(n=8, seed=0)
+    fixer = InpaintFixer.load(settings=settings)
+    quantile = InpaintFixer(fixer.pipe, fixer.heatmap_model, fixer.reward,
+                            dataclasses.replace(fixer.settings,
+                                                mask=dataclasses.replace(fixer.settings.mask, threshold="q0.95")))
+    cell = fixer.settings.mask.round_to_cells
+    cases = injected_cases(10 if quick else 30) + generated_cases(fixer.pipe, 6 if quick else 20)
+    rng = np.random.default_rng(0)
+    judged: dict[tuple, list] = {}
+    by_kind: dict[str, list] = {}
+
+    def add(key, value):
+        judged.setdefault(key, []).append(value)
+
+    for case in tqdm(cases, desc="bench inpaint"):
+        image, prompt = case["image"], case["prompt"]
+        main = fixer.fix(image, prompt)
+        add((case["set"], "predicted", 8),
+            judge(case, main.image, main.mask, main.original_score,
+                  main.original_score if main.chosen is None else main.candidate_scores[main.chosen],
+                  main.chosen is None, main.candidates))
+        by_kind.setdefault(case["kind"], []).append(judged[(case["set"], "predicted", 8)][-1]["fixed"])
+        if main.candidates:  # N=1: candidate 0 alone against the original
+            one = select_best(main.original_score, main.candidate_scores[:1])
+            output = image if one.chosen is None else main.candidates[0]
+            add((case["set"], "predicted", 1),
+                judge(case, output, main.mask, one.original_score, one.best_score, one.chosen is None,
+                      main.candidates[:1]))
+            random = fixer.fix(image, prompt, mask=shifted(main.mask, rng, cell))
+        else:
+            add((case["set"], "predicted", 1), judge(case, image, main.mask, main.original_score,
+                                                     main.original_score, True))
+            random = main  # an empty mask moved anywhere is still empty
+        add((case["set"], "random (same area)", 8),
+            judge(case, random.image, random.mask, random.original_score,
+                  random.original_score if random.chosen is None else random.candidate_scores[random.chosen],
+                  random.chosen is None, random.candidates))
+        for label, fixer_used, mask in (("predicted q0.95", quantile, None),
+                                        ("oracle", fixer, round_to_cells(dilate_mask(case["before"].artifact_map,
+                                                                                     2), cell))):
+            result = fixer_used.fix(image, prompt, mask=mask)
+            add((case["set"], label, 8),
+                judge(case, result.image, result.mask, result.original_score,
+                      result.original_score if result.chosen is None else result.candidate_scores[result.chosen],
+                      result.chosen is None, result.candidates))
+    rows = [summarize(name, condition, n, values) for (name, condition, n), values in judged.items()]
+    order = {"predicted": 0, "random (same area)": 2, "predicted q0.95": 3, "oracle": 4}
+    rows.sort(key=lambda r: (r["set"] != "injected", order[r["mask"]] + (r["N"] == 1) * 0.5))
+    return {
+        "rows": rows,
+        "fixed_by_artifact_kind_predicted_N8": {k: float(np.mean(v)) for k, v in by_kind.items()},
+        "settings": {"n": settings.n, "mask": dataclasses.asdict(fixer.settings.mask),
+                     "sampling": fixer.settings.sampling, "reward": fixer.reward_name,
+                     "injected_images": sum(c["set"] == "injected" for c in cases),
+                     "generated_images": sum(c["set"] == "generated" for c in cases)},
+        "target": "at N=8, >= 60% of artifact images fixed by the oracle, with no new misalignment",
+    }
