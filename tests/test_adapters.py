@@ -241,3 +241,13 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
     assert main(["adapter", "train", "--config", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err
     assert "nowhere.jsonl: no such preferences file" in err and "Traceback" not in err
+
+
+def test_make_pairs_writes_a_preferences_file_that_reads_back(tmp_path, capsys):
+    from richfeedback.cli import main
+
+    assert main(["adapter", "make-pairs", "--shapesworld", "3", "--out", str(tmp_path / "pairs")]) == 0
+    pairs = read_preference_file(tmp_path / "pairs" / "preferences.jsonl")
+    assert len(pairs) == 3 * 6 and all(p.image_a.is_file() for p in pairs)
+    assert {p.label for p in pairs} <= {0.0, 0.5, 1.0}
+    assert "wrote 18 pairs" in capsys.readouterr().out

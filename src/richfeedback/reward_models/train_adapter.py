@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ..training_utils import latest_checkpoint, load_config as load_yaml_config, lr_factor
 
 from .adapters.losses import check_loss, pairwise_loss, score_mse
-from .adapters.modeling import AdapterSpec, FAMILIES, add_adapter, adapter_state_dict, save_adapter
+from .adapters.modeling import AdapterSpec, FAMILIES, add_adapter, adapter_state_dict, json_default, save_adapter
 from .adapters.preferences import PreferencePair, split_by_prompt
 from .base import load_image
 
@@ -254,7 +254,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, o["warmup_steps"], o["min_lr_ratio"]))
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.init_trackers("adapter", config={"config": json.dumps(cfg)})
+    accelerator.init_trackers("adapter", config={"config": json.dumps(cfg, default=json_default)})
     unwrapped = accelerator.unwrap_model(model)
 
     step, best = 0, -float("inf")

@@ -1,4 +1,5 @@
-"""`richfeedback adapter train|eval`: train a reward adapter, or measure preference accuracy. Parsing only."""
+"""`richfeedback adapter train|eval|make-pairs`: train a reward adapter, measure preference accuracy, or write
+preference pairs (from a pool ranked by the oracle or a score, or from ShapesWorld) as a file. Parsing only."""
 
 from __future__ import annotations
 
@@ -43,6 +44,21 @@ def cmd_eval(args) -> None:
         print(f"wrote {out}")
 
 
+def cmd_make_pairs(args) -> None:
+    from ...errors import UsageError
+    from .preferences import pairs_from_pool, write_preference_file, write_shapesworld_pairs
+
+    if bool(args.pool) == bool(args.shapesworld):
+        raise UsageError("give one of --pool DIR or --shapesworld N")
+    if args.shapesworld:
+        path = write_shapesworld_pairs(args.out, args.shapesworld, seed=args.seed)
+    else:
+        pairs = pairs_from_pool(args.pool, by=args.by, keep_ties=not args.no_ties,
+                                max_pairs_per_prompt=args.max_pairs_per_prompt, seed=args.seed)
+        path = write_preference_file(pairs, Path(args.out) / "preferences.jsonl")
+    print(f"wrote {sum(1 for _ in open(path))} pairs to {path} (train with data.source: preferences, data.path: {path})")
+
+
 def add_adapter_command(subparsers) -> None:
     from ..train_adapter import add_arguments
 
@@ -68,3 +84,13 @@ def add_adapter_command(subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="JSON file for the numbers")
     p.set_defaults(func=cmd_eval)
+
+    p = adapter.add_parser("make-pairs", help="write preference pairs (ab results format) from a pool or ShapesWorld")
+    p.add_argument("--pool", help="pool or generate folder")
+    p.add_argument("--by", default="oracle", help="rank a pool's images by the oracle or one of its scores")
+    p.add_argument("--no-ties", action="store_true", help="leave out pairs of equal rank")
+    p.add_argument("--max-pairs-per-prompt", type=int, default=None)
+    p.add_argument("--shapesworld", type=int, default=None, metavar="N", help="N ShapesWorld prompts, 4 renders each")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (preferences.jsonl, and images/ for ShapesWorld)")
+    p.set_defaults(func=cmd_make_pairs)

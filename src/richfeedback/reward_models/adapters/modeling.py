@@ -190,7 +190,7 @@ def save_adapter(model, folder, extra: Optional[dict] = None) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_file(adapter_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-    (tmp / CONFIG_NAME).write_text(json.dumps(info, indent=2) + "\n")
+    (tmp / CONFIG_NAME).write_text(json.dumps(info, indent=2, default=json_default) + "\n")
     if folder.exists():
         import shutil
 
@@ -274,6 +274,15 @@ def _json_safe(value):
     if hasattr(value, "value") and type(value).__module__.startswith("peft"):  # peft enums
         return value.value
     return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def json_default(value):
+    """JSON for what a training config may hold besides plain values (e.g. an ImageRewardConfig in base.options)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
 
 
 def count_trainable(model) -> int:

@@ -220,8 +220,9 @@ def pairs_from_pool(folder, by: str = "oracle", keep_ties: bool = True, max_pair
 
 def shapesworld_variants(rng: np.random.Generator, size: int = 64, n_variants: int = 4,
                          artifacts: bool = True) -> tuple[str, list[np.ndarray]]:
-    """A prompt and `n_variants` renders of it: each clean, misaligned, damaged by artifacts, or both (with
-    `artifacts=False`: clean or misaligned only)."""
+    """A prompt and `n_variants` renders of it. The first four share one layout, so that their pairs differ in one
+    thing at a time, as a before/after fix or two seeds of a fine-tuned model often do: clean, misaligned, damaged
+    by artifacts, and both (without `artifacts`: clean and misaligned twice). Further variants use new layouts."""
     from ...shapesworld.artifacts import ARTIFACT_KINDS, inject_artifact
     from ...shapesworld.misalign import MISALIGNMENT_KINDS, inject_misalignment
     from ...shapesworld.render import render
@@ -229,19 +230,24 @@ def shapesworld_variants(rng: np.random.Generator, size: int = 64, n_variants: i
 
     scene = sample_scene(rng)
     images = []
-    while len(images) < n_variants:
-        variant = layout_scene(scene.prompt, rng, tries=50) or scene  # a different layout of the same prompt
-        if rng.random() < 0.5:
-            result = inject_misalignment(variant, rng, str(rng.choice(MISALIGNMENT_KINDS)), size)
-            if result is not None and result[0].objects:
-                variant = result[0]
+    for k in range(n_variants):
+        variant = scene if k < 4 else (layout_scene(scene.prompt, rng, tries=50) or scene)
+        if k % 2 == 1:
+            for kind in rng.permutation(MISALIGNMENT_KINDS):
+                result = inject_misalignment(variant, rng, str(kind), size)
+                if result is not None and result[0].objects:
+                    variant = result[0]
+                    break
         pixels = render(variant, size)
-        for _ in range(int(rng.choice([0, 1, 2], p=[0.4, 0.4, 0.2])) if artifacts else 0):
-            result = inject_artifact(pixels, variant, rng, str(rng.choice(ARTIFACT_KINDS)))
-            if result is not None:
-                pixels = result[0]
+        if artifacts and k % 4 >= 2:
+            for _ in range(int(rng.integers(1, 3))):
+                for kind in rng.permutation(ARTIFACT_KINDS):
+                    result = inject_artifact(pixels, variant, rng, str(kind))
+                    if result is not None:
+                        pixels = result[0]
+                        break
         images.append(pixels)
-    return scene.prompt.text, images
+    return scene.prompt.text, [images[i] for i in rng.permutation(len(images))]  # no position tells the winner
 
 
 def shapesworld_pairs(n_prompts: int, seed: int = 0, size: int = 64, n_variants: int = 4, keep_ties: bool = True,
@@ -254,6 +260,28 @@ def shapesworld_pairs(n_prompts: int, seed: int = 0, size: int = 64, n_variants:
         keys = [oracle_key(prompt, image) for image in images]
         pairs += ranked_pairs(prompt, images, keys, keep_ties)
     return pairs
+
+
+def write_shapesworld_pairs(folder, n_prompts: int, seed: int = 0, size: int = 64,
+                            n_variants: int = 4) -> Path:
+    """`shapesworld_pairs` written as PNGs and a preferences file in the `ab results` format (for training from a
+    file, or to look at); returns the file. Rewriting the same folder gives the same files."""
+    from tqdm.auto import tqdm
+
+    from ...imaging import save_png
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in tqdm(range(n_prompts), desc="shapesworld pairs", disable=n_prompts < 500):
+        prompt, images = shapesworld_variants(rng, size, n_variants)
+        paths = []
+        for k, image in enumerate(images):
+            paths.append(folder / "images" / f"{i:06d}-{k}.png")
+            save_png(image, paths[-1])
+        pairs += ranked_pairs(prompt, paths, [oracle_key(prompt, image) for image in images])
+    return write_preference_file(pairs, folder / "preferences.jsonl")
 
 
 # -- absolute scores --------------------------------------------------------------------------------------------------

@@ -1,0 +1,273 @@
+"""Reward adapters on ShapesWorld: held-out preference accuracy of each base model and of its trained adapter.
+
+What is compared, per family (PickScore, HPSv2.1, ImageReward, LAION aesthetic, CLIPScore):
+
+- The base. No real weights can be downloaded here, so each base is a *reduced-size backbone in its family's
+  official file layout* (2 layers, width 64, 64 px input with 8 px patches), seeded, then pretrained here for a few
+  CPU minutes on clean ShapesWorld renders of training prompts with their captions:
+  - one transformers CLIP, trained with CLIP's contrastive loss (`CLIPModel(..., return_loss=True)`), shared by
+    PickScore, CLIPScore and the aesthetic predictor (whose MLP head is then fitted by MSE to the simulated raters'
+    aesthetics scores of a ShapesWorld rich-feedback sample, as the reference fits it to AVA ratings);
+  - an open_clip model for HPS, with open_clip's `ClipLoss`;
+  - a BLIP ViT + BERT for ImageReward, with the same InfoNCE over the B x B matrix of its scores (image-text
+    matching).
+  Each base so knows prompt alignment on clean images and has never been told that rendering artifacts are bad:
+  it stands for a public reward model meeting feedback it never saw.
+- The adapter: `richfeedback.reward_models.train_adapter` on a preferences file of oracle-judged ShapesWorld pairs
+  (four renders per prompt in one layout: clean, misaligned, with artifacts, both; every pair), one pass, LoRA for the
+  prompt-conditioned families and the MLP head for the prompt-free aesthetic predictor, loaded back through
+  `load_reward_model(..., adapter=DIR)` for the evaluation.
+- Evaluation: preference accuracy on held-out pairs (prompts that neither the pretraining nor the adapter training
+  saw; ties left out), judged by the oracle (more prompt words satisfied, then smaller artifact area), with a 95%
+  bootstrap interval over prompts; trainable parameters and the adapter's training time on the CPU (one thread,
+  shared machine: compare times within one run only). Target (issue 9): every adapter 10 points above its base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from richfeedback.reward_models import load_reward_model
+from richfeedback.reward_models import tiny_checkpoints as tiny
+from richfeedback.reward_models.adapters.evaluate import preference_accuracy
+from richfeedback.reward_models.adapters.preferences import (prompt_is_heldout, shapesworld_pairs,
+                                                             write_shapesworld_pairs)
+from richfeedback.reward_models.train_adapter import load_config, train
+
+HELDOUT_FRACTION = 0.2
+SEED = 0
+ADAPTER_KIND = {"pickscore": "lora", "hpsv2.1": "lora", "imagereward": "lora", "aesthetic": "head",
+                "clipscore": "lora"}
+LOSS_SCALE = {"clipscore": 40.0}  # 2.5 * cos -> CLIP's logit scale of 100
+ADAPTER_LR = 2e-3
+ADAPTER_RANK = 16
+
+
+# The reduced backbones: 2 layers, 64 px input with 8 px patches (ShapesWorld's own resolution, no upsampling).
+IMAGE_SIZE, PATCH = 64, 8
+CLIP_TEXT = dict(vocab_size=tiny.CLIP_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                 pad_token_id=49407)
+CLIP_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   image_size=IMAGE_SIZE, patch_size=PATCH)
+OPEN_CLIP = {"embed_dim": 32,
+             "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 2, "width": 64, "head_width": 16, "patch_size": PATCH},
+             "text_cfg": {"context_length": 77, "vocab_size": tiny.CLIP_VOCAB, "width": 64, "heads": 4, "layers": 2}}
+
+
+def write_clip_folder(folder: Path, quick_gelu: bool, processor: bool = True) -> Path:
+    from transformers import CLIPConfig, CLIPModel
+
+    from richfeedback.tokenizers import write_clip_tokenizer_files
+
+    act = "quick_gelu" if quick_gelu else "gelu"
+    torch.manual_seed(SEED)
+    config = CLIPConfig(text_config={**CLIP_TEXT, "hidden_act": act}, vision_config={**CLIP_VISION, "hidden_act": act},
+                        projection_dim=32)
+    CLIPModel(config).save_pretrained(folder)
+    if processor:
+        write_clip_tokenizer_files(folder)
+        (folder / "preprocessor_config.json").write_text(json.dumps(
+            {**tiny.LAION_CLIP_PREPROCESSOR, "crop_size": IMAGE_SIZE, "size": IMAGE_SIZE}))
+    return folder
+
+
+def write_reduced_base(name: str, folder: Path) -> tuple[str, dict]:
+    """(weights, load options) of a reduced backbone in `name`'s official layout, seeded random init."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if name in ("pickscore", "clipscore"):
+        return str(write_clip_folder(folder, quick_gelu=name == "clipscore")), {}
+    if name == "hpsv2.1":
+        from richfeedback.reward_models.hps import build_open_clip
+
+        torch.manual_seed(SEED)
+        torch.save({"state_dict": build_open_clip(OPEN_CLIP).state_dict()}, folder / "HPS_v2.1_compressed.pt")
+        return str(folder / "HPS_v2.1_compressed.pt"), {"config": json.loads(json.dumps(OPEN_CLIP))}
+    if name == "imagereward":
+        from dataclasses import replace
+
+        from richfeedback.reward_models.imagereward import ImageReward
+
+        path, config = tiny.write_tiny_imagereward(folder)  # vocab.txt, med_config.json and the official extra keys
+        config = replace(config, image_size=IMAGE_SIZE, patch_size=PATCH)
+        torch.manual_seed(SEED)
+        state = torch.load(path, weights_only=True)
+        state.update(ImageReward(config, tokenizer=None).state_dict())
+        torch.save(state, path)
+        return str(path), {"config": config}
+    if name == "aesthetic":
+        from richfeedback.reward_models.aesthetic import MLP_FILE
+        from richfeedback.reward_models.heads import LinearMLPHead
+
+        write_clip_folder(folder / "clip", quick_gelu=True, processor=False)
+        torch.save(OrderedDict(LinearMLPHead(32).state_dict()), folder / MLP_FILE)
+        return str(folder / MLP_FILE), {}
+    raise ValueError(name)
+
+
+def clean_batches(transform, batch_size: int, seed: int):
+    """Endless batches of (prompts, pixels): distinct training prompts, each with a clean render."""
+    import numpy as np
+
+    from richfeedback.shapesworld.render import render
+    from richfeedback.shapesworld.scene import sample_scene
+
+    rng = np.random.default_rng(seed)
+    while True:
+        prompts, pixels = [], []
+        while len(prompts) < batch_size:
+            scene = sample_scene(rng)
+            text = scene.prompt.text
+            if text in prompts or prompt_is_heldout(text, HELDOUT_FRACTION, SEED):
+                continue
+            prompts.append(text)
+            pixels.append(transform.from_pixels(render(scene)))
+        yield prompts, torch.stack(pixels)
+
+
+def contrastive_loss(name: str, model, prompts: list[str], pixels: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE over a batch of (prompt, clean render) pairs, with each library's own loss; for
+    ImageReward (no dual encoder) the same loss over the B x B matrix of its scores, as BLIP's image-text matching."""
+    if name in ("pickscore", "aesthetic"):  # the shared transformers CLIP
+        tokens = model.tokenizer(prompts, padding=True, return_tensors="pt")
+        return model.clip(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                          pixel_values=pixels, return_loss=True).loss
+    if name == "hpsv2.1":
+        from open_clip.loss import ClipLoss
+
+        image, text, logit_scale = model.clip(pixels, model.tokenizer(prompts))[:3]
+        return ClipLoss()(image, text, logit_scale)
+    n = len(prompts)
+    scores = model([p for p in prompts for _ in range(n)], pixels.repeat(n, 1, 1, 1)).view(n, n)  # [prompt, image]
+    target = torch.arange(n)
+    return 0.5 * (torch.nn.functional.cross_entropy(scores, target) +
+                  torch.nn.functional.cross_entropy(scores.t(), target))
+
+
+def pretrain_backbone(name: str, weights: str, options: dict, steps: int, lr: float = 1e-3) -> float:
+    """Train every weight of a reduced base contrastively on clean renders of training prompts; returns seconds."""
+    model = load_reward_model(name, weights, **options)
+    model.requires_grad_(True)
+    model.eval()  # no dropout: a short, deterministic run
+    batch_size = 12 if name == "imagereward" else 64  # ImageReward scores all B x B pairs
+    batches = clean_batches(model.transform, batch_size, seed=SEED + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    started = time.perf_counter()
+    for _ in range(steps):
+        prompts, pixels = next(batches)
+        loss = contrastive_loss(name, model, prompts, pixels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.requires_grad_(False)
+    if name == "pickscore":
+        model.clip.save_pretrained(weights)
+    elif name == "hpsv2.1":
+        torch.save({"state_dict": model.clip.state_dict()}, weights)
+    else:
+        state = torch.load(weights, weights_only=True)  # keeps the official keys the model does not hold
+        state.update(model.state_dict())
+        torch.save(state, weights)
+    return time.perf_counter() - started
+
+
+def fit_aesthetic_head(weights: str, n_examples: int, steps: int = 300) -> float:
+    """The aesthetic predictor's own recipe: its MLP regressed (MSE) onto ratings, here the simulated raters'
+    aesthetics scores of a ShapesWorld rich-feedback sample, on the frozen, L2-normalised CLIP embeddings."""
+    from richfeedback.shapesworld.dataset import make_example
+
+    started = time.perf_counter()
+    model = load_reward_model("aesthetic", weights)
+    examples = [make_example("train", i) for i in range(n_examples)]
+    examples = [e for e in examples if not prompt_is_heldout(e["prompt"], HELDOUT_FRACTION, SEED)]
+    with torch.no_grad():
+        embeddings = model.embed(torch.stack([model.preprocess(e["image"].convert("RGB")) for e in examples]))
+    targets = torch.tensor([e["aesthetics_score"] for e in examples], dtype=torch.float32)
+    model.mlp.requires_grad_(True)
+    model.mlp.train()
+    optimizer = torch.optim.Adam(model.mlp.parameters(), lr=1e-3)
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(model.mlp(embeddings), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.save(OrderedDict(model.mlp.state_dict()), weights)
+    return time.perf_counter() - started
+
+
+def make_bases(folder: Path, steps: int, aesthetic_examples: int) -> dict:
+    """{family: (weights, options, seconds)}: one shared CLIP (PickScore, CLIPScore, the aesthetic backbone), an
+    open_clip model for HPS and a BLIP+BERT model for ImageReward, each pretrained here as described above."""
+    import shutil
+
+    bases = {}
+    clip_weights, _ = write_reduced_base("pickscore", folder / "clip")
+    seconds = pretrain_backbone("pickscore", clip_weights, {}, steps)
+    bases["pickscore"] = bases["clipscore"] = (clip_weights, {}, seconds)
+    aesthetic_weights, _ = write_reduced_base("aesthetic", folder / "aesthetic")
+    shutil.rmtree(folder / "aesthetic" / "clip")
+    shutil.copytree(clip_weights, folder / "aesthetic" / "clip")
+    bases["aesthetic"] = (aesthetic_weights, {}, seconds + fit_aesthetic_head(aesthetic_weights, aesthetic_examples))
+    for name in ("hpsv2.1", "imagereward"):
+        weights, options = write_reduced_base(name, folder / name)
+        bases[name] = (weights, options, pretrain_backbone(name, weights, options, steps))
+    return bases
+
+
+def run(quick: bool = False) -> dict:
+    os.environ["TQDM_DISABLE"] = "1"  # a table, not progress bars, is this script's output
+    torch.manual_seed(SEED)
+    families = list(ADAPTER_KIND)
+    base_steps, adapter_prompts, adapter_epochs = (60, 600, 1) if quick else (150, 3000, 1)
+    n_eval_prompts = 300 if quick else 1000
+    # held-out pairs: prompts hashed to the held-out side, which no training step below ever sees
+    eval_pairs = [p for p in shapesworld_pairs(n_eval_prompts, seed=SEED + 100)
+                  if prompt_is_heldout(p.prompt, HELDOUT_FRACTION, SEED)]
+    rows, details = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        bases = make_bases(Path(tmp) / "bases", base_steps, aesthetic_examples=300 if quick else 600)
+        # one preferences file for every family (its held-out prompts are split off by the trainer)
+        pairs_file = write_shapesworld_pairs(Path(tmp) / "pairs", adapter_prompts, seed=SEED)
+        for name in families:
+            weights, options, base_seconds = bases[name]
+            base = preference_accuracy(load_reward_model(name, weights, **options), eval_pairs)
+            out = Path(tmp) / "adapters" / name
+            cfg = load_config(None, [])
+            cfg.update(output_dir=str(out), seed=SEED)
+            cfg["base"] = {"name": name, "weights": weights, "options": options}
+            cfg["adapter"].update(kind=ADAPTER_KIND[name], r=ADAPTER_RANK, alpha=float(ADAPTER_RANK))
+            cfg["data"].update(source="preferences", path=str(pairs_file), heldout_fraction=HELDOUT_FRACTION)
+            cfg["loss"]["scale"] = LOSS_SCALE.get(name, 1.0)
+            cfg["optim"].update(epochs=adapter_epochs, batch_size=16, lr=ADAPTER_LR, warmup_steps=20)
+            cfg["checkpoint_every_steps"] = 10_000
+            started = time.perf_counter()
+            train(cfg, cpu=True)
+            adapter_seconds = time.perf_counter() - started
+            adapted = load_reward_model(name, weights, adapter=out / "best", **options)
+            result = preference_accuracy(adapted, eval_pairs)
+            info = json.loads((out / "best" / "adapter_config.json").read_text())
+            rows.append({
+                "family": name, "adapter": ADAPTER_KIND[name],
+                "base_acc": base["accuracy"], "base_ci95": f"[{base['ci_low']:.3f}, {base['ci_high']:.3f}]",
+                "adapter_acc": result["accuracy"],
+                "adapter_ci95": f"[{result['ci_low']:.3f}, {result['ci_high']:.3f}]",
+                "gain_points": 100 * (result["accuracy"] - base["accuracy"]),
+                "trainable_params": info["trainable_parameters"],
+                "total_params": sum(p.numel() for p in adapted.parameters()),
+                "adapter_train_s": round(adapter_seconds, 1), "base_pretrain_s": round(base_seconds, 1),
+                "heldout_pairs": result["pairs"], "heldout_prompts": result["prompts"],
+            })
+            details[name] = {"base": base, "adapter": result, "best_step": info["training"]["step"]}
+            print(json.dumps(rows[-1]), flush=True)
+    return {"rows": rows, "details": details,
+            "setup": {"base_pretrain_steps": base_steps, "adapter_train_prompts": adapter_prompts,
+                      "adapter_epochs": adapter_epochs, "adapter_lr": ADAPTER_LR, "lora_rank": ADAPTER_RANK,
+                      "eval_prompts_drawn": n_eval_prompts, "threads": torch.get_num_threads(),
+                      "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}}
