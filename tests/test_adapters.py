@@ -251,3 +251,19 @@ def test_make_pairs_writes_a_preferences_file_that_reads_back(tmp_path, capsys):
     assert len(pairs) == 3 * 6 and all(p.image_a.is_file() for p in pairs)
     assert {p.label for p in pairs} <= {0.0, 0.5, 1.0}
     assert "wrote 18 pairs" in capsys.readouterr().out
+
+
+def test_score_regression_trains_the_aesthetic_head_on_a_rich_feedback_dataset(bases, tmp_path):
+    from richfeedback.reward_models.train_adapter import load_config, train
+    from richfeedback.shapesworld.dataset import make_dataset
+
+    make_dataset(tmp_path / "data", 24, 1, 1, size=64, progress=False)
+    weights, _ = bases["aesthetic"]
+    cfg = load_config(None, ["base.name=aesthetic", f"base.weights={weights}", "adapter.kind=head",
+                             "data.source=scores", f"data.path={tmp_path / 'data'}", "data.heldout_fraction=0.3",
+                             "optim.epochs=2", "optim.batch_size=4", f"output_dir={tmp_path / 'run'}"])
+    train(cfg, cpu=True)
+    info = json.loads((tmp_path / "run" / "final" / "adapter_config.json").read_text())
+    assert info["kind"] == "head" and info["training"]["loss"] == "mse"
+    assert "spearman" in json.loads((tmp_path / "run" / "base_metrics.json").read_text())
+    load_reward_model("aesthetic", weights, adapter=tmp_path / "run" / "final")
