@@ -25,30 +25,17 @@ import dataclasses
 
 import numpy as np
 
+from richfeedback.inpaint.examples import artifact_examples
 from richfeedback.inpaint.fix import FixSettings, InpaintFixer
-from richfeedback.inpaint.masks import MaskConfig, dilate_mask, round_to_cells
+from richfeedback.inpaint.masks import dilate_mask, round_to_cells
 from richfeedback.inpaint.selection import select_best
 from richfeedback.shapesworld import oracle
-from richfeedback.shapesworld.artifacts import inject_artifact
 from richfeedback.shapesworld.evaluate import PROTOCOL_PROMPT_SEED
-from richfeedback.shapesworld.render import render
-from richfeedback.shapesworld.scene import sample_prompts, sample_scene
+from richfeedback.shapesworld.scene import sample_prompts
 
 
 def injected_cases(n: int, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    cases = []
-    while len(cases) < n:
-        scene = sample_scene(rng)
-        result = inject_artifact(render(scene), scene, rng)
-        if result is None:
-            continue
-        image, artifact = result
-        report = oracle.evaluate(scene.prompt, image)
-        if report.has_artifact:
-            cases.append({"set": "injected", "kind": artifact.kind, "prompt": scene.prompt.text, "image": image,
-                          "before": report})
-    return cases
+    return [{"set": "injected", **example} for example in artifact_examples(n, seed)]
 
 
 def generated_cases(pipe, n: int) -> list[dict]:

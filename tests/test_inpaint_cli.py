@@ -167,3 +167,14 @@ def test_richfeedback_has_the_inpaint_fix_subcommand():
 
     args = build_parser().parse_args(["inpaint-fix", "img.png", "--prompt", "x", "--out", "o"])
     assert args.n == 8 and args.threshold == "0.2" and args.func.__name__ == "cmd_inpaint_fix"
+
+
+def test_artifact_folder_for_the_demo_reads_like_a_generate_folder(tmp_path):
+    from richfeedback.inpaint.examples import write_artifact_folder
+    from richfeedback.shapesworld.oracle import evaluate
+
+    folder = write_artifact_folder(tmp_path / "artifacts", n=3, seed=0)
+    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert evaluate(row["prompt"], load_rgb(folder / row["file_name"])).has_artifact

@@ -144,7 +144,9 @@ def run(args) -> int:
     out = Path(args.out)
 
     def log(message: str) -> None:
-        print(message, file=sys.stderr)
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)  # above the progress bar, not through it
 
     summary = fix_files(fixer, paths, prompts, out, masks=args.mask, heatmaps=args.heatmap, log=log)
     print(f"inpaint-fix: {summary['fixed']} fixed, {summary['kept_original']} kept (no candidate beat the original), "
