@@ -136,11 +136,12 @@ def read_preference_file(path) -> list[PreferencePair]:
 
 
 def write_preference_file(pairs: Sequence[PreferencePair], path) -> Path:
-    """The `ab results` format; array images must have been saved first (their paths are written)."""
+    """The `ab results` format, with absolute image paths; array images must have been saved first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     choice = {1.0: "a", 0.0: "b", 0.5: "tie"}
-    lines = [json.dumps({"prompt": p.prompt, "image_a": str(p.image_a), "image_b": str(p.image_b),
+    lines = [json.dumps({"prompt": p.prompt, "image_a": str(Path(p.image_a).resolve()),
+                         "image_b": str(Path(p.image_b).resolve()),
                          "choice": choice[p.label], "strength": 0 if p.label == 0.5 else 1,
                          "question": "overall", "rater": "oracle"}) for p in pairs]
     tmp = path.with_name(path.name + ".tmp")
