@@ -14,9 +14,11 @@ RAHF's aesthetics head (`rahf:aesthetics`, the default on the embedded model). P
     weaker check than the oracle);
   * the oracle's full-prompt accuracy and artifact rate;
 - sampling time and peak memory as ratios to unguided. Each configuration runs in its own subprocess, after a
-  warm-up; peak memory is the rise of the process's peak resident set (Linux VmHWM, reset through
-  /proc/self/clear_refs after loading) over its resident set before sampling. The time target (<= 2x) is for the
-  default configuration (cheap path, every 3rd step in the first 60% of the schedule).
+  warm-up, which generates each batch unguided and then guided in turns, so that both meet the same load on a
+  shared machine (and checks that its unguided images equal every other worker's). Peak memory is the rise of the
+  process's peak resident set during a batch (Linux VmHWM, reset through /proc/self/clear_refs before each batch)
+  over its resident set before it, the largest over the batches. The time target (<= 2x) is for the
+  default configuration (cheap path, scale 0.15, every 2nd step in the first 60% of the schedule).
 """
 
 from __future__ import annotations
@@ -34,14 +36,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REWARD = "rahf:aesthetics"
 
-CONFIGS: dict[str, dict | None] = {
-    "unguided": None,
-    # The library's defaults: scale 0.1, cheap path, every 3rd step of the first 60% (5 of 25 steps guided).
+# Guided configurations (options of `load_guidance`); each is compared with the unguided sampler.
+CONFIGS: dict[str, dict] = {
+    # The library's defaults: scale 0.15, cheap path, every 2nd step of the first 60% (8 of 25 steps guided).
     "default": {},
-    "every-step": {"every": 1, "window": [0.0, 1.0]},
+    "every-3rd": {"every": 3},  # 5 of 25 steps
     "accurate": {"path": "accurate"},
+    "every-step": {"every": 1, "window": [0.0, 1.0]},
     "scale-0.3": {"scale": 0.3},
-    "scale-0.3-every-step": {"scale": 0.3, "every": 1, "window": [0.0, 1.0]},
 }
 
 
@@ -50,7 +52,8 @@ def _status_kb(field: str) -> int:
 
 
 def worker(config_json: str, out_path: str) -> None:
-    """Generate the protocol's images under one configuration; write them with the time and peak memory."""
+    """Generate the protocol's images unguided and guided, batch by batch in turns (so that both meet the same load
+    on a shared machine); write them with the time and peak memory of each."""
     import time
 
     import torch
@@ -61,21 +64,25 @@ def worker(config_json: str, out_path: str) -> None:
     job = json.loads(config_json)
     torch.manual_seed(0)
     pipe = load_pipeline(None)
-    guidance = None
-    if job["guidance"] is not None:
-        guidance = load_guidance(REWARD, **job["guidance"])
-    prompts, seeds = job["prompts"], job["seeds"]
-    generate_images(pipe, prompts[:2], seeds[:2], guidance=guidance, **EMBEDDED_DEFAULTS)  # warm-up
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM) to the current one
-    rss_before = _status_kb("VmRSS")
-    start = time.perf_counter()
-    images = []
-    for i in range(0, len(prompts), job["batch_size"]):
-        images += generate_images(pipe, prompts[i : i + job["batch_size"]], seeds[i : i + job["batch_size"]],
-                                  guidance=guidance, **EMBEDDED_DEFAULTS)
-    seconds = time.perf_counter() - start
-    peak_mb = (_status_kb("VmHWM") - rss_before) / 1024
-    np.savez(out_path, images=np.stack(images), seconds=seconds, peak_mb=peak_mb)
+    systems = {"unguided": None, "guided": load_guidance(REWARD, **job["guidance"])}
+    prompts, seeds, size = job["prompts"], job["seeds"], job["batch_size"]
+    for guidance in systems.values():  # warm-up
+        generate_images(pipe, prompts[:2], seeds[:2], guidance=guidance, **EMBEDDED_DEFAULTS)
+    images = {name: [] for name in systems}
+    seconds = dict.fromkeys(systems, 0.0)
+    peak_mb = dict.fromkeys(systems, 0.0)
+    for i in range(0, len(prompts), size):
+        for name, guidance in systems.items():
+            Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM) to the current one
+            rss_before = _status_kb("VmRSS")
+            start = time.perf_counter()
+            images[name] += generate_images(pipe, prompts[i : i + size], seeds[i : i + size], guidance=guidance,
+                                            **EMBEDDED_DEFAULTS)
+            seconds[name] += time.perf_counter() - start
+            peak_mb[name] = max(peak_mb[name], (_status_kb("VmHWM") - rss_before) / 1024)
+    np.savez(out_path, **{f"{name}_images": np.stack(images[name]) for name in systems},
+             **{f"{name}_seconds": seconds[name] for name in systems}, **{f"{name}_peak_mb": peak_mb[name]
+                                                                           for name in systems})
 
 
 def true_aesthetics(report) -> float:
@@ -98,7 +105,7 @@ def run(quick: bool = False) -> dict:
         for p in sample_prompts(n_prompts, seed=PROTOCOL_PROMPT_SEED, split=split):
             prompts += [p] * n_seeds
             seeds += list(range(n_seeds))
-    configs = {"unguided": None, "default": {}} if quick else CONFIGS
+    configs = {"default": {}} if quick else CONFIGS
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,8 +115,15 @@ def run(quick: bool = False) -> dict:
             env = {**os.environ, "HF_HUB_OFFLINE": "1"}
             subprocess.run([sys.executable, __file__, "--worker", json.dumps(job), str(out)], check=True, env=env)
             data = np.load(out)
-            results[name] = {"images": data["images"], "seconds": float(data["seconds"]),
-                             "peak_mb": float(data["peak_mb"])}
+            if "unguided" not in results:
+                results["unguided"] = {"images": data["unguided_images"], "time_ratio": 1.0, "peak_mem_ratio": 1.0,
+                                       "peak_mb": float(data["unguided_peak_mb"])}
+            # Every worker makes the same unguided images (seeded per image): a check on the comparison itself.
+            assert np.array_equal(data["unguided_images"], results["unguided"]["images"])
+            results[name] = {"images": data["guided_images"],
+                             "time_ratio": float(data["guided_seconds"] / data["unguided_seconds"]),
+                             "peak_mem_ratio": float(data["guided_peak_mb"] / max(data["unguided_peak_mb"], 1e-6)),
+                             "peak_mb": float(data["guided_peak_mb"])}
 
     guide = load_reward_model(REWARD)
     plaus = load_reward_model("rahf:plausibility")
@@ -133,15 +147,15 @@ def run(quick: bool = False) -> dict:
             "rahf_plaus": float(plaus.score(prompts, list(images)).mean()),
             "prompt_acc": float(np.mean([rep.prompt_correct for rep in reports])),
             "artifact_rate": float(np.mean([rep.has_artifact for rep in reports])),
-            "time_ratio": r["seconds"] / base["seconds"],
-            "peak_mem_ratio": r["peak_mb"] / max(base["peak_mb"], 1e-6),
+            "time_ratio": r["time_ratio"],
+            "peak_mem_ratio": r["peak_mem_ratio"],
             "peak_mb": r["peak_mb"],
         })
     from richfeedback.guidance import DEFAULT_EVERY, DEFAULT_SCALE, DEFAULT_WINDOW
 
     defaults = {"scale": DEFAULT_SCALE, "every": DEFAULT_EVERY, "window": list(DEFAULT_WINDOW), "path": "cheap"}
     return {"rows": rows, "reward": REWARD, "defaults": defaults, "configs": configs,
-            "unguided_seconds": results["unguided"]["seconds"], "unguided_rahf_aes_sd": float(base["guiding"].std()),
+            "unguided_rahf_aes_sd": float(base["guiding"].std()),
             "protocol": {"prompt_seed": PROTOCOL_PROMPT_SEED, "prompts_per_split": n_prompts,
                          "seeds_per_prompt": n_seeds}}
 

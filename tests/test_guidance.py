@@ -44,6 +44,32 @@ def test_reward_gradient_reaches_the_latents_and_is_finite(pipe, rahf_aesthetics
         assert max(h["recompute_error"] for h in g.history) < 1e-4
 
 
+def test_jittered_views_and_gradient_smoothing():
+    from richfeedback.guidance.reward_guidance import gaussian_blur, jittered_views
+
+    images = torch.rand(2, 3, 64, 64)
+    views = jittered_views(images, views=3, jitter=0.06, seed=5)
+    assert views.shape == (6, 3, 64, 64)
+    assert torch.equal(views, jittered_views(images, views=3, jitter=0.06, seed=5))  # its own seeded generator
+    # each view is the image moved by whole pixels: a 60x52 centre crop of it appears in the view unchanged
+    for view in views[::2]:
+        assert any(torch.equal(view[:, 4 + dy : 56 + dy, 4 + dx : 56 + dx], images[0, :, 4:56, 4:56])
+                   for dy in range(-4, 5) for dx in range(-4, 5))
+    impulse = torch.zeros(1, 4, 16, 16)
+    impulse[0, :, 8, 8] = 1.0
+    blurred = gaussian_blur(impulse, sigma=1.0)
+    assert blurred.shape == impulse.shape and abs(float(blurred.sum()) - 4.0) < 1e-5
+    assert float(blurred[0, 0, 8, 8]) < 0.2 and float(blurred[0, 0, 8, 9]) > 0.05
+
+
+def test_averaged_views_and_smoothing_guide_with_finite_gradients(pipe, rahf_aesthetics):
+    g = RewardGuidance(rahf_aesthetics, scale=0.1, every=2, window=(0.0, 1.0), views=3, jitter=0.06, smooth=1.0)
+    generate_images(pipe, PROMPTS, [0, 1], guidance=g, **FAST)
+    assert [h["step"] for h in g.history] == [0, 2, 4]
+    assert all(np.isfinite(h["grad_rms"]) and h["grad_rms"] > 0 for h in g.history)
+    assert g.settings()["views"] == 3 and g.settings()["smooth"] == 1.0
+
+
 def test_scale_zero_reproduces_the_unguided_images_exactly(pipe, rahf_aesthetics):
     unguided = generate_images(pipe, PROMPTS, [3, 4], **FAST)
     zero = generate_images(pipe, PROMPTS, [3, 4], guidance=RewardGuidance(rahf_aesthetics, scale=0.0), **FAST)
@@ -121,7 +147,8 @@ def test_weighted_combination_is_the_weighted_sum_of_its_rewards():
 def test_bad_options_are_refused(rahf_aesthetics):
     for kwargs, message in [({"scale": -1}, "scale must be"), ({"every": 0}, "every must be"),
                             ({"window": (0.5, 0.5)}, "window must satisfy"), ({"normalize": "l3"}, "normalize"),
-                            ({"path": "fast"}, "path must be")]:
+                            ({"path": "fast"}, "path must be"), ({"views": 0}, "views >= 1"),
+                            ({"jitter": 0.5}, "jitter < 0.5"), ({"smooth": -1}, "smooth >= 0")]:
         with pytest.raises(ValueError, match=message):
             RewardGuidance(rahf_aesthetics, **kwargs)
 

@@ -66,6 +66,11 @@ class RewardGuidance:
     normalize: "rms" (each image's gradient divided by its RMS: the scale means the same for any reward),
         "clip" (the raw gradient, its RMS capped at max_rms per image) or "none" (the raw gradient).
     path: "cheap" (through the x0 formula and the VAE) or "accurate" (also back through the UNet).
+    views, jitter: the reward is averaged over `views` copies of the decoded image, each shifted by a random offset
+        of up to `jitter` of the image side (reflected at the border), as CLIP-guided diffusion averages over
+        cutouts: a gradient that only works for one exact pixel grid (an adversarial one) cancels out.
+    smooth: standard deviation, in latent pixels, of a Gaussian blur of the gradient (0: none); keeps the edits to
+        coarse structure (layout, shapes), which is what a reward that judges composition should change.
     name: the reward spec, for manifests.
     """
 
@@ -76,6 +81,9 @@ class RewardGuidance:
     normalize: str = "rms"
     max_rms: float = 1.0
     path: str = "cheap"
+    views: int = 1
+    jitter: float = 0.0
+    smooth: float = 0.0
     name: str = ""
 
     def __post_init__(self):
@@ -89,6 +97,9 @@ class RewardGuidance:
         self.window = (float(start), float(end))
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"guidance normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+        if self.views < 1 or not 0.0 <= self.jitter < 0.5 or self.smooth < 0:
+            raise ValueError(f"guidance needs views >= 1, 0 <= jitter < 0.5 and smooth >= 0; got views={self.views}, "
+                             f"jitter={self.jitter}, smooth={self.smooth}")
         if self.path not in PATHS:
             raise ValueError(f"guidance path must be one of {PATHS}, got {self.path!r}")
         if not hasattr(self.reward, "differentiable"):
@@ -105,7 +116,8 @@ class RewardGuidance:
         """What a manifest records to say how an image was guided."""
         return {"reward": self.name, "scale": self.scale, "every": self.every, "window": list(self.window),
                 "normalize": self.normalize, **({"max_rms": self.max_rms} if self.normalize == "clip" else {}),
-                "path": self.path}
+                "path": self.path, **({"views": self.views, "jitter": self.jitter} if self.views > 1 else {}),
+                **({"smooth": self.smooth} if self.smooth > 0 else {})}
 
     def guided_steps(self, num_steps: int) -> list[int]:
         """Indices of the steps that are guided out of `num_steps`."""
@@ -140,6 +152,31 @@ class RewardGuidance:
             del scheduler.step
             if hook is not None:
                 hook.remove()
+
+
+def jittered_views(images: torch.Tensor, views: int, jitter: float, seed: int) -> torch.Tensor:
+    """(views * B, 3, H, W): the batch `views` times, each copy shifted by its own random whole-pixel offset of at
+    most `jitter` of the side, reflected at the borders. The offsets come from their own generator (seeded by the
+    step), so guidance draws nothing from the pipeline's generators or the global RNG."""
+    _, _, height, width = images.shape
+    pad_y, pad_x = max(1, round(jitter * height)), max(1, round(jitter * width))
+    padded = torch.nn.functional.pad(images, (pad_x, pad_x, pad_y, pad_y), mode="reflect")
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.stack([torch.randint(0, 2 * pad_y + 1, (views,), generator=generator),
+                           torch.randint(0, 2 * pad_x + 1, (views,), generator=generator)], 1).tolist()
+    return torch.cat([padded[:, :, dy : dy + height, dx : dx + width] for dy, dx in offsets])
+
+
+def gaussian_blur(tensor: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A (B, C, H, W) tensor blurred by a Gaussian of standard deviation `sigma` pixels (reflected borders)."""
+    radius = min(max(1, math.ceil(3 * sigma)), min(tensor.shape[-2:]) - 1)  # reflection needs radius < side
+    x = torch.arange(-radius, radius + 1, dtype=tensor.dtype, device=tensor.device)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = tensor.shape[1]
+    out = torch.nn.functional.pad(tensor, (radius, radius, radius, radius), mode="reflect")
+    out = torch.nn.functional.conv2d(out, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    return torch.nn.functional.conv2d(out, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
 
 
 class _GuidedRun:
@@ -197,13 +234,21 @@ class _GuidedRun:
             x0 = predicted_x0(self.pipe.scheduler, model_output.detach() if guidance.path == "cheap" else model_output,
                               timestep, x_t)
             images = decode_to_unit_range(self.pipe.vae, x0)
-            rewards = guidance.reward.differentiable(prompts if getattr(guidance.reward, "needs_prompt", True)
-                                                     else None, images)
+            reward_prompts = prompts if getattr(guidance.reward, "needs_prompt", True) else None
+            if guidance.views == 1:
+                rewards = guidance.reward.differentiable(reward_prompts, images)
+            else:
+                views = jittered_views(images, guidance.views, guidance.jitter, seed=self.step_index)
+                rewards = guidance.reward.differentiable(
+                    None if reward_prompts is None else reward_prompts * guidance.views, views)
+                rewards = rewards.view(guidance.views, -1).mean(0)
             (gradient,) = torch.autograd.grad(rewards.sum(), x_t)
         gradient = gradient.float()
+        if guidance.smooth > 0:
+            gradient = gaussian_blur(gradient, guidance.smooth)
         if not torch.isfinite(gradient).all():
-            raise FloatingPointError(f"the reward gradient at step {self.step_index - 1} is not finite; lower the "
-                                     "pipeline's precision issues (run the VAE in fp32) or the guidance scale")
+            raise FloatingPointError(f"the reward gradient at step {self.step_index - 1} is not finite (an fp16 VAE "
+                                     "overflowing?): run the VAE in fp32 (pipe.vae.to(torch.float32))")
         rms = gradient.pow(2).mean(dim=tuple(range(1, gradient.ndim)), keepdim=True).sqrt()
         self.history.append({**record, "reward": float(rewards.detach().float().mean()), "grad_rms": float(rms.mean())})
         if guidance.normalize == "rms":
@@ -245,7 +290,8 @@ class _GuidedRun:
 
 def load_guidance(spec: Optional[str] = None, scale: float = DEFAULT_SCALE, *, device="cpu", dtype="fp32",
                   every: int = DEFAULT_EVERY, window: tuple[float, float] = DEFAULT_WINDOW, normalize: str = "rms",
-                  max_rms: float = 1.0, path: str = "cheap", max_batch_size: int = 32,
+                  max_rms: float = 1.0, path: str = "cheap", views: int = 1, jitter: float = 0.0,
+                  smooth: float = 0.0, max_batch_size: int = 32,
                   **reward_options) -> RewardGuidance:
     """Guidance by the reward `spec` ("rahf:aesthetics", "aesthetic", "0.7*rahf:aesthetics+0.3*rahf:plausibility";
     see `guidance.rewards`), loaded on `device`; None means `DEFAULT_REWARD`."""
@@ -254,4 +300,4 @@ def load_guidance(spec: Optional[str] = None, scale: float = DEFAULT_SCALE, *, d
     spec = spec or DEFAULT_REWARD
     reward = load_reward(spec, device=device, dtype=dtype, max_batch_size=max_batch_size, **reward_options)
     return RewardGuidance(reward, scale=scale, every=every, window=tuple(window), normalize=normalize,
-                          max_rms=max_rms, path=path, name=spec)
+                          max_rms=max_rms, path=path, views=views, jitter=jitter, smooth=smooth, name=spec)
