@@ -21,6 +21,13 @@ What is compared, per family (PickScore, HPSv2.1, ImageReward, LAION aesthetic, 
   saw; ties left out), judged by the oracle (more prompt words satisfied, then smaller artifact area), with a 95%
   bootstrap interval over prompts; trainable parameters and the adapter's training time on the CPU (one thread,
   shared machine: compare times within one run only). Target (issue 9): every adapter 10 points above its base.
+
+Where this stands (full run, 2026-11-22): the target is not met. Gains are -1 to +5 points (CLIPScore and the
+aesthetic head +5, ImageReward +1, PickScore and HPS -1, within their intervals). What limits them: a backbone
+pretrained for two CPU minutes on clean renders hardly represents artifacts at all (a linear probe on its frozen
+pooled features tells a clean render from the same render with one artifact 65% of the time on held-out scenes),
+so an adapter has to build the feature itself from ~900 steps; LoRA and head adapters fit the training prompts but
+gain little on new ones. Real backbones (CLIP ViT-H/L, BLIP ViT-L) do represent blur, noise and smears.
 """
 
 from __future__ import annotations
