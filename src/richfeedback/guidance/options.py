@@ -7,9 +7,11 @@ PATHS = ("cheap", "accurate")
 # The reward the embedded ShapesWorld generator is guided with when none is named: the embedded RAHF's aesthetics
 # head (the LAION aesthetic predictor knows photographs, not flat shapes, and needs weights we cannot download).
 DEFAULT_REWARD = "rahf:aesthetics"
-# Defaults chosen on the embedded model (benchmarks/bench_guidance.py): every 2nd step of the first 60% of the
-# schedule (8 of 25 steps) at 0.15. Guiding more steps, later steps or harder raises the guiding reward further
-# while ShapesWorld's exact aesthetics falls and artifacts appear: the edits start to fool the reward model.
+# Defaults chosen on the embedded model (benchmarks/bench_guidance.py, 64 images): every 2nd step of the first 60% of
+# the schedule (8 of 25 steps) at 0.15 raises rahf:aesthetics by 0.8 of its unguided standard deviation (wins 94% of
+# same-seed pairs) and leaves ShapesWorld's exact aesthetics level (0.670 vs 0.682). Guiding every step raises the
+# guiding reward further (1.07 sd) while the exact aesthetics falls (0.555) and the oracle finds artifacts in 98% of
+# the images: past this point the edits fool the reward model rather than improve the image.
 DEFAULT_SCALE = 0.15
 DEFAULT_EVERY = 2
 DEFAULT_WINDOW = (0.0, 0.6)
