@@ -177,3 +177,18 @@ def test_sdxl_unet_and_both_text_encoders_train_and_load_back_in_diffusers(datas
     pipe.load_lora_weights(str(tmp_path))
     after = generate_images(pipe, ["a red circle"], [0], **sampling)[0]
     assert np.abs(before.astype(int) - after.astype(int)).max() > 0
+
+
+def test_regularisation_renders_are_appended_to_the_training_data(dataset, tmp_path):
+    from richfeedback.cli import main as cli
+
+    assert cli(["shapesworld", "renders", "--n", "8", "--seed", "3", "--out", str(tmp_path / "renders")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "renders" / "metadata.jsonl").read_text().splitlines()]
+    from richfeedback.shapesworld.scene import is_heldout_prompt
+
+    assert len(rows) == 8 and not any(is_heldout_prompt(r["text"]) for r in rows)
+    cfg = config(dataset, tmp_path / "out")
+    cfg["data"]["extra_paths"] = [str(tmp_path / "renders")]
+    cfg["optim"]["max_steps"] = 1
+    train(cfg)
+    assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["num_examples"] == 16 + 8

@@ -101,9 +101,43 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict, keep:
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-        kept = sorted((p for p in path.parent.glob("step-*") if not p.name.endswith(".tmp")),
-                      key=lambda p: int(p.name.split("-")[1]))
-        for old in kept[:-keep]:
-            shutil.rmtree(old)
+        prune_checkpoints(path.parent, keep)
     accelerator.wait_for_everyone()
     return path
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Delete all but the `keep` newest complete `step-N` folders in `folder`."""
+    kept = sorted((p for p in Path(folder).glob("step-*") if not p.name.endswith(".tmp")),
+                  key=lambda p: int(p.name.split("-")[1]))
+    for old in kept[:-keep]:
+        shutil.rmtree(old)
+
+
+def add_training_arguments(parser, examples: str):
+    """The options every `python -m ...train` entry point takes."""
+    parser.add_argument("--config", required=True, help=f"YAML file (see {examples})")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    return parser
+
+
+def training_main(argv, description: str, examples: str, load, train, name: str) -> int:
+    """Parse the common options, load the config with `load(path, sets)` and run `train(cfg, resume, cpu)`; a bad
+    config or dataset is one line on stderr and exit status 2."""
+    import argparse
+    import sys
+
+    from .errors import UsageError
+
+    parser = add_training_arguments(argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter), examples)
+    args = parser.parse_args(argv)
+    try:
+        train(load(args.config, args.set), resume=args.resume, cpu=args.cpu)
+    except (UsageError, FileNotFoundError, ValueError) as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -31,14 +31,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from ..dataset_io import refuse_non_empty
+from ..dataset_io import folder_written_atomically
 from ..errors import UsageError
 from .pool import read_pool
 
@@ -161,11 +160,7 @@ def filter_pool(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, policy:
     if not rows:
         raise UsageError(f"{pool_dir} has no images; run `richfeedback pool generate` first")
     chosen = select(rows, policy)
-    out = Path(out_dir)
-    refuse_non_empty(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with folder_written_atomically(Path(out_dir)) as tmp:
         with open(tmp / METADATA, "w") as f:
             for row in chosen:
                 file_name = row["file_name"].replace("/", "_")
@@ -175,21 +170,13 @@ def filter_pool(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, policy:
                                     "seed": row["seed"]}) + "\n")
         positives = [r for r in chosen if r["type"] == "positive"]
         report = {
-            "pool": str(pool_dir), "policy": {k: v for k, v in dataclasses.asdict(policy).items()},
+            "pool": str(pool_dir), "policy": dataclasses.asdict(policy),
             "pool_images": len(rows), "pool_prompts": len({r["prompt_index"] for r in rows}),
             "kept_positive": len(positives), "kept_negative": len(chosen) - len(positives),
             "kept_prompts": len({r["prompt_index"] for r in positives}),
             "mean_scores_pool": _summary(rows), "mean_scores_kept_positive": _summary(positives),
         }
         (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        refuse_non_empty(out)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..training_utils import latest_checkpoint, load_config as load_yaml_config, merge, save_checkpoint
+from ..training_utils import add_training_arguments, training_main
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 LORA_INFO = "richfeedback_lora.json"  # what the LoRA was trained on, and the negative prompt to use with it
@@ -545,25 +546,11 @@ def save_lora(pipe, modules: list, cfg: dict, out: Path, resolution: int) -> Non
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--config", required=True, help="YAML file (see configs/finetune/)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
-    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
-    return parser
+    return add_training_arguments(parser, "configs/finetune/")
 
 
 def main(argv=None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__,
-                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-        train(cfg, resume=args.resume, cpu=args.cpu)
-    except (UsageError, FileNotFoundError, ValueError) as err:
-        print(f"finetune train: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return training_main(argv, __doc__, "configs/finetune/", load_config, train, "finetune train")
 
 
 if __name__ == "__main__":

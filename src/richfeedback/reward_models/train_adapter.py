@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..training_utils import latest_checkpoint, load_config as load_yaml_config, lr_factor
+from ..training_utils import add_training_arguments, prune_checkpoints, training_main
 
 from .adapters.losses import check_loss, pairwise_loss, score_mse
 from .adapters.modeling import AdapterSpec, FAMILIES, add_adapter, adapter_state_dict, json_default, save_adapter
@@ -174,10 +175,7 @@ def write_checkpoint(out: Path, step: int, best: float, model, optimizer, schedu
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
-    kept = sorted((p for p in path.parent.glob("step-*") if not p.name.endswith(".tmp")),
-                  key=lambda p: int(p.name.split("-")[1]))
-    for old in kept[:-keep]:
-        shutil.rmtree(old)
+    prune_checkpoints(path.parent, keep)
     return path
 
 
@@ -354,26 +352,11 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--config", required=True, help="YAML file (see configs/adapters/)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
-    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
-    return parser
+    return add_training_arguments(parser, "configs/adapters/")
 
 
 def main(argv=None) -> int:
-    from ..errors import UsageError
-
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__,
-                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = parser.parse_args(argv)
-    try:
-        train(load_config(args.config, args.set), resume=args.resume, cpu=args.cpu)
-    except (FileNotFoundError, ValueError, UsageError) as err:
-        print(f"adapter train: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return training_main(argv, __doc__, "configs/adapters/", load_config, train, "adapter train")
 
 
 if __name__ == "__main__":

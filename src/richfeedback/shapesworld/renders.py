@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..dataset_io import refuse_non_empty
+from ..dataset_io import folder_written_atomically
 from ..imaging import save_png
 from .render import render
 from .scene import is_heldout_prompt, sample_scene
@@ -26,13 +24,9 @@ def write_render_folder(out_dir: str | os.PathLike, n: int, seed: int = 0, split
     """`n` clean renders of random scenes whose prompts are in `split` ("train", "heldout" or "all")."""
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be train, heldout or all, got {split!r}")
-    out = Path(out_dir)
-    refuse_non_empty(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     rng = np.random.default_rng(seed)
     rows = []
-    try:
+    with folder_written_atomically(Path(out_dir)) as tmp:
         while len(rows) < n:
             scene = sample_scene(rng)
             heldout = is_heldout_prompt(scene.prompt.text)
@@ -42,11 +36,4 @@ def write_render_folder(out_dir: str | os.PathLike, n: int, seed: int = 0, split
             save_png(render(scene, size), tmp / name)
             rows.append({"file_name": name, "text": scene.prompt.text})
         (tmp / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ...training_utils import latest_checkpoint, load_config as load_yaml_config, lr_factor, save_atomically
+from ...training_utils import add_training_arguments, training_main
 from ...training_utils import save_checkpoint as save_training_state
 from .configuration import HEATMAP_NAMES, SCORE_NAMES, RAHFConfig
 from .modeling import RAHFModel
@@ -248,25 +249,11 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--config", required=True, help="YAML file (see configs/rahf/)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
-    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
-    return parser
+    return add_training_arguments(parser, "configs/rahf/")
 
 
 def main(argv=None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__,
-                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-        train(cfg, resume=args.resume, cpu=args.cpu)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"rahf train: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return training_main(argv, __doc__, "configs/rahf/", load_config, train, "rahf train")
 
 
 if __name__ == "__main__":
