@@ -1,6 +1,8 @@
 """Train the embedded ShapesWorld RAHF model, ship it, and write its model card.
 
     python scripts/train_embedded_rahf.py [--n 10000] [--configs configs/rahf/shapes.yaml configs/rahf/shapes-continue.yaml]
+    python scripts/train_embedded_rahf.py --configs configs/rahf/shapes-augmented.yaml \
+        --out src/richfeedback/embedded/rahf-shapes-augmented        # the augmented-prompt variant
 
 1. the ShapesWorld rich-feedback dataset (seeded; train/dev/test from disjoint seeds) in runs/embedded-rahf/data
 2. RAHF `shapes` size, multi-head, trained with the same loop as `richfeedback rahf train`, one stage per config
@@ -73,21 +75,37 @@ def main(argv=None):
     params = sum(p.numel() for p in model.parameters())
     sizes = {split: len(data[split]) for split in data}
     o = cfg["optim"]
+    def origin(i: int, stage: dict) -> str:
+        init = stage["model"].get("init")
+        if not init:
+            return ", from scratch"
+        if i == 0:  # a first stage that starts from a shipped model (the augmented variant from the multi-head one)
+            return f", from `{init}` (shared weights copied; heads from its implausibility and overall heads)"
+        return f", from stage {i}'s best model"
+
     stage_lines = "\n".join(
         f"  {i + 1}. `{Path(c).name}`: lr {st['optim']['lr']}, {st['optim']['epochs']} epochs, "
-        f"{stage_seconds[i] / 60:.0f} min"
-        + (f", from stage {i}'s best model" if st["model"].get("init") else ", from scratch")
+        f"{stage_seconds[i] / 60:.0f} min" + origin(i, st)
         for i, (c, st) in enumerate(zip(args.configs, stages)))
-    card = f"""# Embedded ShapesWorld RAHF (`rahf-shapes`)
+    variant = cfg["model"]["variant"]
+    variant_text = ("one head per heatmap and per score (the released checkpoint's layout)" if variant == "multi_head"
+                    else "one shared heatmap head and one shared score head, the task named in the prompt "
+                         "(\"implausibility heatmap: PROMPT\", ...), so the encoder runs once per task")
+    default = out.resolve() == EMBEDDED_RAHF.resolve()
+    usage = "load_rahf()          # this folder" if default else f'load_rahf(EMBEDDED_RAHF.with_name("{out.name}"))'
+
+    card = f"""# Embedded ShapesWorld RAHF (`{out.name}`, {variant.replace('_', '-')} variant)
 
 RAHF (Rich Automatic Human Feedback; ViT image tokens and T5 text tokens fused by one T5 encoder, heads for the
 implausibility and misalignment heatmaps and the plausibility, alignment, aesthetics and overall scores, and a T5
-decoder that marks misaligned prompt words) at the `shapes` size: 64x64 images, 8x8 patches, {params:,} parameters.
-It is the default heatmap and score model of richfeedback on ShapesWorld (`rahf:plausibility`, `inpaint-fix`, ...).
+decoder that marks misaligned prompt words) at the `shapes` size: 64x64 images, 8x8 patches, {params:,} parameters;
+{variant_text}.
+{"It is the default heatmap and score model of richfeedback on ShapesWorld (`rahf:plausibility`, `inpaint-fix`, ...)."
+ if default else "The default embedded model is the multi-head `rahf-shapes`; this one is for comparison."}
 
 ```python
-from richfeedback.reward_models.rahf.predict import load_rahf, predict
-model, processor = load_rahf()          # this folder
+from richfeedback.reward_models.rahf.predict import EMBEDDED_RAHF, load_rahf, predict
+model, processor = {usage}
 results = predict(model, processor, images, prompts)
 ```
 

@@ -88,3 +88,20 @@ def test_shapesworld_tokenizer_round_trips_marked_prompts_and_matches_the_embedd
         assert shipped(text).input_ids == embedded(text).input_ids
         for tokenizer in (shipped, fresh):
             assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text
+
+
+def test_a_multi_head_model_starts_the_augmented_variant_with_its_shared_weights_and_heads(tiny_rahf_dir):
+    from richfeedback.reward_models.rahf.modeling import RAHFModel, with_variant
+
+    multi = RAHFModel.from_pretrained(tiny_rahf_dir)
+    augmented = with_variant(multi, "augmented_prompt")
+    assert augmented.config.variant == "augmented_prompt" and multi.config.variant == "multi_head"
+    a, m = augmented.state_dict(), multi.state_dict()
+    assert all(torch.equal(a[k], m[k]) for k in a if not k.startswith(("heatmap_predictor.", "score_predictor.")))
+    assert all(torch.equal(a[k], m[k.replace("heatmap_predictor.", "heatmap_predictor.implausibility.")])
+               for k in a if k.startswith("heatmap_predictor."))
+    assert all(torch.equal(a[k], m[k.replace("score_predictor.", "score_predictor.overall.")])
+               for k in a if k.startswith("score_predictor."))
+    assert with_variant(augmented, "augmented_prompt") is augmented
+    with pytest.raises(ValueError, match="only multi_head -> augmented_prompt"):
+        with_variant(augmented, "multi_head")

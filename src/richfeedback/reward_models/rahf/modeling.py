@@ -205,3 +205,30 @@ class RAHFModel(RAHFPreTrainedModel):
         return self.t5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=output.text_hidden_states),
                                 attention_mask=output.text_attention_mask,
                                 max_new_tokens=max_new_tokens or self.config.max_new_tokens, do_sample=False)
+
+
+def with_variant(model: RAHFModel, variant: str) -> RAHFModel:
+    """A copy of a multi-head `model` as the augmented-prompt variant (or the same model if it already is one).
+
+    Every shared weight (ViT, projection, T5 encoder and decoder) is copied; the augmented variant's one heatmap head
+    and one score head start from the multi-head implausibility and overall heads. Used to start training the
+    augmented-prompt variant from a trained multi-head model instead of from scratch.
+    """
+    if model.config.variant == variant:
+        return model
+    if (model.config.variant, variant) != ("multi_head", "augmented_prompt"):
+        raise ValueError(f"cannot turn a {model.config.variant} RAHF into {variant}: only multi_head -> "
+                         "augmented_prompt is defined (the multi-head model has a head for every output)")
+    config = RAHFConfig.from_dict({**model.config.to_dict(), "variant": variant})
+    new = RAHFModel(config)
+    source = model.state_dict()
+    mapped = {}
+    for key in new.state_dict():
+        if key.startswith("heatmap_predictor."):
+            mapped[key] = source["heatmap_predictor.implausibility." + key[len("heatmap_predictor."):]]
+        elif key.startswith("score_predictor."):
+            mapped[key] = source["score_predictor.overall." + key[len("score_predictor."):]]
+        else:
+            mapped[key] = source[key]
+    new.load_state_dict(mapped, strict=True)
+    return new

@@ -28,7 +28,7 @@ from ...training_utils import latest_checkpoint, load_config as load_yaml_config
 from ...training_utils import add_training_arguments, training_main
 from ...training_utils import save_checkpoint as save_training_state
 from .configuration import HEATMAP_NAMES, SCORE_NAMES, RAHFConfig
-from .modeling import RAHFModel
+from .modeling import RAHFModel, with_variant
 
 DEFAULTS = {
     "seed": 0,
@@ -62,7 +62,8 @@ def build_model(cfg: dict):
 
     init = cfg["model"].get("init")
     if init and Path(init).is_dir():
-        model = RAHFModel.from_pretrained(init)
+        # a multi-head model can start the augmented-prompt variant (shared weights copied; see with_variant)
+        model = with_variant(RAHFModel.from_pretrained(init), cfg["model"]["variant"])
         tokenizer = load_tokenizer(model.config, init)
     elif init:
         model = load_public_checkpoint(init, size=cfg["model"]["size"])
