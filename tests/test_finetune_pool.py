@@ -80,13 +80,13 @@ def test_a_killed_pool_generate_resumes_without_redoing_or_losing_images(tmp_pat
 
 
 def test_scores_are_added_per_model_and_rescoring_skips_scored_images(pool):
-    counts = score_pool(pool, [("oracle", None)], progress=False)
+    counts = score_pool(pool, ["oracle"], progress=False)
     assert counts == {"oracle": 12}
     rows = read_pool(pool)
     assert all({"oracle:prompt_correct", "oracle:word_accuracy", "oracle:artifact_free", "oracle:quality"}
                <= set(r["scores"]) for r in rows)
     assert all(0.0 <= r["scores"]["oracle:word_accuracy"] <= 1.0 for r in rows)
-    assert score_pool(pool, [("oracle", None)], progress=False) == {"oracle": 0}
+    assert score_pool(pool, ["oracle"], progress=False) == {"oracle": 0}
     assert scores_file(pool, "rahf:alignment").name == "rahf_alignment.jsonl"
 
 
@@ -156,7 +156,7 @@ def test_a_missing_score_names_the_pool_score_command():
 
 
 def test_filter_writes_an_imagefolder_dataset_that_datasets_loads(pool, tmp_path):
-    score_pool(pool, [("oracle", None)], progress=False)
+    score_pool(pool, ["oracle"], progress=False)
     report = filter_pool(pool, tmp_path / "data", FilterPolicy(policy="topk", score="oracle:quality", k=2))
     assert report["kept_positive"] == 6 and report["kept_prompts"] == 3
     import datasets
@@ -167,3 +167,13 @@ def test_filter_writes_an_imagefolder_dataset_that_datasets_loads(pool, tmp_path
     assert data[0]["image"].size == (64, 64)
     with pytest.raises(FileExistsError):
         filter_pool(pool, tmp_path / "data", FilterPolicy(policy="topk", score="oracle:quality"))
+
+
+def test_model_specs_name_weights_and_an_adapter_whose_scores_get_their_own_column():
+    from richfeedback.reward_models.cli import parse_model_specs
+
+    plain, adapted = parse_model_specs(["pickscore=w/ps", "pickscore=w/ps,adapter=runs/adapter-ps/best"])
+    assert (plain.name, plain.weights, plain.adapter, plain.column) == ("pickscore", "w/ps", None, "pickscore")
+    assert (adapted.adapter, adapted.column) == ("runs/adapter-ps/best", "pickscore+best")
+    with pytest.raises(UsageError, match="given twice"):
+        parse_model_specs(["pickscore", "pickscore=other"])

@@ -43,13 +43,13 @@ def cmd_pool_generate(args) -> None:
 
 
 def cmd_pool_score(args) -> None:
-    from ..reward_models.cli import parse_model_specs
+    from ..reward_models.cli import ModelSpec, parse_model_specs
     from .pool import ORACLE, read_pool, score_pool
 
     specs = [s for s in args.model if s.partition("=")[0] != ORACLE]
     models = parse_model_specs(specs)
     if len(specs) < len(args.model):
-        models.append((ORACLE, None))
+        models.append(ModelSpec(ORACLE))
     counts = score_pool(args.pool, models, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     rows = read_pool(args.pool)
     names = sorted({k for r in rows for k in r["scores"]})
@@ -102,8 +102,9 @@ def add_pool_command(subparsers) -> None:
 
     p = sub.add_parser("score", help="add reward model scores to every pool image (resumable)")
     p.add_argument("pool")
-    p.add_argument("--model", action="append", required=True, metavar="NAME[=WEIGHTS]",
-                   help="a reward model (repeatable); 'oracle' scores ShapesWorld pools with the exact oracle")
+    p.add_argument("--model", action="append", required=True, metavar="NAME[=WEIGHTS][,adapter=DIR]",
+                   help="a reward model NAME[=WEIGHTS][,adapter=DIR] (repeatable); 'oracle' scores ShapesWorld "
+                        "pools with the exact oracle")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))

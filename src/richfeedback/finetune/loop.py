@@ -116,11 +116,10 @@ def run_loop(cfg: dict, stages: tuple[str, ...] = STAGES, config_dir: Optional[P
                       batch_size=p["batch_size"], device=p["device"], **p["sampling"])
     if "score" in stages:
         s = cfg["score"]
-        models = [(m.partition("=")[0], m.partition("=")[2] or None) for m in s["models"]]
-        if not models:
+        if not s["models"]:
             raise UsageError("score.models is empty: list the reward models to score the pool with")
-        print(f"== score: {', '.join(name for name, _ in models)}")
-        score_pool(paths["pool"], models, batch_size=s["batch_size"], device=s["device"], dtype=s["dtype"])
+        print(f"== score: {', '.join(s['models'])}")
+        score_pool(paths["pool"], s["models"], batch_size=s["batch_size"], device=s["device"], dtype=s["dtype"])
     if "filter" in stages:
         policy = FilterPolicy(**cfg["filter"])
         report_path = paths["data"] / REPORT

@@ -170,9 +170,10 @@ def _score_with_oracle(prompts: list[str], images: list) -> list[dict]:
     return out
 
 
-def score_pool(pool_dir: str | os.PathLike, models: Sequence[tuple[str, Optional[str]]], batch_size: int = 32,
-               device: str = "cpu", dtype: str = "fp32", progress: bool = True) -> dict[str, int]:
-    """Score every image of the pool with each (name, weights) reward model; images already scored are skipped.
+def score_pool(pool_dir: str | os.PathLike, models: Sequence, batch_size: int = 32, device: str = "cpu",
+               dtype: str = "fp32", progress: bool = True) -> dict[str, int]:
+    """Score every image of the pool with each reward model (`ModelSpec`s of `richfeedback.reward_models.cli`, or
+    "NAME[=WEIGHTS][,adapter=DIR]" strings); images already scored are skipped.
 
     The name "oracle" runs the ShapesWorld oracle and writes four scores (see ORACLE_SCORES). Returns the number of
     images newly scored per model.
@@ -180,22 +181,25 @@ def score_pool(pool_dir: str | os.PathLike, models: Sequence[tuple[str, Optional
     from tqdm.auto import tqdm
 
     from ..imaging import load_rgb
-    from ..reward_models.registry import load_reward_model
+    from ..reward_models.cli import ModelSpec, parse_model_specs
 
+    specs = [m if isinstance(m, ModelSpec) else ModelSpec(ORACLE) if m == ORACLE else parse_model_specs([m])[0]
+             for m in models]
     rows = read_pool(pool_dir)
     if not rows:
         raise UsageError(f"{pool_dir} has no images yet; run `richfeedback pool generate` first")
     (Path(pool_dir) / SCORES_DIR).mkdir(exist_ok=True)
     counts = {}
-    for name, weights in models:
-        key = ORACLE_SCORES[0] if name == ORACLE else name
+    for spec in specs:
+        column = spec.column
+        key = ORACLE_SCORES[0] if spec.name == ORACLE else column
         todo = [r for r in rows if key not in r["scores"]]
-        counts[name] = len(todo)
+        counts[column] = len(todo)
         if not todo:
             continue
-        model = None if name == ORACLE else load_reward_model(name, weights, device=device, dtype=dtype)
-        with open(scores_file(pool_dir, name), "a") as f, tqdm(total=len(todo), desc=f"score {name}",
-                                                                 disable=not progress) as bar:
+        model = None if spec.name == ORACLE else spec.load(device, dtype)
+        with open(scores_file(pool_dir, column), "a") as f, tqdm(total=len(todo), desc=f"score {column}",
+                                                                   disable=not progress) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
                 images = [load_rgb(r["path"]) for r in batch]
@@ -203,7 +207,7 @@ def score_pool(pool_dir: str | os.PathLike, models: Sequence[tuple[str, Optional
                 if model is None:
                     values = _score_with_oracle(prompts, images)
                 else:
-                    values = [{name: float(s)} for s in model.score(prompts, images)]
+                    values = [{column: float(s)} for s in model.score(prompts, images)]
                 for row, value in zip(batch, values):
                     f.write(json.dumps({"file_name": row["file_name"], "scores": value}) + "\n")
                 f.flush()

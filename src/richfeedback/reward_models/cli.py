@@ -7,8 +7,9 @@ Images: files and/or folders (a folder's images, sorted by name). Prompts: --pro
 FILE (one line per image in order, or JSONL rows with "file_name" and "prompt"), or by default the manifest.jsonl
 that `richfeedback generate` writes into its folder. Prompt-free models (aesthetic) need none.
 
---model NAME[=WEIGHTS]: WEIGHTS is a file, a folder with the official files, or a hub id; without it the model's
-folder under ~/.cache/richfeedback/weights (or $RICHFEEDBACK_WEIGHTS), then its hub repository.
+--model NAME[=WEIGHTS][,adapter=DIR]: WEIGHTS is a file, a folder with the official files, or a hub id; without it
+the model's folder under ~/.cache/richfeedback/weights (or $RICHFEEDBACK_WEIGHTS), then its hub repository. DIR is a
+reward adapter (`richfeedback adapter train`); its scores are named NAME+ADAPTER_FOLDER.
 
 An unreadable image is reported on stderr and skipped; the rest are scored.
 """
@@ -16,6 +17,7 @@ An unreadable image is reported on stderr and skipped; the rest are scored.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -33,8 +35,9 @@ def add_score_command(subparsers) -> argparse.ArgumentParser:
     prompts = p.add_mutually_exclusive_group()
     prompts.add_argument("--prompt", help="the prompt of every image")
     prompts.add_argument("--prompts", help="one prompt per line per image, or JSONL with file_name and prompt")
-    p.add_argument("--model", action="append", required=True, metavar="NAME[=WEIGHTS]",
-                   help=f"a reward model (repeatable): {', '.join(list_reward_models())}")
+    p.add_argument("--model", action="append", required=True, metavar="NAME[=WEIGHTS][,adapter=DIR]",
+                   help=f"a reward model (repeatable): {', '.join(list_reward_models())}; ',adapter=DIR' applies "
+                        "a reward adapter of `richfeedback adapter train`")
     p.add_argument("--out", required=True, help="JSONL to write: image, prompt and every model's score")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
@@ -66,17 +69,40 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def parse_model_specs(specs: list[str]) -> list[tuple[str, str | None]]:
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """`NAME[=WEIGHTS][,adapter=DIR]`: a registered reward model, its weights, and a reward adapter to apply."""
+
+    name: str
+    weights: str | None = None
+    adapter: str | None = None
+
+    @property
+    def column(self) -> str:
+        """The score's name in outputs: the model's, and the adapter folder's when there is one."""
+        return self.name if self.adapter is None else f"{self.name}+{Path(self.adapter).name}"
+
+    def load(self, device: str = "cpu", dtype: str = "fp32", **options):
+        from .registry import load_reward_model
+
+        extra = {"adapter": self.adapter} if self.adapter is not None else {}
+        return load_reward_model(self.name, self.weights, device=device, dtype=dtype, **extra, **options)
+
+
+def parse_model_specs(specs: list[str]) -> list[ModelSpec]:
     from .registry import list_reward_models
 
-    models = []
+    models: list[ModelSpec] = []
     for spec in specs:
-        name, _, weights = spec.partition("=")
+        model, _, adapter = spec.partition(",adapter=")
+        name, _, weights = model.partition("=")
         if name not in list_reward_models():
             raise _usage_error(f"unknown model {name!r} in --model {spec}; known: {', '.join(list_reward_models())}")
-        if any(name == seen for seen, _ in models):
-            raise _usage_error(f"--model {name} is given twice; each model is one column of the output")
-        models.append((name, os.path.expanduser(weights) if weights else None))
+        parsed = ModelSpec(name, os.path.expanduser(weights) if weights else None,
+                           os.path.expanduser(adapter) if adapter else None)
+        if any(parsed.column == seen.column for seen in models):
+            raise _usage_error(f"--model {spec} is given twice; each model is one column of the output")
+        models.append(parsed)
     return models
 
 
@@ -142,12 +168,11 @@ def _match_by_file_name(rows: list[dict], paths: list[Path], source: Path) -> li
     return [by_name[p.name] for p in paths]
 
 
-def load_models(specs, device: str, dtype: str) -> dict:
-    """Each model once. Missing or unusable weights raise WeightsNotFoundError (a FileNotFoundError) or
-    CheckpointError (a ValueError), which `richfeedback`'s main prints as one line, like a usage error."""
-    from .registry import load_reward_model
-
-    return {name: load_reward_model(name, weights, device=device, dtype=dtype) for name, weights in specs}
+def load_models(specs: list[ModelSpec], device: str, dtype: str) -> dict:
+    """Each model once, by output column. Missing or unusable weights raise WeightsNotFoundError (a
+    FileNotFoundError) or CheckpointError (a ValueError), which `richfeedback`'s main prints as one line, like a
+    usage error."""
+    return {spec.column: spec.load(device, dtype) for spec in specs}
 
 
 def cmd_score(args) -> None:
