@@ -122,11 +122,12 @@ def read_manifest(out_dir: str | os.PathLike) -> list[dict]:
 
 
 def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_dir: str | os.PathLike,
-                       batch_size: int = 8, device: str = "cpu", progress: bool = True, pipe=None,
+                       batch_size: int = 8, device: str = "cpu", progress=True, pipe=None,
                        guidance=None, **sampling) -> Path:
     """Generate every job into `out_dir` (PNG files + manifest.jsonl); jobs already in the manifest are skipped.
 
     `pipe`: an already loaded pipeline for `model` (callers writing many folders load it once).
+    `progress`: show a progress bar, or a tqdm bar of the caller's to advance (one bar over many folders).
     `guidance`: a `richfeedback.guidance.RewardGuidance`; its settings go into each manifest row as "guidance".
     """
     from PIL import Image
@@ -151,7 +152,9 @@ def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_
         return out
     settings = {**pipeline_defaults(model), **{k: v for k, v in sampling.items() if v is not None}}
     pipe = pipe if pipe is not None else load_pipeline(model, device=device)
-    with open(out / MANIFEST, "a") as manifest, tqdm(total=len(todo), desc="generate", disable=not progress) as bar:
+    own_bar = not hasattr(progress, "update")
+    bar = tqdm(total=len(todo), desc="generate", disable=not progress) if own_bar else progress
+    with open(out / MANIFEST, "a") as manifest:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             images = generate_images(pipe, [j.prompt for j in batch], [j.seed for j in batch], guidance=guidance,
@@ -166,4 +169,6 @@ def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_
             manifest.flush()
             os.fsync(manifest.fileno())
             bar.update(len(batch))
+    if own_bar:
+        bar.close()
     return out

@@ -81,6 +81,8 @@ def generate_pool(model: Optional[str], prompts: Sequence[str], out_dir: str | o
     `process_index`/`num_processes` split the shards between processes (accelerate's values); every process must be
     given the same arguments.
     """
+    from tqdm.auto import tqdm
+
     from ..generation import load_pipeline, pipeline_defaults
 
     if n < 1:
@@ -102,17 +104,22 @@ def generate_pool(model: Optional[str], prompts: Sequence[str], out_dir: str | o
     jobs = plan_jobs(prompts, n, seed)
     per_shard = shard_size * n
     shards = range(process_index, (len(prompts) + shard_size - 1) // shard_size, num_processes)
-    pipe = None
+    todo = []
     for shard in shards:
         shard_jobs = jobs[shard * per_shard:(shard + 1) * per_shard]
         shard_dir = out / shard_name(shard)
         done = {(r["prompt"], r["seed"]) for r in read_manifest(shard_dir) if (shard_dir / r["file_name"]).exists()}
-        if all((j.prompt, j.seed) in done for j in shard_jobs):
-            continue
-        if pipe is None:  # loaded only when some shard still has work
-            pipe = load_pipeline(model, device=device)
-        generate_to_folder(model, shard_jobs, shard_dir, batch_size=batch_size, device=device, progress=progress,
-                           pipe=pipe, **sampling)
+        missing = [j for j in shard_jobs if (j.prompt, j.seed) not in done]
+        if missing:
+            todo.append((shard_dir, shard_jobs, len(missing)))
+    if not todo:
+        return out
+    pipe = load_pipeline(model, device=device)  # loaded only when some shard still has work
+    with tqdm(total=sum(m for _, _, m in todo), desc=f"pool generate (process {process_index})",
+              disable=not progress) as bar:
+        for shard_dir, shard_jobs, _ in todo:
+            generate_to_folder(model, shard_jobs, shard_dir, batch_size=batch_size, device=device, progress=bar,
+                               pipe=pipe, **sampling)
     return out
 
 
