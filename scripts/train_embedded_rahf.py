@@ -125,7 +125,8 @@ results = predict(model, processor, images, prompts)
   Shipped: the last stage's best dev checkpoint by the reference's selection metric (step {best_dev['step']} of that
   stage, dev avg_metric {best_dev['avg_metric']:.3f}).
 - Time: {sum(stage_seconds) / 60:.0f} min of training on 2 CPU threads shared with other jobs (a dev evaluation per
-  epoch included); about 0.65 s per step of 32 when the machine is otherwise idle.
+  epoch included); on an otherwise idle machine about 0.65 s per step of 32 for the multi-head variant and
+  1.1 s for the augmented-prompt one (its encoder runs once per task).
 
 ## Test split
 
