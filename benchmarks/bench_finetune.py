@@ -14,12 +14,14 @@ Targets (issue 5): held-out full-prompt accuracy +15 points, artifact rate no wo
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from richfeedback.finetune.loop import load_loop_config, run_loop
+from richfeedback.finetune.train import LORA_INFO
 from richfeedback.generation import EMBEDDED_DEFAULTS, generate_images, load_pipeline
 from richfeedback.shapesworld.evaluate import PROTOCOL_PROMPT_SEED, diversity
 from richfeedback.shapesworld.oracle import evaluate, summarize
@@ -38,12 +40,15 @@ def quick_overrides(name: str) -> list[str]:
             "train.optim.batch_size=8", "train.validation.every_steps=20", "train.checkpoint_every_steps=20"]
 
 
-def evaluate_system(pipe, prompts: list[str], seeds: int, rahf) -> dict:
+def evaluate_system(pipe, prompts: list[str], seeds: int, rahf, negative_prompt: str | None = None) -> dict:
+    """Oracle summary, diversity and mean RAHF scores of `seeds` images per prompt; `negative_prompt` is the one a
+    LoRA trained with align_sd negatives records (richfeedback_lora.json)."""
     jobs = [(p, s) for p in prompts for s in range(seeds)]
     reports, scores = [], {}
     for i in range(0, len(jobs), 32):
         batch = jobs[i:i + 32]
-        images = generate_images(pipe, [p for p, _ in batch], [s for _, s in batch], **EMBEDDED_DEFAULTS)
+        extra = {"negative_prompt": [negative_prompt] * len(batch)} if negative_prompt else {}
+        images = generate_images(pipe, [p for p, _ in batch], [s for _, s in batch], **EMBEDDED_DEFAULTS, **extra)
         reports += [evaluate(p, image) for (p, _), image in zip(batch, images)]
         for name, values in rahf.all_scores([p for p, _ in batch], images).items():
             scores.setdefault(name, []).extend(values.tolist())
@@ -68,11 +73,13 @@ def run(quick: bool = False) -> dict:
     results: dict[str, dict] = {}
     for system, lora in systems.items():
         pipe = load_pipeline("embedded")
+        negative = None
         if lora is not None:
             pipe.load_lora_weights(str(lora))
+            negative = json.loads((Path(lora) / LORA_INFO).read_text()).get("negative_prompt")
         for split in ("train", "heldout"):
             prompts = sample_prompts(n_prompts, seed=PROTOCOL_PROMPT_SEED, split=split)
-            results[f"{system}/{split}"] = evaluate_system(pipe, prompts, n_seeds, rahf)
+            results[f"{system}/{split}"] = evaluate_system(pipe, prompts, n_seeds, rahf, negative)
     rows = []
     for key, r in results.items():
         system, split = key.split("/")

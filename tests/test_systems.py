@@ -97,3 +97,21 @@ def test_guidance_at_scale_zero_reproduces_the_unguided_images(tmp_path):
                            progress=False, sampling=FAST)
     key = (JOBS[0].prompt, JOBS[0].seed)
     assert np.array_equal(load_rgb(base[key]), load_rgb(guided[key]))
+
+
+def test_a_lora_trained_with_negatives_is_sampled_with_its_negative_prompt(tmp_path, lora_dir):
+    import shutil
+
+    from richfeedback.eval.systems import lora_sampling, parse_system
+
+    folder = tmp_path / "with-negatives"
+    shutil.copytree(lora_dir, folder)
+    assert lora_sampling(parse_system(f"embedded,lora={folder}")) == {}
+    (folder / "richfeedback_lora.json").write_text(json.dumps({"negative_prompt": "Weird image."}))
+    assert lora_sampling(parse_system(f"embedded,lora={folder}")) == {"negative_prompt": "Weird image."}
+    plain = render_system(f"embedded,lora={lora_dir}", JOBS[:1], tmp_path / "a", progress=False, sampling=FAST)
+    negative = render_system(f"embedded,lora={folder}", JOBS[:1], tmp_path / "b", progress=False, sampling=FAST)
+    key = (JOBS[0].prompt, JOBS[0].seed)
+    assert np.abs(load_rgb(plain[key]).astype(int) - load_rgb(negative[key]).astype(int)).max() > 0
+    row = json.loads((tmp_path / "b" / "manifest.jsonl").read_text().splitlines()[0])
+    assert row["negative_prompt"] == "Weird image."

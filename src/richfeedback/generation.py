@@ -100,6 +100,8 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], guidance
 
     `guidance`: a `richfeedback.guidance.RewardGuidance` steering the sampling (None or scale 0: unguided, exactly).
     """
+    if isinstance(sampling.get("negative_prompt"), str):  # one negative prompt for all (diffusers wants a list)
+        sampling["negative_prompt"] = [sampling["negative_prompt"]] * len(prompts)
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     # Initial latents are drawn on the CPU per image so results match across devices and batch sizes.
     with guidance.attach(pipe, list(prompts)) if guidance is not None else contextlib.nullcontext():

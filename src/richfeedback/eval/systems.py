@@ -126,6 +126,16 @@ def load_system_pipeline(spec: SystemSpec, device: str = "cpu"):
     return pipe
 
 
+def lora_sampling(spec: SystemSpec) -> dict:
+    """Sampling settings a LoRA asks for: the negative prompt of one trained with align_sd negatives ("Weird
+    image."), recorded in its richfeedback_lora.json by `richfeedback.finetune.train`."""
+    if spec.lora is None:
+        return {}
+    info = Path(spec.lora) / "richfeedback_lora.json"
+    negative = json.loads(info.read_text()).get("negative_prompt") if info.is_file() else None
+    return {"negative_prompt": negative} if negative else {}
+
+
 def _write_manifest_row(manifest, row: dict) -> None:
     manifest.write(json.dumps(row) + "\n")
     manifest.flush()
@@ -171,9 +181,10 @@ def render_system(spec: SystemSpec | str, jobs: Sequence[GenerationJob], out_dir
     elif todo:
         # generate_to_folder does the batching, the seeded generators and the resumable manifest.
         guidance = load_guidance_for(spec, device=device)
+        sampling = {**lora_sampling(spec), **(sampling or {})}
         generate_to_folder(spec.base, todo, out, batch_size=batch_size, device=device, progress=progress,
                            pipe=load_system_pipeline(spec, device=device),
-                           **({} if guidance is None else {"guidance": guidance}), **(sampling or {}))
+                           **({} if guidance is None else {"guidance": guidance}), **sampling)
         done.update({(r["prompt"], int(r["seed"])): out / r["file_name"] for r in read_manifest(out)})
     return {(j.prompt, j.seed): done[(j.prompt, j.seed)] for j in jobs}
 
