@@ -84,6 +84,26 @@ def _labels_text(labels: Sequence[int]) -> str:
     return " ".join(str(int(v)) for v in labels)
 
 
+def richhf_columns(pixels: np.ndarray, prompt: str, filename: str, labels) -> dict:
+    """The RichHF-18K columns of one image and its consolidated labels, as youweiliang/RichHF's get_dataset.py stores
+    them (shared by the synthetic examples and by feedback on generated images)."""
+    words = prompt_words(prompt)
+    return {
+        "image": Image.fromarray(pixels),
+        "prompt": prompt,
+        "filename": filename,
+        "aesthetics_score": labels.scores["aesthetics"],
+        "artifact_score": labels.scores["plausibility"],
+        "misalignment_score": labels.scores["alignment"],
+        "overall_score": labels.scores["overall"],
+        "artifact_map": _heatmap_image(labels.artifact_map),
+        "misalignment_map": _heatmap_image(labels.misalignment_map),
+        "prompt_misalignment_label": _labels_text(labels.word_labels),
+        "clean_prompt": " ".join(words),
+        "labeled_prompt": metrics.labeled_prompt(words, labels.word_labels),
+    }
+
+
 def make_example(split: str, index: int, size: int = 64, rater_config: RaterConfig = RaterConfig()) -> dict:
     """One labelled example, a pure function of (split, index, size, rater_config); see `FEATURES` for its fields.
 
@@ -122,7 +142,6 @@ def make_example(split: str, index: int, size: int = 64, rater_config: RaterConf
     labels = consolidate(annotations, size, rater_config.disk_radius)
 
     prompt = scene.prompt.text
-    words = prompt_words(prompt)
     true_artifact_region = np.zeros((size, size), dtype=bool)
     for a in artifacts:
         true_artifact_region |= a.region
@@ -133,18 +152,7 @@ def make_example(split: str, index: int, size: int = 64, rater_config: RaterConf
                  (True, True): "both"}[(bool(artifacts), bool(misalignments))]
 
     return {
-        "image": Image.fromarray(pixels),
-        "prompt": prompt,
-        "filename": f"shapesworld/{split}/{index:06d}.png",
-        "aesthetics_score": labels.scores["aesthetics"],
-        "artifact_score": labels.scores["plausibility"],
-        "misalignment_score": labels.scores["alignment"],
-        "overall_score": labels.scores["overall"],
-        "artifact_map": _heatmap_image(labels.artifact_map),
-        "misalignment_map": _heatmap_image(labels.misalignment_map),
-        "prompt_misalignment_label": _labels_text(labels.word_labels),
-        "clean_prompt": " ".join(words),
-        "labeled_prompt": metrics.labeled_prompt(words, labels.word_labels),
+        **richhf_columns(pixels, prompt, f"shapesworld/{split}/{index:06d}.png", labels),
         "condition": condition,
         "artifact_kinds": [a.kind for a in artifacts],
         "misalignment_kinds": [m.kind for m in misalignments],

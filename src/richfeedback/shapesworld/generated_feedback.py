@@ -31,17 +31,15 @@ from typing import Sequence
 
 import datasets
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
 from ..dataset_io import refuse_non_empty, save_dataset_atomically
-from ..eval import metrics
-from .dataset import FEATURES, SPLIT_IDS, _heatmap_image, _labels_text, _json_safe
+from .dataset import FEATURES, SPLIT_IDS, _heatmap_image, _labels_text, _json_safe, richhf_columns
 from .oracle import OracleConfig, evaluate, judge_words
 from .raters import RATER_FIELDS, RaterConfig, annotations_to_record, consolidate, ground_truth, rater_agreement, \
     simulate_raters
-from .scene import Scene, parse_prompt, prompt_words
+from .scene import Scene, parse_prompt
 
 # Rater-noise streams of generated images start here; the synthetic dataset uses SPLIT_IDS (0, 1, 2).
 SEED_STREAM = 100
@@ -83,21 +81,9 @@ def label_generated_image(prompt: str, image, split: str, seed: int, file_name: 
     rng = np.random.default_rng([SEED_STREAM + SPLIT_IDS[split], int(seed)])
     annotations = simulate_raters(truth, rng, rater_config)
     labels = consolidate(annotations, size, rater_config.disk_radius)
-    words = prompt_words(prompt)
     unmet = [w.kind for w in report.words if not w.satisfied and w.kind != "other"]
     return {
-        "image": Image.fromarray(pixels),
-        "prompt": prompt,
-        "filename": f"generated/{split}/{file_name or f'{int(seed):08d}.png'}",
-        "aesthetics_score": labels.scores["aesthetics"],
-        "artifact_score": labels.scores["plausibility"],
-        "misalignment_score": labels.scores["alignment"],
-        "overall_score": labels.scores["overall"],
-        "artifact_map": _heatmap_image(labels.artifact_map),
-        "misalignment_map": _heatmap_image(labels.misalignment_map),
-        "prompt_misalignment_label": _labels_text(labels.word_labels),
-        "clean_prompt": " ".join(words),
-        "labeled_prompt": metrics.labeled_prompt(words, labels.word_labels),
+        **richhf_columns(pixels, prompt, f"generated/{split}/{file_name or f'{int(seed):08d}.png'}", labels),
         "condition": _condition(report.has_artifact, not report.prompt_correct),
         "artifact_kinds": ["generated"] * len(artifacts),
         "misalignment_kinds": unmet + ["extra_object"] * len(extras),
