@@ -79,11 +79,25 @@ class WeightedReward(torch.nn.Module):
         return sum(w * m.score(prompts if m.needs_prompt else None, images) for w, m in zip(self.weights, self.models))
 
 
-def load_reward(spec: str, *, device="cpu", dtype="fp32", max_batch_size: int = 32, **options):
-    """The reward of `spec`: a `RewardModel` for a single unweighted name, else a `WeightedReward`."""
+def load_reward(spec: str, *, device="cpu", dtype="fp32", max_batch_size: int = 32, rahf=None, **options):
+    """The reward of `spec`: a `RewardModel` for a single unweighted name, else a `WeightedReward`.
+
+    RAHF's four scores come from one model: the `rahf:*` terms with the same weights share one loaded model (and
+    `rahf`, an already loaded `RAHFReward` for the default weights, e.g. inpaint-fix's heatmap model, is reused).
+    """
     terms = parse_reward_spec(spec)
-    models = [load_reward_model(t.name, weights=t.weights, device=device, dtype=dtype,
-                                max_batch_size=max_batch_size, **options) for t in terms]
+    loaded_rahf = {None: rahf} if rahf is not None else {}
+    models = []
+    for t in terms:
+        score = t.name.partition("rahf:")[2] if t.name.startswith("rahf:") else None
+        if score and not options and t.weights in loaded_rahf:
+            models.append(loaded_rahf[t.weights].for_score(score))
+            continue
+        model = load_reward_model(t.name, weights=t.weights, device=device, dtype=dtype,
+                                  max_batch_size=max_batch_size, **options)
+        if score and not options:
+            loaded_rahf[t.weights] = model
+        models.append(model)
     if len(terms) == 1 and terms[0].weight == 1.0:
         return models[0]
     return WeightedReward([(t.weight, m) for t, m in zip(terms, models)], name=spec_of(terms))

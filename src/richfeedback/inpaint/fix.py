@@ -109,7 +109,9 @@ class InpaintFixer:
         pipe = load_inpaint_pipeline(inpaint_model, device=device, dtype=dtype)
         # Any RAHF score head serves: only its heatmaps and all_scores are used.
         rahf = load_reward_model("rahf:plausibility", weights=heatmap_model, device=device, size=heatmap_size)
-        return cls(pipe, rahf, load_selection_reward(reward, device=device), settings)
+        # the embedded RAHF also serves a rahf:* selection reward: loaded once
+        reward_model = load_selection_reward(reward, device=device, rahf=rahf if heatmap_model is None else None)
+        return cls(pipe, rahf, reward_model, settings)
 
     def predict_heatmap(self, prompt: str, image: np.ndarray) -> np.ndarray:
         heat = self.heatmap_model.heatmaps([prompt], [image])[self.settings.heatmap][0].numpy()

@@ -16,11 +16,13 @@ import numpy as np
 DEFAULT_REWARD = "rahf:plausibility"
 
 
-def load_selection_reward(spec: Optional[str] = None, *, device="cpu", dtype="fp32", max_batch_size: int = 32):
-    """The reward of `spec` (None: rahf:plausibility) with a `.score(prompts, images)` and a `.name`."""
+def load_selection_reward(spec: Optional[str] = None, *, device="cpu", dtype="fp32", max_batch_size: int = 32,
+                          rahf=None):
+    """The reward of `spec` (None: rahf:plausibility) with a `.score(prompts, images)` and a `.name`; `rahf`, an
+    already loaded embedded RAHF, serves its rahf:* terms."""
     from ..guidance.rewards import load_reward
 
-    return load_reward(spec or DEFAULT_REWARD, device=device, dtype=dtype, max_batch_size=max_batch_size)
+    return load_reward(spec or DEFAULT_REWARD, device=device, dtype=dtype, max_batch_size=max_batch_size, rahf=rahf)
 
 
 @dataclasses.dataclass

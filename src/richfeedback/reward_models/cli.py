@@ -82,6 +82,14 @@ class ModelSpec:
         """The score's name in outputs: the model's, and the adapter folder's when there is one."""
         return self.name if self.adapter is None else f"{self.name}+{Path(self.adapter).name}"
 
+    @classmethod
+    def parse(cls, spec: str) -> "ModelSpec":
+        """Split `NAME[=WEIGHTS][,adapter=DIR]` (the name is not checked against the registry here)."""
+        model, _, adapter = spec.partition(",adapter=")
+        name, _, weights = model.partition("=")
+        return cls(name, os.path.expanduser(weights) if weights else None,
+                   os.path.expanduser(adapter) if adapter else None)
+
     def load(self, device: str = "cpu", dtype: str = "fp32", **options):
         from .registry import load_reward_model
 
@@ -94,12 +102,10 @@ def parse_model_specs(specs: list[str]) -> list[ModelSpec]:
 
     models: list[ModelSpec] = []
     for spec in specs:
-        model, _, adapter = spec.partition(",adapter=")
-        name, _, weights = model.partition("=")
-        if name not in list_reward_models():
-            raise _usage_error(f"unknown model {name!r} in --model {spec}; known: {', '.join(list_reward_models())}")
-        parsed = ModelSpec(name, os.path.expanduser(weights) if weights else None,
-                           os.path.expanduser(adapter) if adapter else None)
+        parsed = ModelSpec.parse(spec)
+        if parsed.name not in list_reward_models():
+            raise _usage_error(f"unknown model {parsed.name!r} in --model {spec}; known: "
+                               f"{', '.join(list_reward_models())}")
         if any(parsed.column == seen.column for seen in models):
             raise _usage_error(f"--model {spec} is given twice; each model is one column of the output")
         models.append(parsed)

@@ -140,19 +140,21 @@ def run_auto(ab_dir: str | os.PathLike, models: Sequence[str], tie_margin: float
              progress: bool = True) -> dict[str, dict]:
     """Rate every pair with each model ("oracle", or a reward model NAME[=WEIGHTS][,adapter=DIR]); returns
     {rater: summary}, the rater being the model's name (with its adapter folder's name, if any)."""
+    from ...reward_models.cli import ModelSpec
+
     ab_dir = Path(ab_dir)
     meta, pairs = read_ab(ab_dir)
     results = {}
-    for spec in models:
-        model, _, adapter = spec.partition(",adapter=")
-        name, _, weights = model.partition("=")
-        rater = name if not adapter else f"{name}+{Path(adapter).name}"
-        if name == ORACLE:
+    for text in models:
+        if text == ORACLE:
+            rater = ORACLE
             rows = oracle_preferences(ab_dir, meta, pairs, progress)
             source = "the ShapesWorld oracle (automatic; aesthetics not judged)"
         else:
-            rows = reward_preferences(ab_dir, meta, pairs, name, os.path.expanduser(weights) if weights else None,
-                                      tie_margin, device, batch_size, adapter=adapter or None, rater=rater)
+            spec = ModelSpec.parse(text)  # NAME[=WEIGHTS][,adapter=DIR], as `richfeedback score` reads it
+            rater = spec.column
+            rows = reward_preferences(ab_dir, meta, pairs, spec.name, spec.weights, tie_margin, device, batch_size,
+                                      adapter=spec.adapter, rater=rater)
             source = f"reward model {rater} (automatic; tie margin {tie_margin:g})"
         results[rater] = write_study(ab_dir / "auto" / rater_folder_name(rater), meta, rows, source,
                                      n_resamples, seed, unit)

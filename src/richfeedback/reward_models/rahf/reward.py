@@ -49,6 +49,12 @@ class RAHFReward(RewardModel):
         self.name = f"rahf:{score}"
         self.scale = f"RAHF {score} score in [0, 1] (a rich-feedback dataset's consolidated rating; higher is better)"
 
+    def for_score(self, score: str) -> "RAHFReward":
+        """Another of RAHF's scores as a reward, sharing this one's model (nothing is loaded again)."""
+        other = RAHFReward(self.model, self.processor, score, self.max_batch_size)
+        other.compute_dtype, other.source = self.compute_dtype, self.source
+        return other
+
     def _text(self, prompts: list[str]) -> dict:
         return {k: v.to(self.device) for k, v in self.processor.text_inputs(prompts).items()}
 
