@@ -49,6 +49,19 @@ def test_an_images_outputs_do_not_depend_on_its_batch(variant, tokenizer):
         torch.testing.assert_close(together.heatmaps[name][:1], alone.heatmaps[name], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["multi_head", "augmented_prompt"])
+def test_asking_for_some_outputs_computes_only_those_with_the_same_values(variant, tokenizer):
+    model, processor = make(variant, tokenizer)
+    inputs = processor(torch.rand(2, 3, 32, 32), ["a red circle", "two blue squares"])
+    full = model(**inputs)
+    some = model(**inputs, outputs=("aesthetics", "misalignment"))
+    assert set(some.scores) == {"aesthetics"} and set(some.heatmaps) == {"misalignment"}
+    torch.testing.assert_close(some.scores["aesthetics"], full.scores["aesthetics"], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(some.heatmaps["misalignment"], full.heatmaps["misalignment"], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="no output"):
+        model(**inputs, outputs=("beauty",))
+
+
 def test_save_and_load_round_trip_gives_identical_outputs(tmp_path, tokenizer):
     model, processor = make("multi_head", tokenizer)
     model.save_pretrained(tmp_path)

@@ -17,7 +17,7 @@ with every key accounted for (see `checkpoint.py`). Where we differ, on purpose:
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -167,31 +167,42 @@ class RAHFModel(RAHFPreTrainedModel):
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: Optional[torch.Tensor] = None, task_input_ids: Optional[torch.Tensor] = None,
-                task_attention_mask: Optional[torch.Tensor] = None) -> RAHFOutput:
+                task_attention_mask: Optional[torch.Tensor] = None,
+                outputs: Optional[Sequence[str]] = None) -> RAHFOutput:
         """`labels`: target token ids of the marked prompt, -100 where padded (then `seq_loss` is returned).
         `task_input_ids` / `task_attention_mask` (B, 6, L): the augmented-prompt variant's task prompts, in `TASKS`
-        order (`RAHFProcessor` makes them)."""
+        order (`RAHFProcessor` makes them).
+        `outputs`: the heatmaps and scores to compute, by name (`HEATMAP_NAMES`, `SCORE_NAMES`); None: all. A reward
+        that needs one score runs one head (and, for the augmented-prompt variant, one task pass), not six."""
+        wanted = list(HEATMAP_NAMES + SCORE_NAMES) if outputs is None else list(outputs)
+        unknown = [name for name in wanted if name not in HEATMAP_NAMES + SCORE_NAMES]
+        if unknown:
+            raise ValueError(f"RAHF has no output {unknown}; its outputs are {HEATMAP_NAMES + SCORE_NAMES}")
         vis = self.image_tokens(pixel_values)
         hidden, mask = self.fuse(vis, input_ids, attention_mask)
         n_vis = vis.shape[1]
+        heatmaps, scores = {}, {}
         if self.config.variant == "multi_head":
             grid = self._grid(hidden)
-            heatmaps = {name: head(grid) for name, head in self.heatmap_predictor.items()}
-            scores = {name: head(grid) for name, head in self.score_predictor.items()}
+            heatmaps = {name: head(grid) for name, head in self.heatmap_predictor.items() if name in wanted}
+            scores = {name: head(grid) for name, head in self.score_predictor.items() if name in wanted}
         else:
             if task_input_ids is None or task_attention_mask is None:
                 raise ValueError("the augmented-prompt variant needs task_input_ids and task_attention_mask "
                                  "(RAHFProcessor makes them)")
-            b, t, length = task_input_ids.shape
-            task_hidden, _ = self.fuse(vis.repeat_interleave(t, dim=0), task_input_ids.reshape(b * t, length),
-                                       task_attention_mask.reshape(b * t, length))
-            grids = self._grid(task_hidden).reshape(b, t, -1, self.config.grid_size, self.config.grid_size)
-            heatmaps, scores = {}, {}
-            for i, (kind, name) in enumerate(TASKS):
-                if kind == "SCORE":
-                    scores[name] = self.score_predictor(grids[:, i])
-                else:
-                    heatmaps[name] = self.heatmap_predictor(grids[:, i])
+            tasks = [i for i, (_, name) in enumerate(TASKS) if name in wanted]
+            if tasks:
+                task_input_ids, task_attention_mask = task_input_ids[:, tasks], task_attention_mask[:, tasks]
+                b, t, length = task_input_ids.shape
+                task_hidden, _ = self.fuse(vis.repeat_interleave(t, dim=0), task_input_ids.reshape(b * t, length),
+                                           task_attention_mask.reshape(b * t, length))
+                grids = self._grid(task_hidden).reshape(b, t, -1, self.config.grid_size, self.config.grid_size)
+                for j, i in enumerate(tasks):
+                    kind, name = TASKS[i]
+                    if kind == "SCORE":
+                        scores[name] = self.score_predictor(grids[:, j])
+                    else:
+                        heatmaps[name] = self.heatmap_predictor(grids[:, j])
         text_hidden, text_mask = hidden[:, n_vis:], mask[:, n_vis:]
         seq_loss = None
         if labels is not None:

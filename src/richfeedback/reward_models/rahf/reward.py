@@ -59,25 +59,28 @@ class RAHFReward(RewardModel):
         return {k: v.to(self.device) for k, v in self.processor.text_inputs(prompts).items()}
 
     def forward(self, prompts: list[str], pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values, **self._text(prompts)).scores[self.score_name].float()
+        return self.model(pixel_values=pixel_values, **self._text(prompts),
+                          outputs=(self.score_name,)).scores[self.score_name].float()
 
     def all_scores(self, prompts, images) -> dict[str, torch.Tensor]:
         """Every RAHF score of the images, name -> (N,) tensor."""
-        return self._run(prompts, images, lambda out: {n: out.scores[n].float().cpu() for n in SCORE_NAMES})
+        return self._run(prompts, images, lambda out: {n: out.scores[n].float().cpu() for n in SCORE_NAMES},
+                         outputs=SCORE_NAMES)
 
     def heatmaps(self, prompts, images) -> dict[str, torch.Tensor]:
         """RAHF's implausibility and misalignment heatmaps, name -> (N, S, S) in [0, 1] at the model's resolution."""
-        return self._run(prompts, images, lambda out: {n: out.heatmaps[n].float().cpu() for n in HEATMAP_NAMES})
+        return self._run(prompts, images, lambda out: {n: out.heatmaps[n].float().cpu() for n in HEATMAP_NAMES},
+                         outputs=HEATMAP_NAMES)
 
     @torch.no_grad()
-    def _run(self, prompts, images, pick) -> dict[str, torch.Tensor]:
+    def _run(self, prompts, images, pick, outputs=None) -> dict[str, torch.Tensor]:
         images = as_image_list(images)
         prompts = self.prompts_for(prompts, len(images))
         parts: dict[str, list] = {}
         for start in range(0, len(images), self.max_batch_size):
             pixel_values = self.preprocess_batch(images[start : start + self.max_batch_size])
             out = self.model(pixel_values=pixel_values.to(self.device, self.dtype),
-                             **self._text(prompts[start : start + self.max_batch_size]))
+                             **self._text(prompts[start : start + self.max_batch_size]), outputs=outputs)
             for name, value in pick(out).items():
                 parts.setdefault(name, []).append(value)
         return {name: torch.cat(values) for name, values in parts.items()}
