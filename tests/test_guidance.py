@@ -72,6 +72,33 @@ def test_averaged_views_and_smoothing_guide_with_finite_gradients(pipe, rahf_aes
     assert g.settings()["views"] == 3 and g.settings()["smooth"] == 1.0
 
 
+def test_a_tiny_decoder_replaces_the_vae_in_the_reward_gradient_only(pipe, rahf_aesthetics, tmp_path):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8), num_encoder_blocks=(1, 1, 1),
+                    decoder_block_out_channels=(8, 8, 8), num_decoder_blocks=(1, 1, 1)).save_pretrained(tmp_path / "td")
+    calls = {"tiny": 0, "vae": 0}
+    vae_hook = pipe.vae.decoder.register_forward_hook(lambda *a: calls.__setitem__("vae", calls["vae"] + 1))
+    try:
+        g = load_guidance("rahf:aesthetics", scale=0.1, every=2, window=(0.0, 1.0), decoder=str(tmp_path / "td"))
+        tiny = g.decoder_for(pipe)
+        assert isinstance(tiny, AutoencoderTiny) and not any(p.requires_grad for p in tiny.parameters())
+        tiny.decoder.register_forward_hook(lambda *a: calls.__setitem__("tiny", calls["tiny"] + 1))
+        generate_images(pipe, PROMPTS, [0, 1], guidance=g, **FAST)
+    finally:
+        vae_hook.remove()
+    assert calls == {"tiny": 3, "vae": 1}  # a decode per guided step; the VAE decodes the final images only
+    assert all(np.isfinite(h["grad_rms"]) and h["grad_rms"] > 0 for h in g.history)
+    assert g.settings()["decoder"] == str(tmp_path / "td")
+    # "auto" is the pipeline's VAE for any pipeline but the embedded one; "vae" always is
+    assert RewardGuidance(rahf_aesthetics, decoder="vae").decoder_for(pipe) is pipe.vae
+    other = type("OtherPipe", (), {"name_or_path": str(tmp_path), "vae": pipe.vae})()
+    assert RewardGuidance(rahf_aesthetics).decoder_for(other) is pipe.vae
+    with pytest.raises(ValueError, match="AutoencoderTiny"):
+        RewardGuidance(rahf_aesthetics, decoder=str(tmp_path / "missing")).decoder_for(pipe)
+
+
 def test_scale_zero_reproduces_the_unguided_images_exactly(pipe, rahf_aesthetics):
     unguided = generate_images(pipe, PROMPTS, [3, 4], **FAST)
     zero = generate_images(pipe, PROMPTS, [3, 4], guidance=RewardGuidance(rahf_aesthetics, scale=0.0), **FAST)

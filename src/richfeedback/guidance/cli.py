@@ -29,6 +29,10 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
                        help="per-image gradient normalisation")
     group.add_argument("--guidance-path", choices=PATHS, default="cheap",
                        help="cheap: gradient through the x0 formula and the VAE; accurate: also through the UNet")
+    group.add_argument("--guidance-decoder", default="auto", metavar="DECODER",
+                       help="what decodes the predicted x0 for the reward: auto (the embedded generator's tiny "
+                            "decoder on the embedded model, else the VAE), vae, embedded, or a diffusers "
+                            "AutoencoderTiny folder or hub id (madebyollin/taesd for SD 1.5): cheaper gradients")
 
 
 def guidance_from_args(args, embedded: bool):
@@ -44,6 +48,6 @@ def guidance_from_args(args, embedded: bool):
     try:
         return load_guidance(args.guidance, scale=scale, device=args.device, every=args.guidance_every,
                              window=tuple(args.guidance_window), normalize=args.guidance_normalize,
-                             path=args.guidance_path)
+                             path=args.guidance_path, decoder=args.guidance_decoder)
     except KeyError as err:  # an unknown reward-model name
         raise ValueError(f"--guidance: {err.args[0]}") from None

@@ -11,7 +11,10 @@ as the Diffusion Posterior Sampling pipeline in diffusers/examples/community doe
 the step's output). Two paths to the gradient:
 
 - "cheap": the noise prediction is a constant; the gradient goes through the x0 formula and the VAE decoder only.
-  One VAE decode and one reward pass (forward and backward) per guided step.
+  One VAE decode and one reward pass (forward and backward) per guided step. The decoder's backward pass is most of
+  that cost, so the decode may go through a tiny distilled decoder instead (`decoder=`: diffusers' `AutoencoderTiny`,
+  e.g. TAESD `madebyollin/taesd` for SD 1.5, `madebyollin/taesdxl` for SDXL; the embedded generator ships its own);
+  the pipeline's final images are always decoded by its own VAE.
 - "accurate": the UNet is run again on x_t with gradients on (both halves of classifier-free guidance, combined as
   the pipeline combines them), so the gradient also goes back through the UNet: an extra UNet forward and backward.
 
@@ -32,12 +35,31 @@ import contextlib
 import dataclasses
 import functools
 import math
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
 from .options import DEFAULT_EVERY, DEFAULT_REWARD, DEFAULT_SCALE, DEFAULT_WINDOW, NORMALIZATIONS, PATHS
 from .schedulers import check_scheduler, noise_level, predicted_x0
+
+
+EMBEDDED_TINY_DECODER = Path(__file__).resolve().parents[1] / "embedded" / "shapes-sd-tiny-decoder"
+
+
+def load_tiny_decoder(source: str, dtype: torch.dtype = torch.float32):
+    """An `AutoencoderTiny` from a local folder or a hub id ("embedded": the embedded generator's, distilled from its
+    VAE by scripts/train_tiny_decoder.py)."""
+    from diffusers import AutoencoderTiny
+
+    path = EMBEDDED_TINY_DECODER if source == "embedded" else source
+    try:
+        decoder = AutoencoderTiny.from_pretrained(path, torch_dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load the guidance decoder {source!r}: give 'vae', 'embedded', or a folder or hub id "
+                         f"of a diffusers AutoencoderTiny (config.json + diffusion_pytorch_model.safetensors), such "
+                         f"as madebyollin/taesd for SD 1.5 ({err})") from None
+    return decoder.eval().requires_grad_(False)
 
 
 def decode_to_unit_range(vae, latents: torch.Tensor) -> torch.Tensor:
@@ -71,6 +93,10 @@ class RewardGuidance:
         cutouts: a gradient that only works for one exact pixel grid (an adversarial one) cancels out.
     smooth: standard deviation, in latent pixels, of a Gaussian blur of the gradient (0: none); keeps the edits to
         coarse structure (layout, shapes), which is what a reward that judges composition should change.
+    decoder: what decodes the predicted x0 for the reward: "auto" (the embedded generator's tiny decoder when the
+        pipeline is the embedded generator, else the pipeline's VAE), "vae", "embedded", the path or hub id of an
+        `AutoencoderTiny` folder, or a loaded decoder module (anything with the `decode` of an AutoencoderKL or
+        AutoencoderTiny, taking the pipeline's scaled latents).
     name: the reward spec, for manifests.
     """
 
@@ -84,6 +110,7 @@ class RewardGuidance:
     views: int = 1
     jitter: float = 0.0
     smooth: float = 0.0
+    decoder: object = "auto"
     name: str = ""
 
     def __post_init__(self):
@@ -106,6 +133,7 @@ class RewardGuidance:
             raise TypeError(f"the guidance reward needs a differentiable(prompts, images) method; "
                             f"got {type(self.reward).__name__}")
         self.name = self.name or getattr(self.reward, "name", type(self.reward).__name__)
+        self._loaded_decoders: dict[str, torch.nn.Module] = {}
         self.history: list[dict] = []  # per guided step of the last call: step, mean reward of x0, gradient RMS
 
     @property
@@ -117,7 +145,24 @@ class RewardGuidance:
         return {"reward": self.name, "scale": self.scale, "every": self.every, "window": list(self.window),
                 "normalize": self.normalize, **({"max_rms": self.max_rms} if self.normalize == "clip" else {}),
                 "path": self.path, **({"views": self.views, "jitter": self.jitter} if self.views > 1 else {}),
-                **({"smooth": self.smooth} if self.smooth > 0 else {})}
+                **({"smooth": self.smooth} if self.smooth > 0 else {}),
+                "decoder": self.decoder if isinstance(self.decoder, str) else type(self.decoder).__name__}
+
+    def decoder_for(self, pipe) -> torch.nn.Module:
+        """The module that decodes predicted x0 for the reward when guiding `pipe` (see `decoder`)."""
+        choice = self.decoder
+        if not isinstance(choice, str):
+            return choice
+        if choice == "auto":
+            from ..generation import EMBEDDED_GENERATOR
+
+            embedded = Path(str(getattr(pipe, "name_or_path", "") or "")).resolve() == EMBEDDED_GENERATOR.resolve()
+            choice = "embedded" if embedded and EMBEDDED_TINY_DECODER.exists() else "vae"
+        if choice == "vae":
+            return pipe.vae
+        if choice not in self._loaded_decoders:
+            self._loaded_decoders[choice] = load_tiny_decoder(choice).to(pipe.vae.device)
+        return self._loaded_decoders[choice]
 
     def guided_steps(self, num_steps: int) -> list[int]:
         """Indices of the steps that are guided out of `num_steps`."""
@@ -138,7 +183,7 @@ class RewardGuidance:
                                  f"{type(pipe).__name__} has none")
         scheduler = pipe.scheduler
         check_scheduler(scheduler)
-        run = _GuidedRun(self, pipe, list(prompts))
+        run = _GuidedRun(self, pipe, list(prompts), self.decoder_for(pipe))
         self.history = run.history
         original_step = scheduler.step
         # An instance attribute shadows the class's `step`; `wraps` keeps its signature, which the pipelines inspect
@@ -182,9 +227,10 @@ def gaussian_blur(tensor: torch.Tensor, sigma: float) -> torch.Tensor:
 class _GuidedRun:
     """The state of one guided pipeline call: its step counter and the UNet call being recorded."""
 
-    def __init__(self, guidance: RewardGuidance, pipe, prompts: list[str]):
+    def __init__(self, guidance: RewardGuidance, pipe, prompts: list[str], decoder: torch.nn.Module):
         self.guidance = guidance
         self.pipe = pipe
+        self.decoder = decoder
         self.prompts = prompts
         self.step_index = 0
         self.unet_call: Optional[tuple[tuple, dict]] = None
@@ -233,7 +279,7 @@ class _GuidedRun:
                 model_output = recomputed
             x0 = predicted_x0(self.pipe.scheduler, model_output.detach() if guidance.path == "cheap" else model_output,
                               timestep, x_t)
-            images = decode_to_unit_range(self.pipe.vae, x0)
+            images = decode_to_unit_range(self.decoder, x0)
             reward_prompts = prompts if getattr(guidance.reward, "needs_prompt", True) else None
             if guidance.views == 1:
                 rewards = guidance.reward.differentiable(reward_prompts, images)
@@ -291,7 +337,7 @@ class _GuidedRun:
 def load_guidance(spec: Optional[str] = None, scale: float = DEFAULT_SCALE, *, device="cpu", dtype="fp32",
                   every: int = DEFAULT_EVERY, window: tuple[float, float] = DEFAULT_WINDOW, normalize: str = "rms",
                   max_rms: float = 1.0, path: str = "cheap", views: int = 1, jitter: float = 0.0,
-                  smooth: float = 0.0, max_batch_size: int = 32,
+                  smooth: float = 0.0, decoder="auto", max_batch_size: int = 32,
                   **reward_options) -> RewardGuidance:
     """Guidance by the reward `spec` ("rahf:aesthetics", "aesthetic", "0.7*rahf:aesthetics+0.3*rahf:plausibility";
     see `guidance.rewards`), loaded on `device`; None means `DEFAULT_REWARD`."""
@@ -300,4 +346,5 @@ def load_guidance(spec: Optional[str] = None, scale: float = DEFAULT_SCALE, *, d
     spec = spec or DEFAULT_REWARD
     reward = load_reward(spec, device=device, dtype=dtype, max_batch_size=max_batch_size, **reward_options)
     return RewardGuidance(reward, scale=scale, every=every, window=tuple(window), normalize=normalize,
-                          max_rms=max_rms, path=path, views=views, jitter=jitter, smooth=smooth, name=spec)
+                          max_rms=max_rms, path=path, views=views, jitter=jitter, smooth=smooth, decoder=decoder,
+                          name=spec)
