@@ -5,13 +5,19 @@ Two sets of images with an artifact the oracle sees:
 - generated: the embedded generator's own images that the oracle flags (prompts of the evaluation protocol).
 
 Conditions (embedded generator as the inpainter, 25 DDIM steps, CFG 4, strength 1; embedded RAHF; best candidate by
-RAHF plausibility, the original kept when no candidate beats it):
-- predicted, N=8: the RAHF implausibility heatmap, default mask settings (threshold 0.2, dilate 2, latent cells);
+the default selection reward, rahf:mask-heat (least RAHF implausibility + misalignment heat inside the mask), the
+original kept when no candidate beats it; composites with a hard edge, the default):
+- predicted, N=8: the RAHF implausibility heatmap, default mask settings (cut at half the heatmap's hottest value,
+  never below 0.1; grown over connected pixels above 0.3 of the hottest; dilate 2; latent cells);
 - predicted, N=1: the same masks, only candidate 0 (its seed is the same as in the N=8 run, so it is the same
   candidate; a candidate does not depend on its batch, see bench_inpaint_batching);
 - random, N=8: the predicted mask shifted to a random place (same shape and area);
-- predicted q0.95, N=8: the hottest 5% of each heatmap, so every image gets a mask;
+- predicted q0.95, N=8: the hottest 5% of each heatmap (no floor, no growth), so every image gets a mask;
 - oracle mask, N=8: the oracle's own artifact map, dilated the same way: the ceiling for a perfect heatmap.
+
+The defaults were tuned on other images (`artifact_examples(40, seed=1)` and `seed=2`, see MaskConfig and
+selection.DEFAULT_REWARD), never on these. "plausibility before/after" is RAHF's plausibility score of the input and
+the output, whatever reward selected.
 
 "fixed" = the oracle finds no artifact afterwards *and* no prompt word that was satisfied before is unsatisfied after
 (and no extra object appeared). "fixed if oracle picked": the same candidates, chosen by the oracle instead of the
@@ -67,9 +73,9 @@ def is_fixed(case: dict, output: np.ndarray) -> tuple[bool, bool, bool]:
     return (not after.has_artifact) and not new_misalignment, after.has_artifact, new_misalignment
 
 
-def judge(case: dict, output: np.ndarray, mask: np.ndarray, score_before: float, score_after: float,
-          kept: bool, candidates=()) -> dict:
+def judge(case: dict, output: np.ndarray, mask: np.ndarray, kept: bool, candidates=()) -> dict:
     image, truth = case["image"], case["before"].artifact_map
+    score_before, score_after = (float(s) for s in PLAUSIBILITY.score([case["prompt"]] * 2, [image, output]))
     fixed, artifact_after, new_misalignment = is_fixed(case, output)
     return {
         "empty_mask": not mask.any(),
@@ -110,14 +116,20 @@ def summarize(name: str, condition: str, n_candidates: int, judged: list[dict]) 
             "outside_unchanged": mean("outside_unchanged")}
 
 
+PLAUSIBILITY = None  # RAHF's plausibility score (the heatmap model's, set by run)
+
+
 def run(quick: bool = False) -> dict:
+    global PLAUSIBILITY
     from tqdm.auto import tqdm
 
     settings = FixSettings(n=8, seed=0)
     fixer = InpaintFixer.load(settings=settings)
+    PLAUSIBILITY = fixer.heatmap_model.for_score("plausibility")
     quantile = InpaintFixer(fixer.pipe, fixer.heatmap_model, fixer.reward,
                             dataclasses.replace(fixer.settings,
-                                                mask=dataclasses.replace(fixer.settings.mask, threshold="q0.95")))
+                                                mask=dataclasses.replace(fixer.settings.mask, threshold="q0.95",
+                                                                         floor=0.0, grow=None)))
     cell = fixer.settings.mask.round_to_cells
     cases = injected_cases(10 if quick else 30) + generated_cases(fixer.pipe, 6 if quick else 20)
     rng = np.random.default_rng(0)
@@ -130,34 +142,24 @@ def run(quick: bool = False) -> dict:
     for case in tqdm(cases, desc="bench inpaint"):
         image, prompt = case["image"], case["prompt"]
         main = fixer.fix(image, prompt)
-        add((case["set"], "predicted", 8),
-            judge(case, main.image, main.mask, main.original_score,
-                  main.original_score if main.chosen is None else main.candidate_scores[main.chosen],
-                  main.chosen is None, main.candidates))
+        add((case["set"], "predicted", 8), judge(case, main.image, main.mask, main.chosen is None, main.candidates))
         by_kind.setdefault(case["kind"], []).append(judged[(case["set"], "predicted", 8)][-1]["fixed"])
         if main.candidates:  # N=1: candidate 0 alone against the original
             one = select_best(main.original_score, main.candidate_scores[:1])
             output = image if one.chosen is None else main.candidates[0]
-            add((case["set"], "predicted", 1),
-                judge(case, output, main.mask, one.original_score, one.best_score, one.chosen is None,
-                      main.candidates[:1]))
+            add((case["set"], "predicted", 1), judge(case, output, main.mask, one.chosen is None, main.candidates[:1]))
             random = fixer.fix(image, prompt, mask=shifted(main.mask, rng, cell))
         else:
-            add((case["set"], "predicted", 1), judge(case, image, main.mask, main.original_score,
-                                                     main.original_score, True))
+            add((case["set"], "predicted", 1), judge(case, image, main.mask, True))
             random = main  # an empty mask moved anywhere is still empty
         add((case["set"], "random (same area)", 8),
-            judge(case, random.image, random.mask, random.original_score,
-                  random.original_score if random.chosen is None else random.candidate_scores[random.chosen],
-                  random.chosen is None, random.candidates))
+            judge(case, random.image, random.mask, random.chosen is None, random.candidates))
         for label, fixer_used, mask in (("predicted q0.95", quantile, None),
                                         ("oracle", fixer, round_to_cells(dilate_mask(case["before"].artifact_map,
                                                                                      2), cell))):
             result = fixer_used.fix(image, prompt, mask=mask)
             add((case["set"], label, 8),
-                judge(case, result.image, result.mask, result.original_score,
-                      result.original_score if result.chosen is None else result.candidate_scores[result.chosen],
-                      result.chosen is None, result.candidates))
+                judge(case, result.image, result.mask, result.chosen is None, result.candidates))
     rows = [summarize(name, condition, n, values) for (name, condition, n), values in judged.items()]
     order = {"predicted": 0, "random (same area)": 2, "predicted q0.95": 3, "oracle": 4}
     rows.sort(key=lambda r: (r["set"] != "injected", order[r["mask"]] + (r["N"] == 1) * 0.5))

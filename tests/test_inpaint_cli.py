@@ -94,8 +94,8 @@ def test_other_modes_are_converted_to_rgb_and_repaired(bad_inputs_run, name, not
 
 def test_report_has_scores_candidates_and_mask_area(bad_inputs_run):
     report = bad_inputs_run["reports"]["good"]
-    assert report["reward"] == "rahf:plausibility"
-    assert 0 <= report["score_before"] <= 1 and report["score_after"] >= report["score_before"]
+    assert report["reward"] == "rahf:mask-heat"  # minus the mean heat inside the mask: in [-1, 0]
+    assert -1 <= report["score_before"] <= 0 and report["score_after"] >= report["score_before"]
     assert [c["seed"] for c in report["candidates"]] == [0, 1]
     assert report["mask"]["source"] == "mask file" and report["mask"]["area"] == pytest.approx(400 / 4096)
     assert report["pixels_changed_outside_mask"] == 0
@@ -142,7 +142,8 @@ def test_generate_folder_supplies_prompts_and_predicted_heatmaps_make_masks(tmp_
     Image.fromarray(scene(9)).save(folder / "grid.png")  # not in the manifest: not an input
     (folder / "manifest.jsonl").write_text(json.dumps({"file_name": "a.png", "prompt": "a green circle"}) + "\n")
     out = tmp_path / "out"
-    assert main([str(folder), "--threshold", "q0.95", "--out", str(out), *FAST]) == 0
+    # the hottest 5% whatever the heat (no floor, no growth): a clean scene gets a mask too
+    assert main([str(folder), "--threshold", "q0.95", "--floor", "0", "--grow", "none", "--out", str(out), *FAST]) == 0
     report = json.loads((out / "reports" / "a.json").read_text())
     assert report["prompt"] == "a green circle" and report["mask"]["source"] == "heatmap"
     assert 0.04 <= report["mask"]["area"] <= 0.5  # the hottest 5%, dilated and rounded up
@@ -151,6 +152,8 @@ def test_generate_folder_supplies_prompts_and_predicted_heatmaps_make_masks(tmp_
 
 @pytest.mark.parametrize("args,message", [
     (["--threshold", "hot"], "threshold 'hot' is not understood"),
+    (["--grow", "warm"], "threshold 'warm' is not understood"),
+    (["--floor", "1.5"], "--floor 1.5 is outside [0, 1]"),
     (["--n", "0"], "--n must be at least 1"),
     (["--strength", "1.5"], "--strength must be in (0, 1]"),
     (["--mask", "nowhere/"], "--mask nowhere/: no such file or folder"),
@@ -166,7 +169,28 @@ def test_richfeedback_has_the_inpaint_fix_subcommand():
     from richfeedback.cli import build_parser
 
     args = build_parser().parse_args(["inpaint-fix", "img.png", "--prompt", "x", "--out", "o"])
-    assert args.n == 8 and args.threshold == "0.2" and args.func.__name__ == "cmd_inpaint_fix"
+    assert args.n == 8 and args.func.__name__ == "cmd_inpaint_fix"
+
+
+def test_cli_mask_defaults_are_mask_configs_defaults():
+    import dataclasses
+
+    from richfeedback.inpaint.cli import DEFAULT_MASK, add_arguments, settings_from_args
+    from richfeedback.inpaint.masks import MaskConfig
+
+    defaults = {k: v for k, v in dataclasses.asdict(MaskConfig()).items() if k != "round_to_cells"}
+    assert DEFAULT_MASK == defaults
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    mask = settings_from_args(parser.parse_args(["img.png", "--out", "o"])).mask
+    assert (mask.threshold, mask.floor, mask.grow, mask.feather) == (str(MaskConfig().threshold), MaskConfig().floor,
+                                                                      MaskConfig().grow, MaskConfig().feather)
+    grown = settings_from_args(parser.parse_args(["img.png", "--out", "o", "--threshold", "r0.6", "--floor", "0.1",
+                                                  "--grow", "r0.3"])).mask
+    assert (grown.threshold, grown.floor, grown.grow) == ("r0.6", 0.1, "r0.3")
+    assert settings_from_args(parser.parse_args(["img.png", "--out", "o", "--grow", "none"])).mask.grow is None
 
 
 def test_artifact_folder_for_the_demo_reads_like_a_generate_folder(tmp_path):

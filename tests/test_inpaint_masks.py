@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from richfeedback.inpaint.masks import (MaskConfig, MaskError, dilate_mask, feather_mask, heatmap_to_mask,
-                                        otsu_threshold, parse_threshold, pixels, read_heatmap_file, read_mask_file,
-                                        remove_small_components, resize_heatmap, round_to_cells, threshold_value)
+from richfeedback.inpaint.masks import (MaskConfig, MaskError, dilate_mask, feather_mask, grow_components,
+                                        heatmap_to_mask, otsu_threshold, parse_threshold, pixels, read_heatmap_file,
+                                        read_mask_file, remove_small_components, resize_heatmap, round_to_cells,
+                                        threshold_value)
 
 
 def test_threshold_specs_are_absolute_quantile_or_otsu():
@@ -15,7 +16,8 @@ def test_threshold_specs_are_absolute_quantile_or_otsu():
     assert parse_threshold("0.25") == ("absolute", 0.25)
     assert parse_threshold("q0.95") == ("quantile", 0.95)
     assert parse_threshold("OTSU") == ("otsu", None)
-    for bad in ("hot", "q", "1.5", "q-0.1"):
+    assert parse_threshold("r0.5") == ("relative", 0.5)
+    for bad in ("hot", "q", "1.5", "q-0.1", "r", "r1.5"):
         with pytest.raises(ValueError, match="threshold"):
             parse_threshold(bad)
 
@@ -24,6 +26,44 @@ def test_quantile_threshold_masks_the_hottest_share():
     ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     mask = ramp > threshold_value(ramp, "q0.9")
     assert abs(mask.mean() - 0.10) < 0.005
+
+
+def test_relative_threshold_scales_with_the_hottest_pixel_and_stops_at_the_floor():
+    heat = np.zeros((8, 8), np.float32)
+    heat[2, 2], heat[5, 5] = 0.4, 0.1
+    assert threshold_value(heat, "r0.5") == pytest.approx(0.2)
+    assert threshold_value(heat * 0.1, "r0.5") == pytest.approx(0.02)  # a cold map still has a hottest pixel ...
+    assert threshold_value(heat * 0.1, "r0.5", floor=0.05) == 0.05  # ... which the floor keeps unmasked
+    assert threshold_value(heat, "0.01", floor=0.05) == 0.05
+    assert threshold_value(heat, "q0.5", floor=0.05) == 0.05
+
+
+def test_grow_takes_in_connected_warm_pixels_only():
+    core = np.zeros((10, 10), bool)
+    core[2, 2] = True
+    warm = np.zeros((10, 10), bool)
+    warm[1:4, 1:6] = True  # touches the core
+    warm[8, 8] = True  # warm but apart from any core: not taken
+    grown = grow_components(core, warm)
+    assert grown[1:4, 1:6].all() and not grown[8, 8] and grown.sum() == 15
+    assert not grow_components(np.zeros((10, 10), bool), warm).any()
+
+
+def test_heatmap_to_mask_with_relative_threshold_floor_and_grow():
+    heat = np.zeros((64, 64), np.float32)
+    heat[20:30, 20:30] = 0.15  # the defect's faint rim
+    heat[23:27, 23:27] = 0.3  # its hot core
+    heat[50:54, 50:54] = 0.1  # warm elsewhere, not connected to a core
+    config = MaskConfig(threshold="r0.5", floor=0.05, grow=None, dilate=0, round_to_cells=1)
+    core, cut = heatmap_to_mask(heat, 64, 64, config)
+    assert cut == pytest.approx(0.15) and core.sum() == 16
+    grown, _ = heatmap_to_mask(heat, 64, 64, MaskConfig(threshold="r0.5", floor=0.05, grow="r0.2", dilate=0,
+                                                         round_to_cells=1))
+    assert grown[20:30, 20:30].all() and grown.sum() == 100  # the whole defect, not the unconnected warm patch
+    cold, cut = heatmap_to_mask(heat * 0.1, 64, 64, config)  # hottest 0.03: below the floor
+    assert cut == 0.05 and not cold.any()
+    with pytest.raises(ValueError, match="floor"):
+        heatmap_to_mask(heat, 64, 64, MaskConfig(floor=2.0))
 
 
 def test_otsu_splits_a_two_level_map_between_its_levels():
@@ -88,10 +128,12 @@ def test_heatmap_to_mask_thresholds_dilates_and_rounds_at_image_size():
     heat = np.zeros((16, 16), np.float32)
     heat[4:6, 4:6] = 0.9  # hot block at the heatmap's resolution: about pixels 16..23 at 64x64 (bilinear)
     heat[12, 12] = 0.9  # one hot heatmap pixel: at most 4x4 image pixels, dropped by min_area 20
-    mask, cut = heatmap_to_mask(heat, 64, 64, MaskConfig(threshold=0.5, dilate=0, min_area=20, round_to_cells=1))
+    mask, cut = heatmap_to_mask(heat, 64, 64, MaskConfig(threshold=0.5, grow=None, dilate=0, min_area=20,
+                                                         round_to_cells=1))
     assert cut == 0.5
     assert mask[17:23, 17:23].all() and not mask[24:, :].any() and not mask[:, 24:].any()
-    grown, _ = heatmap_to_mask(heat, 64, 64, MaskConfig(threshold=0.5, dilate=2, min_area=20, round_to_cells=8))
+    grown, _ = heatmap_to_mask(heat, 64, 64, MaskConfig(threshold=0.5, grow=None, dilate=2, min_area=20,
+                                                        round_to_cells=8))
     assert grown[16:24, 16:24].all() and grown.sum() % 64 == 0 and grown.sum() > mask.sum()  # whole 8x8 cells
     cold, _ = heatmap_to_mask(heat * 0.1, 64, 64, MaskConfig(threshold=0.5))
     assert not cold.any()

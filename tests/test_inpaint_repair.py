@@ -109,3 +109,35 @@ def test_best_candidate_is_kept_only_when_it_beats_the_original():
     assert kept.chosen is None and kept.best_score == 0.8
     assert select_best(0.8, [0.4, 0.7, 0.6], keep_original=False).chosen == 1
     assert select_best(0.7, [0.7]).chosen is None  # a tie does not replace the original
+
+
+class FakeHeatmaps:
+    """A stand-in RAHF whose heatmaps are each image's red channel (hot = red), at a coarser resolution."""
+
+    def heatmaps(self, prompts, images):
+        red = torch.tensor(np.stack([np.asarray(i)[::4, ::4, 0] / 255.0 for i in images]), dtype=torch.float32)
+        return {"implausibility": red, "misalignment": torch.zeros_like(red)}
+
+
+def test_mask_heat_picks_the_candidate_coldest_inside_the_mask_not_overall():
+    from richfeedback.inpaint.selection import MASK_HEAT, MaskHeatScore, load_selection_reward, score_and_select
+
+    mask = centre_mask()
+    original = np.zeros((64, 64, 3), np.uint8)
+    original[mask] = 200  # the defect: hot inside the mask
+    cold_inside = original.copy()
+    cold_inside[mask] = 0
+    cold_inside[~mask] = 255  # hotter than anything overall, but only outside the mask
+    half = original.copy()
+    half[mask] = 100
+    reward = MaskHeatScore(FakeHeatmaps())
+    assert reward.name == MASK_HEAT
+    picked = score_and_select(reward, "x", original, [half, cold_inside], mask=mask)
+    assert picked.chosen == 1 and picked.candidate_scores[1] > picked.candidate_scores[0] > picked.original_score
+    # the mean of the two heatmaps inside the mask (up to the bilinear resize's blur at the mask's rim)
+    assert picked.original_score == pytest.approx(-200 / 255 / 2, abs=0.05)
+    assert picked.candidate_scores[1] == pytest.approx(0.0, abs=0.1)
+    overall = score_and_select(reward, "x", original, [half, cold_inside])  # no mask: the whole image counts
+    assert overall.chosen == 0
+    assert score_and_select(reward, "x", original, [original], mask=mask).chosen is None  # a tie keeps the input
+    assert isinstance(load_selection_reward(None, rahf=FakeHeatmaps()), MaskHeatScore)  # the default

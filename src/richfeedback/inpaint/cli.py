@@ -25,6 +25,9 @@ from typing import Optional, Sequence
 
 from ..errors import UsageError
 
+# MaskConfig's defaults (kept here so that building the parser imports no numpy/scipy; a test keeps them equal)
+DEFAULT_MASK = {"threshold": "r0.5", "floor": 0.1, "grow": "r0.3", "dilate": 2, "min_area": 4, "feather": 0.0}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files and/or folders (a generate folder: its manifest's images)")
@@ -46,18 +49,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which RAHF heatmap makes the mask")
     p.add_argument("--reward", default=None,
                    help="what picks the best candidate: a reward model or a weighted sum, e.g. "
-                        "'0.7*rahf:plausibility+0.3*rahf:aesthetics' (default rahf:plausibility)")
+                        "'0.7*rahf:plausibility+0.3*rahf:aesthetics', or rahf:mask-heat (the default: the least RAHF "
+                        "implausibility + misalignment heat inside the repainted mask)")
     p.add_argument("--mask", default=None, help="your mask (white = repaint): one file, or a folder of files named "
                                                 "like the images; used as given, rounded up to latent cells")
     p.add_argument("--heatmap", default=None, help="your heatmap (grayscale, white = hot): one file or a folder; it "
                                                    "goes through --threshold, --dilate and the rest")
-    p.add_argument("--threshold", default="0.2", help="absolute heat (0.2, default), a quantile (q0.95) or otsu")
-    p.add_argument("--dilate", default="2", help="grow the mask by pixels (2, default) or a fraction of the image "
-                                                 "side (0.05)")
-    p.add_argument("--min-area", type=float, default=4,
+    p.add_argument("--threshold", default=DEFAULT_MASK["threshold"],
+                   help="absolute heat (0.2), a fraction of the hottest pixel's heat (r0.5), a quantile (q0.95) or "
+                        f"otsu (default {DEFAULT_MASK['threshold']})")
+    p.add_argument("--floor", type=float, default=DEFAULT_MASK["floor"],
+                   help="the cut is never below this heat, so a map the model finds cold gets no mask "
+                        f"(default {DEFAULT_MASK['floor']})")
+    p.add_argument("--grow", default=DEFAULT_MASK["grow"],
+                   help="hysteresis: grow each hot component over connected pixels above this lower cut (same syntax "
+                        f"as --threshold; default {DEFAULT_MASK['grow']}; 'none' turns it off)")
+    p.add_argument("--dilate", default=str(DEFAULT_MASK["dilate"]),
+                   help=f"grow the mask by pixels ({DEFAULT_MASK['dilate']}, default) or a fraction of the image side "
+                        "(0.05)")
+    p.add_argument("--min-area", type=float, default=DEFAULT_MASK["min_area"],
                    help="drop heat components smaller than this many pixels (or this fraction of the image if < 1)")
-    p.add_argument("--feather", type=float, default=2.0,
-                   help="pixels over which the repair fades into the original inside the mask's edge (0: hard)")
+    p.add_argument("--feather", type=float, default=DEFAULT_MASK["feather"],
+                   help="pixels over which the repair fades into the original inside the mask's edge "
+                        f"(default {DEFAULT_MASK['feather']:g}; 0: a hard edge)")
     p.add_argument("--no-round-to-latent", action="store_true",
                    help="keep the mask's exact outline instead of rounding it up to whole latent cells")
     p.add_argument("--crop-padding", type=int, default=None,
@@ -90,6 +104,11 @@ def settings_from_args(args):
 
     try:
         parse_threshold(args.threshold)
+        grow = None if args.grow is None or str(args.grow).lower() == "none" else args.grow
+        if grow is not None:
+            parse_threshold(grow)
+        if not 0.0 <= args.floor <= 1.0:
+            raise ValueError(f"--floor {args.floor} is outside [0, 1]: heatmaps live in [0, 1]")
         pixels(args.dilate, 64)
     except ValueError as err:
         raise UsageError(str(err)) from None
@@ -109,7 +128,7 @@ def settings_from_args(args):
         sampling["num_inference_steps"] = args.steps
     if args.cfg_scale is not None:
         sampling["guidance_scale"] = args.cfg_scale
-    mask = MaskConfig(threshold=args.threshold, dilate=args.dilate, min_area=args.min_area,
+    mask = MaskConfig(threshold=args.threshold, floor=args.floor, grow=grow, dilate=args.dilate, min_area=args.min_area,
                       round_to_cells=1 if args.no_round_to_latent else 0, feather=args.feather)
     return FixSettings(n=args.n, seed=args.seed, keep_original=not args.always_replace, crop_padding=args.crop_padding,
                        batch_size=args.batch_size, heatmap=args.heatmap_kind, mask=mask, sampling=sampling)

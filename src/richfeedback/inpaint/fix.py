@@ -23,7 +23,7 @@ from ..imaging import ImageLoadError, load_rgb
 from .masks import (MaskConfig, MaskError, feather_mask, finish_user_mask, heatmap_to_mask, read_heatmap_file,
                     read_mask_file, resize_heatmap)
 from .repair import composite, inpaint_candidates, latent_cell, load_inpaint_pipeline
-from .selection import load_selection_reward, score_and_select
+from .selection import DEFAULT_REWARD, MASK_HEAT, load_selection_reward, score_and_select
 
 # What an input's mode becomes, said in the report (the conversion itself is `imaging.to_rgb_array`'s).
 MODE_NOTES = {
@@ -98,7 +98,7 @@ class InpaintFixer:
     def load(cls, inpaint_model: Optional[str] = None, heatmap_model: Optional[str] = None,
              reward: Optional[str] = None, settings: Optional[FixSettings] = None, *, heatmap_size: str = "large",
              device: str = "cpu", dtype: torch.dtype = torch.float32) -> "InpaintFixer":
-        """Defaults: the embedded ShapesWorld generator, the embedded RAHF and rahf:plausibility, with the embedded
+        """Defaults: the embedded ShapesWorld generator, the embedded RAHF and rahf:mask-heat, with the embedded
         generator's own sampling settings (25 DDIM steps, CFG 4, 64x64) unless `settings.sampling` says otherwise."""
         from ..generation import pipeline_defaults
         from ..reward_models import load_reward_model
@@ -109,8 +109,10 @@ class InpaintFixer:
         pipe = load_inpaint_pipeline(inpaint_model, device=device, dtype=dtype)
         # Any RAHF score head serves: only its heatmaps and all_scores are used.
         rahf = load_reward_model("rahf:plausibility", weights=heatmap_model, device=device, size=heatmap_size)
-        # the embedded RAHF also serves a rahf:* selection reward: loaded once
-        reward_model = load_selection_reward(reward, device=device, rahf=rahf if heatmap_model is None else None)
+        # the embedded RAHF also serves a rahf:* selection reward (loaded once); the mask heat is always the heatmap
+        # model's own
+        shared = heatmap_model is None or (reward or DEFAULT_REWARD).strip() == MASK_HEAT
+        reward_model = load_selection_reward(reward, device=device, rahf=rahf if shared else None)
         return cls(pipe, rahf, reward_model, settings)
 
     def predict_heatmap(self, prompt: str, image: np.ndarray) -> np.ndarray:
@@ -143,7 +145,7 @@ class InpaintFixer:
         raw = inpaint_candidates(self.pipe, image, mask, prompt, seeds, crop_padding=s.crop_padding,
                                  batch_size=s.batch_size, **s.sampling)
         candidates = [composite(image, candidate, alpha) for candidate in raw]
-        selection = score_and_select(self.reward, prompt, image, candidates, s.keep_original)
+        selection = score_and_select(self.reward, prompt, image, candidates, s.keep_original, mask=mask)
         if selection.chosen is None:
             status, output = "kept_original", image.copy()
             message = (f"no candidate beats the original ({self.reward_name} {selection.original_score:.4f}, best "

@@ -2,8 +2,12 @@
 
     heatmap (any resolution, [0, 1])
       -> resized to the image (bilinear)
-      -> threshold: absolute ("0.2"), quantile ("q0.95": the hottest 5%) or Otsu ("otsu")
+      -> threshold: absolute ("0.2"), relative to the map's hottest pixel ("r0.5"), quantile ("q0.95": the hottest
+         5%) or Otsu ("otsu"); never below `floor` (a cold map stays unmasked whatever its own scale)
       -> small components removed (fragments the heatmap model is unsure of)
+      -> grown (hysteresis, `grow`): each kept component takes in the connected pixels above a lower cut, so the
+         mask follows the whole defect and not only its hottest core (a defect partly left outside the mask is
+         partly redrawn by the inpainter, which continues what it sees)
       -> dilated (pixels, or a fraction of the image side): the repair needs context around the defect
       -> rounded up to whole latent cells: diffusers binarises the mask at 0.5 and resizes it to the latent grid with
          nearest interpolation, so a mask that covers part of a cell is repainted all or nothing depending on which
@@ -20,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -38,24 +42,43 @@ class MaskError(ValueError):
 class MaskConfig:
     """How a heatmap becomes a mask.
 
-    threshold: "0.2" or 0.2 (absolute heat), "q0.95" (quantile of the heatmap's own values) or "otsu".
+    threshold: "0.2" or 0.2 (absolute heat), "r0.5" (a fraction of the heatmap's hottest value), "q0.95" (quantile
+        of the heatmap's own values) or "otsu".
+    floor: the cut is never below this absolute heat (relative, quantile and Otsu cuts scale with the map: without
+        a floor an image the model finds clean would still get a mask).
+    grow: None, or a lower cut in the same syntax (also floored): kept components grow over the connected pixels
+        above it (hysteresis thresholding).
     dilate: pixels ("3", 3) or a fraction of the image's shorter side ("0.05").
     min_area: components smaller than this (pixels, or a fraction of the image area when < 1) are dropped before
         dilation.
     round_to_cells: round the mask up to whole latent cells of this many pixels (the pipeline's VAE scale factor);
         0 or 1 leaves it as it is.
     feather: pixels over which the composite fades from repair to original inside the mask's edge; 0 is a hard edge.
+
+    Defaults, tuned on ShapesWorld dev images (`artifact_examples(40, seed=1)`, checked on seed 2; the benchmark
+    uses seed 0), 8 candidates, share fixed by the oracle's judgement, selected by rahf:plausibility: absolute 0.2 /
+    dilate 2 / feather 2 (the old defaults) 42.5%; relative r0.5 with floor 0.05 (empty masks 17% -> 5%, artifact
+    coverage 0.77 -> 0.90) 50%; a hard edge (feather 0) on top 62.5%. A feathered edge blends the original back in
+    at the mask's rim, and the inpainter completes a defect it still half sees; with the legacy path's latent
+    blending the hard seam does not show. Growing to r0.3 covers whole ghosts (the largest defects) and pays off
+    with the rahf:mask-heat selector (seed 1 / seed 2: 67.5% / 57.5%, against 65% / 47.5% without growth; the old
+    defaults with rahf:plausibility: 42.5% / 35%). Floor 0.1 rather than 0.05: one dev image in 80 lost, but half
+    as many clean renders masked (the heatmap peaks above 0.05 on half of all clean renders, above 0.1 on a quarter)
+    and so repainted for nothing. Dilate 3, grow r0.2 and CFG 7 did worse.
     """
 
-    threshold: Threshold = 0.2
+    threshold: Threshold = "r0.5"
+    floor: float = 0.1
+    grow: Optional[Threshold] = "r0.3"
     dilate: Length = 2
     min_area: float = 4
     round_to_cells: int = 0
-    feather: float = 2.0
+    feather: float = 0.0
 
 
 def parse_threshold(threshold: Threshold) -> tuple[str, float | None]:
-    """("absolute", value) | ("quantile", q) | ("otsu", None) from "0.2", 0.2, "q0.95" or "otsu"."""
+    """("absolute", value) | ("relative", fraction) | ("quantile", q) | ("otsu", None) from "0.2", 0.2, "r0.5",
+    "q0.95" or "otsu"."""
     if isinstance(threshold, (int, float)):
         kind, value = "absolute", float(threshold)
     else:
@@ -65,11 +88,14 @@ def parse_threshold(threshold: Threshold) -> tuple[str, float | None]:
                 return "otsu", None
             if text.startswith("q"):
                 kind, value = "quantile", float(text[1:])
+            elif text.startswith("r"):
+                kind, value = "relative", float(text[1:])
             else:
                 kind, value = "absolute", float(text)
         except ValueError:
-            raise ValueError(f"threshold {threshold!r} is not understood: use a heat value such as 0.2, a quantile "
-                             "such as q0.95 (the hottest 5% of pixels), or otsu") from None
+            raise ValueError(f"threshold {threshold!r} is not understood: use a heat value such as 0.2, a fraction "
+                             "of the hottest pixel's heat such as r0.5, a quantile such as q0.95 (the hottest 5% of "
+                             "pixels), or otsu") from None
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"threshold {threshold!r} is outside [0, 1]: heatmaps and quantiles live in [0, 1]")
     return kind, value
@@ -95,14 +121,27 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[1:][np.argmax(between)])  # pixels strictly above the upper edge of the low class
 
 
-def threshold_value(heatmap: np.ndarray, threshold: Threshold) -> float:
-    """The heat value above which a pixel is masked."""
+def threshold_value(heatmap: np.ndarray, threshold: Threshold, floor: float = 0.0) -> float:
+    """The heat value above which a pixel is masked (never below `floor`)."""
     kind, value = parse_threshold(threshold)
     if kind == "absolute":
-        return value
-    if kind == "quantile":
-        return float(np.quantile(heatmap, value))
-    return otsu_threshold(heatmap)
+        cut = value
+    elif kind == "relative":
+        cut = value * float(heatmap.max())
+    elif kind == "quantile":
+        cut = float(np.quantile(heatmap, value))
+    else:
+        cut = otsu_threshold(heatmap)
+    return max(float(floor), cut)
+
+
+def grow_components(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """`mask` plus every 8-connected component of `region` that touches it (hysteresis thresholding)."""
+    if not mask.any():
+        return mask.copy()
+    labels, _ = ndimage.label(region | mask, structure=np.ones((3, 3)))
+    touched = np.unique(labels[mask])
+    return np.isin(labels, touched[touched > 0])
 
 
 def pixels(length: Length, side: int) -> float:
@@ -179,11 +218,15 @@ def heatmap_to_mask(heatmap: np.ndarray, height: int, width: int, config: MaskCo
                     ) -> tuple[np.ndarray, float]:
     """(bool mask at (height, width), the threshold used) from a heatmap in [0, 1] at any resolution."""
     heat = resize_heatmap(heatmap, height, width)
-    cut = threshold_value(heat, config.threshold)
+    if not 0.0 <= config.floor <= 1.0:
+        raise ValueError(f"floor {config.floor!r} is outside [0, 1]: heatmaps live in [0, 1]")
+    cut = threshold_value(heat, config.threshold, config.floor)
     mask = heat > cut
     side = min(height, width)
     min_pixels = config.min_area * height * width if 0 < config.min_area < 1 else config.min_area
     mask = remove_small_components(mask, min_pixels)
+    if config.grow is not None:  # a lower cut than `cut` only grows; a higher one changes nothing
+        mask = grow_components(mask, heat > min(cut, threshold_value(heat, config.grow, config.floor)))
     mask = dilate_mask(mask, pixels(config.dilate, side))
     mask = round_to_cells(mask, config.round_to_cells)
     return mask, cut

@@ -1,9 +1,12 @@
 """Best-of-N: score the original and every composited candidate with one reward, keep the best.
 
 The reward is a spec in the syntax `richfeedback.guidance` uses: one registered reward model ("rahf:plausibility",
-the default, as in the RAHF paper's repair loop; "imagereward"; "pickscore"=WEIGHTS) or a weighted sum
-("0.7*rahf:plausibility+0.3*rahf:aesthetics"). The original competes with its own candidates: when none scores
-higher, the image is left alone (unless the caller asks to always take the best candidate).
+as in the RAHF paper's repair loop; "imagereward"; "pickscore"=WEIGHTS) or a weighted sum
+("0.7*rahf:plausibility+0.3*rahf:aesthetics"), or "rahf:mask-heat" (the default): the RAHF heatmaps' mean
+implausibility + misalignment *inside the repainted mask*, lower is better (scored as its negative). A whole-image
+score hardly moves when a few percent of the pixels change; the heat where the repair happened asks exactly "is the
+defect gone, and did nothing off-prompt appear there". The original competes with its own candidates: when none
+scores higher, the image is left alone (unless the caller asks to always take the best candidate).
 """
 
 from __future__ import annotations
@@ -13,16 +16,54 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-DEFAULT_REWARD = "rahf:plausibility"
+MASK_HEAT = "rahf:mask-heat"
+# Default: on ShapesWorld dev images (artifact_examples seed 1, not the benchmark's seed 0), pooled over 12 mask and
+# sampling settings, mask heat picked a fixed candidate for 57% of images against 52% for rahf:plausibility, with
+# fewer new misalignments (15% against 18%); weighted plausibility+alignment sums did worse (49%-51%).
+DEFAULT_REWARD = MASK_HEAT
+
+
+class MaskHeatScore:
+    """Minus the mean of RAHF's implausibility and misalignment heatmaps inside `mask` (the whole image without one):
+    higher is better, like a reward. `rahf` is a loaded RAHFReward (its .heatmaps)."""
+
+    uses_mask = True
+
+    def __init__(self, rahf, heatmaps: Sequence[str] = ("implausibility", "misalignment")):
+        self.rahf = rahf
+        self.heatmaps = tuple(heatmaps)
+        self.name = MASK_HEAT
+
+    def score(self, prompts, images, mask: Optional[np.ndarray] = None):
+        import torch
+
+        from .masks import resize_heatmap
+
+        images = list(images)
+        maps = self.rahf.heatmaps(prompts, images)
+        height, width = np.asarray(images[0]).shape[:2]
+        inside = np.ones((height, width), bool) if mask is None or not np.asarray(mask).any() else np.asarray(mask,
+                                                                                                             bool)
+        heat = np.zeros(len(images))
+        for name in self.heatmaps:
+            heat += [resize_heatmap(m, height, width)[inside].mean() for m in maps[name].numpy()]
+        return torch.from_numpy(-heat / len(self.heatmaps)).float()
 
 
 def load_selection_reward(spec: Optional[str] = None, *, device="cpu", dtype="fp32", max_batch_size: int = 32,
                           rahf=None):
-    """The reward of `spec` (None: rahf:plausibility) with a `.score(prompts, images)` and a `.name`; `rahf`, an
-    already loaded embedded RAHF, serves its rahf:* terms."""
+    """The reward of `spec` (None: rahf:mask-heat) with a `.score(prompts, images)` and a `.name`; `rahf`, an
+    already loaded embedded RAHF, serves its rahf:* terms (and the mask heat, which needs one)."""
     from ..guidance.rewards import load_reward
 
-    return load_reward(spec or DEFAULT_REWARD, device=device, dtype=dtype, max_batch_size=max_batch_size, rahf=rahf)
+    spec = spec or DEFAULT_REWARD
+    if spec.strip() == MASK_HEAT:
+        if rahf is None:
+            from ..reward_models import load_reward_model
+
+            rahf = load_reward_model("rahf:plausibility", device=device, max_batch_size=max_batch_size)
+        return MaskHeatScore(rahf)
+    return load_reward(spec, device=device, dtype=dtype, max_batch_size=max_batch_size, rahf=rahf)
 
 
 @dataclasses.dataclass
@@ -48,7 +89,12 @@ def select_best(original_score: float, candidate_scores: Sequence[float], keep_o
 
 
 def score_and_select(reward, prompt: str, original: np.ndarray, candidates: Sequence[np.ndarray],
-                     keep_original: bool = True) -> Selection:
-    """Score the original and its candidates in one batch and select."""
-    scores = reward.score([prompt] * (1 + len(candidates)), [original, *candidates]).tolist()
+                     keep_original: bool = True, mask: Optional[np.ndarray] = None) -> Selection:
+    """Score the original and its candidates in one batch and select (`mask`: what was repainted, for a reward that
+    looks there)."""
+    images = [original, *candidates]
+    if getattr(reward, "uses_mask", False):
+        scores = reward.score([prompt] * len(images), images, mask=mask).tolist()
+    else:
+        scores = reward.score([prompt] * len(images), images).tolist()
     return select_best(scores[0], scores[1:], keep_original)
