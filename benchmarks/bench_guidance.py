@@ -38,8 +38,10 @@ REWARD = "rahf:aesthetics"
 
 # Guided configurations (options of `load_guidance`); each is compared with the unguided sampler.
 CONFIGS: dict[str, dict] = {
-    # The library's defaults: scale 0.15, cheap path, every 2nd step of the first 60% (8 of 25 steps guided).
+    # The library's defaults: scale 0.15, cheap path, every 2nd step of the first 60% (8 of 25 steps guided), the
+    # predicted x0 decoded for the reward by the embedded tiny decoder (decoder="auto" on the embedded model).
     "default": {},
+    "default-vae-decoder": {"decoder": "vae"},  # the same through the full VAE decoder
     "every-3rd": {"every": 3},  # 5 of 25 steps
     "accurate": {"path": "accurate"},
     "every-step": {"every": 1, "window": [0.0, 1.0]},

@@ -91,7 +91,9 @@ def test_a_tiny_decoder_replaces_the_vae_in_the_reward_gradient_only(pipe, rahf_
     assert calls == {"tiny": 3, "vae": 1}  # a decode per guided step; the VAE decodes the final images only
     assert all(np.isfinite(h["grad_rms"]) and h["grad_rms"] > 0 for h in g.history)
     assert g.settings()["decoder"] == str(tmp_path / "td")
-    # "auto" is the pipeline's VAE for any pipeline but the embedded one; "vae" always is
+    # "auto": the shipped tiny decoder on the embedded generator, the pipeline's VAE on any other; "vae" always is
+    shipped = RewardGuidance(rahf_aesthetics).decoder_for(pipe)
+    assert isinstance(shipped, AutoencoderTiny) and shipped.config.scaling_factor == 1.0
     assert RewardGuidance(rahf_aesthetics, decoder="vae").decoder_for(pipe) is pipe.vae
     other = type("OtherPipe", (), {"name_or_path": str(tmp_path), "vae": pipe.vae})()
     assert RewardGuidance(rahf_aesthetics).decoder_for(other) is pipe.vae
