@@ -166,6 +166,34 @@ def test_reward_specs_parse_weights_and_weight_files():
         parse_reward_spec("aesthetic+2*aesthetic", known)
 
 
+def test_reward_specs_take_a_reward_adapter_and_load_it(tmp_path):
+    from richfeedback.guidance import load_reward
+    from richfeedback.guidance.rewards import spec_of
+    from richfeedback.reward_models import tiny_checkpoints as tiny
+    from richfeedback.reward_models.adapters import AdapterSpec, add_adapter, save_adapter
+
+    known = ["rahf:aesthetics", "aesthetic", "pickscore"]
+    terms = parse_reward_spec("0.5*pickscore=w/ps,adapter=runs/a+0.5*rahf:aesthetics", known)
+    assert [(t.weight, t.name, t.weights, t.adapter) for t in terms] == [
+        (0.5, "pickscore", "w/ps", "runs/a"), (0.5, "rahf:aesthetics", None, None)]
+    assert parse_reward_spec(spec_of(terms), known) == terms
+    assert parse_reward_spec("pickscore,adapter=runs/a", known)[0].adapter == "runs/a"
+    # the adapter is applied: the spec's scores are the adapted model's, not the base's
+    weights = str(tiny.write_tiny_pickscore(tmp_path / "pickscore"))
+    model = load_reward_model("pickscore", weights)
+    trainable = add_adapter(model, AdapterSpec(kind="lora", r=4))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in trainable:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    save_adapter(model, tmp_path / "adapter")
+    images = [np.full((64, 64, 3), v, dtype=np.uint8) for v in (40, 200)]
+    adapted = load_reward(f"pickscore={weights},adapter={tmp_path / 'adapter'}")
+    torch.testing.assert_close(adapted.score(PROMPTS[0], images), model.score(PROMPTS[0], images))
+    assert not torch.allclose(load_reward(f"pickscore={weights}").score(PROMPTS[0], images),
+                              model.score(PROMPTS[0], images))
+
+
 def test_weighted_combination_is_the_weighted_sum_of_its_rewards():
     guidance = load_guidance("0.7*rahf:aesthetics+0.3*rahf:plausibility", scale=0.1)
     assert isinstance(guidance.reward, WeightedReward) and guidance.settings()["reward"].startswith("0.7*")

@@ -5,6 +5,7 @@ A spec names it the way the command line does:
     "rahf:aesthetics"                                   the embedded RAHF's aesthetics head (ShapesWorld default)
     "aesthetic=weights/aesthetic/"                      LAION aesthetic with its weights (a file or folder)
     "0.7*rahf:aesthetics+0.3*rahf:plausibility"         a weighted sum; weights are plain numbers, may be negative
+    "pickscore=weights/pickscore,adapter=runs/adapter"  a model with a reward adapter (`richfeedback adapter train`)
 
 Terms are split at a "+" that starts another registered name, so weight files with "+" in their name
 (`sac+logos+ava1-l14-linearMSE.pth`) stay whole. The sum is of the raw scores: rewards on different scales
@@ -29,23 +30,25 @@ class RewardTerm:
     weight: float
     name: str
     weights: Optional[str] = None  # the model's weights file or folder; None: its default location
+    adapter: Optional[str] = None  # a reward adapter's folder (richfeedback adapter train), applied on top
 
 
 def parse_reward_spec(spec: str, known: Optional[Sequence[str]] = None) -> list[RewardTerm]:
-    """The terms of a spec such as "0.7*rahf:aesthetics+0.3*aesthetic=path/to/weights"."""
+    """The terms of a spec such as "0.7*rahf:aesthetics+0.3*aesthetic=path/to/weights,adapter=runs/adapter"."""
     known = list(known if known is not None else list_reward_models())
     names = "|".join(re.escape(n) for n in sorted(known, key=len, reverse=True))
     # A "+" separates terms only where a (weighted) registered name follows it.
-    parts = re.split(rf"\+(?=\s*(?:{NUMBER}\s*\*\s*)?(?:{names})\s*(?:=|\+|$))", spec.strip())
+    parts = re.split(rf"\+(?=\s*(?:{NUMBER}\s*\*\s*)?(?:{names})\s*(?:=|\+|,|$))", spec.strip())
     terms = []
     for part in parts:
+        part, _, adapter = part.partition(",adapter=")
         match = re.fullmatch(rf"\s*(?:({NUMBER})\s*\*\s*)?([^=\s*]+)\s*(?:=\s*(.+?))?\s*", part)
         if not match or match.group(2) not in known:
             raise ValueError(f"cannot read the reward {part.strip()!r} in {spec!r}: write NAME, NAME=WEIGHTS or "
                              f"WEIGHT*NAME joined by '+', with NAME one of {', '.join(known)}")
         weight = float(match.group(1)) if match.group(1) is not None else 1.0
-        terms.append(RewardTerm(weight, match.group(2), match.group(3)))
-    if len({t.name for t in terms}) != len(terms):
+        terms.append(RewardTerm(weight, match.group(2), match.group(3), adapter.strip() or None))
+    if len({(t.name, t.adapter) for t in terms}) != len(terms):
         raise ValueError(f"{spec!r} names a reward model twice; give each once with its total weight")
     return terms
 
@@ -55,7 +58,7 @@ def spec_of(terms: Sequence[RewardTerm]) -> str:
     parts = []
     for t in terms:
         part = t.name if t.weight == 1.0 and len(terms) == 1 else f"{t.weight:g}*{t.name}"
-        parts.append(part + (f"={t.weights}" if t.weights else ""))
+        parts.append(part + (f"={t.weights}" if t.weights else "") + (f",adapter={t.adapter}" if t.adapter else ""))
     return "+".join(parts)
 
 
@@ -90,12 +93,13 @@ def load_reward(spec: str, *, device="cpu", dtype="fp32", max_batch_size: int = 
     models = []
     for t in terms:
         score = t.name.partition("rahf:")[2] if t.name.startswith("rahf:") else None
-        if score and not options and t.weights in loaded_rahf:
+        if score and not options and t.adapter is None and t.weights in loaded_rahf:
             models.append(loaded_rahf[t.weights].for_score(score))
             continue
+        extra = {"adapter": t.adapter} if t.adapter is not None else {}
         model = load_reward_model(t.name, weights=t.weights, device=device, dtype=dtype,
-                                  max_batch_size=max_batch_size, **options)
-        if score and not options:
+                                  max_batch_size=max_batch_size, **extra, **options)
+        if score and not options and t.adapter is None:
             loaded_rahf[t.weights] = model
         models.append(model)
     if len(terms) == 1 and terms[0].weight == 1.0:
