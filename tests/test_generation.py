@@ -64,6 +64,17 @@ def test_interrupted_folder_resumes_without_redoing_images(tmp_path):
     assert [r["seed"] for r in rows] == [10, 11, 12, 13]
 
 
+def test_resuming_a_folder_with_other_sampling_settings_is_refused(tmp_path):
+    jobs = plan_jobs(["a red circle on the left"], n_per_prompt=2, seed=0)
+    generate_to_folder("embedded", jobs[:1], tmp_path, progress=False, num_inference_steps=3)
+    with pytest.raises(ValueError, match="num_inference_steps: 3 there, 4 now.*new --out"):
+        generate_to_folder("embedded", jobs, tmp_path, progress=False, num_inference_steps=4)
+    with pytest.raises(ValueError, match="guidance_scale: 4.0 there, 7.0 now"):
+        generate_to_folder("embedded", jobs, tmp_path, progress=False, num_inference_steps=3, guidance_scale=7.0)
+    generate_to_folder("embedded", jobs, tmp_path, progress=False, num_inference_steps=3)  # same settings resume
+    assert len(read_manifest(tmp_path)) == 2
+
+
 def test_missing_model_folder_names_the_path_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="no pipeline folder at .*hub id"):
         load_pipeline(str(tmp_path / "nothing-here"))

@@ -123,6 +123,23 @@ def read_manifest(out_dir: str | os.PathLike) -> list[dict]:
     return rows
 
 
+ROW_KEYS = ("file_name", "prompt", "seed", "guidance")  # a manifest row's other keys are its sampling settings
+
+
+def check_same_settings(out: Path, rows: list[dict], settings: dict) -> None:
+    """Refuse to resume a folder whose images were made with another model or other sampling settings (steps, CFG,
+    size, negative prompt): one folder holds one setting, so that its images are comparable."""
+    wanted = json.loads(json.dumps(settings))  # as a manifest row holds them
+    for row in rows:
+        had = {k: v for k, v in row.items() if k not in ROW_KEYS}
+        if had != wanted:
+            changed = sorted(k for k in set(had) | set(wanted) if had.get(k) != wanted.get(k))
+            detail = ", ".join(f"{k}: {had.get(k, '(default)')!r} there, {wanted.get(k, '(default)')!r} now"
+                               for k in changed)
+            raise ValueError(f"{out} holds images made with other settings ({detail}); rerun with the same "
+                             "settings to resume it, or write to a new --out folder")
+
+
 def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_dir: str | os.PathLike,
                        batch_size: int = 8, device: str = "cpu", progress=True, pipe=None,
                        guidance=None, **sampling) -> Path:
@@ -148,11 +165,12 @@ def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_
     if rows and any(r.get("guidance") != guided.get("guidance") for r in rows):
         raise ValueError(f"{out} holds images made with other reward-guidance settings than these; "
                          "write to a new --out folder (a folder holds one setting, so a rerun can resume it)")
+    settings = {**pipeline_defaults(model), **{k: v for k, v in sampling.items() if v is not None}}
+    check_same_settings(out, rows, {"model": model or "embedded", **settings})
     done = {(r["prompt"], r["seed"]) for r in rows}
     todo = [j for j in jobs if (j.prompt, j.seed) not in done]
     if not todo:
         return out
-    settings = {**pipeline_defaults(model), **{k: v for k, v in sampling.items() if v is not None}}
     pipe = pipe if pipe is not None else load_pipeline(model, device=device)
     own_bar = not hasattr(progress, "update")
     bar = tqdm(total=len(todo), desc="generate", disable=not progress) if own_bar else progress
