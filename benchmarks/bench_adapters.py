@@ -14,9 +14,13 @@ What is compared, per family (PickScore, HPSv2.1, ImageReward, LAION aesthetic, 
   Each base so knows prompt alignment on clean images and has never been told that rendering artifacts are bad:
   it stands for a public reward model meeting feedback it never saw.
 - The adapter: `richfeedback.reward_models.train_adapter` on a preferences file of oracle-judged ShapesWorld pairs
-  (four renders per prompt in one layout: clean, misaligned, with artifacts, both; every pair), one pass, LoRA for the
-  prompt-conditioned families and the MLP head for the prompt-free aesthetic predictor, loaded back through
-  `load_reward_model(..., adapter=DIR)` for the evaluation.
+  (four renders per prompt in one layout: clean, misaligned, with artifacts, both; every pair), loaded back through
+  `load_reward_model(..., adapter=DIR)` for the evaluation. Recipe: LoRA rank 16 on the family's default targets
+  (every attention and MLP linear of both towers and the patch embedding; for open_clip, peft's MultiheadAttention
+  layer), LoRA plus its MLP head ("lora+head") for the prompt-free aesthetic predictor; batches of 8 prompts with
+  all their pairs (`data.group_by_prompt`: each render encoded once per step), AdamW lr 2e-3, 20 warm-up steps,
+  cosine decay over ADAPTER_EPOCHS epochs; the adapter kept is the one with the best accuracy on the trainer's own
+  held-out split (20% of the training file's prompts), never on the evaluation pairs below.
 - Evaluation: preference accuracy on held-out pairs (prompts that neither the pretraining nor the adapter training
   saw; ties left out), judged by the oracle (more prompt words satisfied, then smaller artifact area), with a 95%
   bootstrap interval over prompts; trainable parameters and the adapter's training time on the CPU (one thread,
@@ -50,11 +54,13 @@ from richfeedback.reward_models.train_adapter import load_config, train
 
 HELDOUT_FRACTION = 0.2
 SEED = 0
-ADAPTER_KIND = {"pickscore": "lora", "hpsv2.1": "lora", "imagereward": "lora", "aesthetic": "head",
+ADAPTER_KIND = {"pickscore": "lora", "hpsv2.1": "lora", "imagereward": "lora", "aesthetic": "lora+head",
                 "clipscore": "lora"}
 LOSS_SCALE = {"clipscore": 40.0}  # 2.5 * cos -> CLIP's logit scale of 100
 ADAPTER_LR = 2e-3
 ADAPTER_RANK = 16
+ADAPTER_EPOCHS = 6  # over prompt groups: each of a prompt's four renders encoded once per step for its six pairs
+ADAPTER_PROMPTS_PER_BATCH = 8
 
 
 # The reduced backbones: 2 layers, 64 px input with 8 px patches (ShapesWorld's own resolution, no upsampling).
@@ -232,7 +238,7 @@ def run(quick: bool = False) -> dict:
     os.environ["TQDM_DISABLE"] = "1"  # a table, not progress bars, is this script's output
     torch.manual_seed(SEED)
     families = list(ADAPTER_KIND)
-    base_steps, adapter_prompts, adapter_epochs = (60, 600, 1) if quick else (150, 3000, 1)
+    base_steps, adapter_prompts, adapter_epochs = (60, 600, 2) if quick else (150, 3000, ADAPTER_EPOCHS)
     n_eval_prompts = 300 if quick else 1000
     # held-out pairs: prompts hashed to the held-out side, which no training step below ever sees
     eval_pairs = [p for p in shapesworld_pairs(n_eval_prompts, seed=SEED + 100)
@@ -250,9 +256,11 @@ def run(quick: bool = False) -> dict:
             cfg.update(output_dir=str(out), seed=SEED)
             cfg["base"] = {"name": name, "weights": weights, "options": options}
             cfg["adapter"].update(kind=ADAPTER_KIND[name], r=ADAPTER_RANK, alpha=float(ADAPTER_RANK))
-            cfg["data"].update(source="preferences", path=str(pairs_file), heldout_fraction=HELDOUT_FRACTION)
+            cfg["data"].update(source="preferences", path=str(pairs_file), heldout_fraction=HELDOUT_FRACTION,
+                               group_by_prompt=True)
             cfg["loss"]["scale"] = LOSS_SCALE.get(name, 1.0)
-            cfg["optim"].update(epochs=adapter_epochs, batch_size=16, lr=ADAPTER_LR, warmup_steps=20)
+            cfg["optim"].update(epochs=adapter_epochs, batch_size=ADAPTER_PROMPTS_PER_BATCH, lr=ADAPTER_LR,
+                                warmup_steps=20)
             cfg["checkpoint_every_steps"] = 10_000
             started = time.perf_counter()
             train(cfg, cpu=True)
@@ -271,10 +279,16 @@ def run(quick: bool = False) -> dict:
                 "adapter_train_s": round(adapter_seconds, 1), "base_pretrain_s": round(base_seconds, 1),
                 "heldout_pairs": result["pairs"], "heldout_prompts": result["prompts"],
             })
-            details[name] = {"base": base, "adapter": result, "best_step": info["training"]["step"]}
+            final = json.loads((out / "final" / "adapter_config.json").read_text())["training"]
+            details[name] = {"base": base, "adapter": result, "best_step": info["training"]["step"],
+                             "final_step": final["step"], "heldout_split_best": info["training"]["heldout"],
+                             "heldout_split_final": final["heldout"],
+                             "lora_target_modules": (info.get("lora") or {}).get("target_modules"),
+                             "head_parameters": info.get("head_parameters")}
             print(json.dumps(rows[-1]), flush=True)
     return {"rows": rows, "details": details,
             "setup": {"base_pretrain_steps": base_steps, "adapter_train_prompts": adapter_prompts,
                       "adapter_epochs": adapter_epochs, "adapter_lr": ADAPTER_LR, "lora_rank": ADAPTER_RANK,
+                      "prompts_per_batch": ADAPTER_PROMPTS_PER_BATCH, "group_by_prompt": True,
                       "eval_prompts_drawn": n_eval_prompts, "threads": torch.get_num_threads(),
                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}}

@@ -65,7 +65,7 @@ def test_ranking_loss_matches_hand_computed_values_and_skips_ties():
 
 # -- training touches only the adapter --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,kind", [("pickscore", "lora"), ("aesthetic", "head")])
+@pytest.mark.parametrize("name,kind", [("pickscore", "lora"), ("aesthetic", "head"), ("aesthetic", "lora+head")])
 def test_a_few_training_steps_change_only_adapter_weights(bases, images, name, kind):
     weights, options = bases[name]
     model = load_reward_model(name, weights, **options)
@@ -85,14 +85,62 @@ def test_a_few_training_steps_change_only_adapter_weights(bases, images, name, k
     if kind == "lora":
         assert all("lora_" in n for n in trainable)
         assert any("lora_B" in n for n in changed)  # lora_B starts at zero: it moved
-    else:
+    elif kind == "head":
         assert all(n.startswith("mlp.") for n in trainable)
+    else:  # both move: the LoRA layers and the head
+        assert all("lora_" in n or n.startswith("mlp.") for n in trainable)
+        assert any("lora_B" in n for n in changed) and any(n.startswith("mlp.") for n in changed)
+
+
+def _lora_wrapped(model) -> set:
+    """Names of the modules peft replaced by a LoRA layer."""
+    from peft.tuners.lora import LoraLayer
+
+    return {n for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+@pytest.mark.parametrize("name,expected", [
+    # every block's attention and MLP linears in both towers, and the patch embedding
+    ("pickscore", {"clip.vision_model.embeddings.patch_embedding", "clip.vision_model.encoder.layers.0.mlp.fc1",
+                   "clip.vision_model.encoder.layers.1.self_attn.q_proj", "clip.text_model.encoder.layers.0.mlp.fc2",
+                   "clip.text_model.encoder.layers.1.self_attn.out_proj"}),
+    # open_clip: torch's MultiheadAttention as a whole (peft's own layer for it), the MLP and conv1
+    ("hpsv2.1", {"clip.visual.conv1", "clip.visual.transformer.resblocks.0.attn",
+                 "clip.visual.transformer.resblocks.0.mlp.c_fc", "clip.transformer.resblocks.0.attn",
+                 "clip.transformer.resblocks.0.mlp.c_proj"}),
+    ("imagereward", {"blip.visual_encoder.patch_embed.proj", "blip.visual_encoder.blocks.0.attn.qkv",
+                     "blip.visual_encoder.blocks.0.mlp.fc2",
+                     "blip.text_encoder.encoder.layer.0.crossattention.self.key",
+                     "blip.text_encoder.encoder.layer.0.intermediate.dense"}),
+    ("aesthetic", {"vision.vision_model.embeddings.patch_embedding", "vision.vision_model.encoder.layers.0.mlp.fc1",
+                   "vision.vision_model.encoder.layers.0.self_attn.v_proj"}),
+])
+def test_default_lora_targets_wrap_every_block_linear_and_the_patch_embedding(bases, name, expected):
+    weights, options = bases[name]
+    model = load_reward_model(name, weights, **options)
+    add_adapter(model, AdapterSpec(kind="lora", r=4))
+    wrapped = _lora_wrapped(model)
+    assert expected <= wrapped, sorted(expected - wrapped)
+    # heads and projections stay as the base: only the backbone is LoRA-adapted
+    assert not any(n.startswith("mlp.") or n.endswith("projection") for n in wrapped)
+
+
+def test_configured_target_modules_are_the_ones_wrapped(bases, tmp_path):
+    weights, _ = bases["pickscore"]
+    model = load_reward_model("pickscore", weights)
+    add_adapter(model, AdapterSpec(kind="lora", r=4, target_modules=r".*vision_model.*\.self_attn\.(q_proj|v_proj)"))
+    wrapped = _lora_wrapped(model)
+    assert wrapped and all("vision_model" in n and n.endswith(("q_proj", "v_proj")) for n in wrapped)
+    save_adapter(model, tmp_path / "adapter")
+    loaded = load_reward_model("pickscore", weights, adapter=tmp_path / "adapter")
+    assert _lora_wrapped(loaded) == wrapped
 
 
 # -- save / load ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,kind", [("pickscore", "lora"), ("hpsv2.1", "lora"), ("imagereward", "lora"),
-                                       ("aesthetic", "head"), ("pickscore", "head")])
+                                       ("aesthetic", "head"), ("pickscore", "head"), ("aesthetic", "lora+head"),
+                                       ("hpsv2.1", "lora+head")])
 def test_save_and_load_round_trip_gives_identical_scores(bases, images, tmp_path, name, kind):
     weights, options = bases[name]
     model = load_reward_model(name, weights, **options)
@@ -267,3 +315,41 @@ def test_score_regression_trains_the_aesthetic_head_on_a_rich_feedback_dataset(b
     assert info["kind"] == "head" and info["training"]["loss"] == "mse"
     assert "spearman" in json.loads((tmp_path / "run" / "base_metrics.json").read_text())
     load_reward_model("aesthetic", weights, adapter=tmp_path / "run" / "final")
+
+
+def test_batches_grouped_by_prompt_encode_each_image_once_and_give_the_same_pairwise_loss(bases):
+    from richfeedback.reward_models.adapters.losses import pairwise_loss
+    from richfeedback.reward_models.train_adapter import (AdapterDataset, PromptGroupDataset, collate,
+                                                          collate_groups)
+
+    pairs = shapesworld_pairs(3, seed=0)
+    weights, _ = bases["pickscore"]
+    model = load_reward_model("pickscore", weights)
+    groups = PromptGroupDataset(pairs, model.transform)
+    prompts, pixels, ends, labels = collate_groups([groups[i] for i in range(len(groups))])
+    assert len(prompts) == len({(p.prompt, id(x)) for p in pairs for x in (p.image_a, p.image_b)}) == 12
+    assert ends.shape == (len(pairs), 2) and labels.tolist() == [p.label for p in pairs]
+    scores = model(prompts, pixels)
+    grouped = pairwise_loss("pairwise_softmax", scores[ends[:, 0]], scores[ends[:, 1]], labels)
+    pair_prompts, (a, b), pair_labels = collate([AdapterDataset(pairs, model.transform)[i] for i in range(len(pairs))])
+    direct = pairwise_loss("pairwise_softmax", model(pair_prompts, a), model(pair_prompts, b), pair_labels)
+    assert grouped.item() == pytest.approx(direct.item(), rel=1e-5)
+
+
+def test_cli_trains_a_lora_plus_head_adapter_on_prompt_groups(bases, tmp_path):
+    from richfeedback.cli import main
+
+    weights, _ = bases["aesthetic"]
+    out = tmp_path / "grouped"
+    config = tmp_path / "grouped.yaml"
+    config.write_text("\n".join([
+        f"output_dir: {out}", f"base: {{name: aesthetic, weights: {weights}}}",
+        "adapter: {kind: lora+head, r: 4, alpha: 4.0}",
+        "data: {source: shapesworld, n_prompts: 16, group_by_prompt: true}",
+        "optim: {lr: 5.0e-3, epochs: 2, batch_size: 4, warmup_steps: 2}"]) + "\n")
+    assert main(["adapter", "train", "--config", str(config)]) == 0
+    info = json.loads((out / "final" / "adapter_config.json").read_text())
+    assert info["kind"] == "lora+head" and info["head_parameters"] and info["lora"]["r"] == 4
+    assert info["training"]["step"] >= 2  # two epochs of at least one batch of 4 prompts
+    loaded = load_reward_model("aesthetic", weights, adapter=out / "final")
+    assert _lora_wrapped(loaded) and loaded.adapter_info["kind"] == "lora+head"

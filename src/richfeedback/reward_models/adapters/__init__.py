@@ -3,7 +3,8 @@
     accelerate launch -m richfeedback.reward_models.train_adapter --config configs/adapters/pickscore-lora.yaml
     model = load_reward_model("pickscore", weights=..., adapter="runs/adapter-pickscore/best")
 
-- `modeling`: add, save and load an adapter (peft LoRA or the family's head), with a check of the base weights.
+- `modeling`: add, save and load an adapter (peft LoRA, the family's head, or both), with a check of the base
+  weights.
 - `losses`: the families' training losses (pairwise softmax with ties as half, ImageReward's ranking loss, MSE).
 - `preferences`: pairs from `ab results` files, Pick-a-Pic / HPDv2 files, pools ranked by a score or the oracle,
   and ShapesWorld; scores from rich-feedback datasets.
