@@ -108,11 +108,12 @@ def test_scale_zero_reproduces_the_unguided_images_exactly(pipe, rahf_aesthetics
     assert pipe.scheduler.step.__func__ is type(pipe.scheduler).step  # the wrapper is gone after the call
 
 
-def test_guidance_raises_the_guiding_reward_on_the_same_seeds(pipe, rahf_aesthetics):
+@pytest.mark.parametrize("decoder", ["auto", "vae"])  # the embedded tiny decoder, and the VAE
+def test_guidance_raises_the_guiding_reward_on_the_same_seeds(pipe, rahf_aesthetics, decoder):
     prompts = ["a red circle on the left", "a green triangle on the right", "two yellow squares", "a blue circle"]
     unguided = generate_images(pipe, prompts, [0, 1, 2, 3], **FAST)
-    guided = generate_images(pipe, prompts, [0, 1, 2, 3], guidance=RewardGuidance(rahf_aesthetics, scale=0.3),
-                             **FAST)
+    guidance = RewardGuidance(rahf_aesthetics, scale=0.3, every=1, decoder=decoder)  # 4 of the 6 steps
+    guided = generate_images(pipe, prompts, [0, 1, 2, 3], guidance=guidance, **FAST)
     before, after = rahf_aesthetics.score(prompts, unguided), rahf_aesthetics.score(prompts, guided)
     assert after.mean() > before.mean() + 0.02
     assert not any(np.array_equal(a, b) for a, b in zip(unguided, guided))
@@ -199,8 +200,16 @@ def test_weighted_combination_is_the_weighted_sum_of_its_rewards():
     assert isinstance(guidance.reward, WeightedReward) and guidance.settings()["reward"].startswith("0.7*")
     aes, plaus = load_reward_model("rahf:aesthetics"), load_reward_model("rahf:plausibility")
     images = torch.rand(2, 3, 64, 64)
-    torch.testing.assert_close(guidance.reward.differentiable(PROMPTS, images),
+    calls = []
+    (shared,) = guidance.reward.models  # both rahf:* terms: one RAHF model, one forward pass
+    hook = shared.model.register_forward_hook(lambda *a: calls.append(1))
+    combined = guidance.reward.differentiable(PROMPTS, images)
+    hook.remove()
+    assert len(calls) == 1
+    torch.testing.assert_close(combined,
                                0.7 * aes.differentiable(PROMPTS, images) + 0.3 * plaus.differentiable(PROMPTS, images))
+    torch.testing.assert_close(guidance.reward.score(PROMPTS, list(images)),
+                               0.7 * aes.score(PROMPTS, list(images)) + 0.3 * plaus.score(PROMPTS, list(images)))
 
 
 def test_bad_options_are_refused(rahf_aesthetics):

@@ -90,18 +90,26 @@ def load_reward(spec: str, *, device="cpu", dtype="fp32", max_batch_size: int = 
     """
     terms = parse_reward_spec(spec)
     loaded_rahf = {None: rahf} if rahf is not None else {}
-    models = []
+    # rahf:* terms on the same weights become one reward: one RAHF forward pass computes all their scores.
+    rahf_groups: dict[Optional[str], dict[str, float]] = {}
+    weighted: list[tuple[float, RewardModel]] = []
     for t in terms:
         score = t.name.partition("rahf:")[2] if t.name.startswith("rahf:") else None
-        if score and not options and t.adapter is None and t.weights in loaded_rahf:
-            models.append(loaded_rahf[t.weights].for_score(score))
+        if score and not options and t.adapter is None:
+            rahf_groups.setdefault(t.weights, {})[score] = t.weight
+            if t.weights not in loaded_rahf:
+                loaded_rahf[t.weights] = load_reward_model(t.name, weights=t.weights, device=device, dtype=dtype,
+                                                           max_batch_size=max_batch_size)
             continue
         extra = {"adapter": t.adapter} if t.adapter is not None else {}
-        model = load_reward_model(t.name, weights=t.weights, device=device, dtype=dtype,
-                                  max_batch_size=max_batch_size, **extra, **options)
-        if score and not options and t.adapter is None:
-            loaded_rahf[t.weights] = model
-        models.append(model)
-    if len(terms) == 1 and terms[0].weight == 1.0:
-        return models[0]
-    return WeightedReward([(t.weight, m) for t, m in zip(terms, models)], name=spec_of(terms))
+        weighted.append((t.weight, load_reward_model(t.name, weights=t.weights, device=device, dtype=dtype,
+                                                     max_batch_size=max_batch_size, **extra, **options)))
+    for weights_file, scores in rahf_groups.items():
+        if len(scores) == 1:
+            (score, weight), = scores.items()
+            weighted.append((weight, loaded_rahf[weights_file].for_score(score)))
+        else:
+            weighted.append((1.0, loaded_rahf[weights_file].for_scores(scores)))
+    if len(weighted) == 1 and weighted[0][0] == 1.0 and len(terms) == 1:
+        return weighted[0][1]
+    return WeightedReward(weighted, name=spec_of(terms))

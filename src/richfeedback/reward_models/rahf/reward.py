@@ -47,6 +47,7 @@ class RAHFReward(RewardModel):
         self.processor = processor
         self.score_name = score
         self.name = f"rahf:{score}"
+        self.score_weights = {score: 1.0}  # the reward is sum(weight * score); `for_scores` makes other sums
         self.scale = f"RAHF {score} score in [0, 1] (a rich-feedback dataset's consolidated rating; higher is better)"
 
     def for_score(self, score: str) -> "RAHFReward":
@@ -55,12 +56,25 @@ class RAHFReward(RewardModel):
         other.compute_dtype, other.source = self.compute_dtype, self.source
         return other
 
+    def for_scores(self, weights: dict[str, float]) -> "RAHFReward":
+        """A weighted sum of RAHF's scores as one reward, sharing this one's model: one forward pass computes every
+        score it needs (a sum of separate `rahf:*` rewards would run the model once per score)."""
+        unknown = [name for name in weights if name not in SCORE_NAMES]
+        if not weights or unknown:
+            raise ValueError(f"RAHF has no score {unknown}; it has {SCORE_NAMES}")
+        other = self.for_score(next(iter(weights)))
+        other.score_weights = {name: float(w) for name, w in weights.items()}
+        other.name = "+".join(f"{w:g}*rahf:{name}" for name, w in other.score_weights.items())
+        return other
+
     def _text(self, prompts: list[str]) -> dict:
         return {k: v.to(self.device) for k, v in self.processor.text_inputs(prompts).items()}
 
     def forward(self, prompts: list[str], pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values, **self._text(prompts),
-                          outputs=(self.score_name,)).scores[self.score_name].float()
+        scores = self.model(pixel_values=pixel_values, **self._text(prompts), outputs=tuple(self.score_weights)).scores
+        if self.score_weights == {self.score_name: 1.0}:
+            return scores[self.score_name].float()
+        return sum(weight * scores[name].float() for name, weight in self.score_weights.items())
 
     def all_scores(self, prompts, images) -> dict[str, torch.Tensor]:
         """Every RAHF score of the images, name -> (N,) tensor."""
