@@ -153,7 +153,8 @@ def run(quick: bool = False) -> dict:
         add((case["set"], "predicted", 8), judge(case, main.image, main.mask, main.chosen is None, main.candidates))
         by_kind.setdefault(case["kind"], []).append(judged[(case["set"], "predicted", 8)][-1]["fixed"])
         if main.candidates:  # N=1: candidate 0 alone against the original
-            one = select_best(main.original_score, main.candidate_scores[:1])
+            one = select_best(main.original_score, main.candidate_scores[:1],
+                              eligible=None if main.eligible is None else main.eligible[:1])
             output = image if one.chosen is None else main.candidates[0]
             add((case["set"], "predicted", 1), judge(case, output, main.mask, one.chosen is None, main.candidates[:1]))
             random = fixer.fix(image, prompt, mask=shifted(main.mask, rng, cell))

@@ -157,6 +157,7 @@ def test_generate_folder_supplies_prompts_and_predicted_heatmaps_make_masks(tmp_
     (["--n", "0"], "--n must be at least 1"),
     (["--strength", "1.5"], "--strength must be in (0, 1]"),
     (["--mask", "nowhere/"], "--mask nowhere/: no such file or folder"),
+    (["--alignment-guard", "lots"], "--alignment-guard lots: give a number >= 0 or none"),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, message):
     Image.fromarray(scene(0)).save(tmp_path / "img.png")

@@ -109,6 +109,52 @@ def test_best_candidate_is_kept_only_when_it_beats_the_original():
     assert kept.chosen is None and kept.best_score == 0.8
     assert select_best(0.8, [0.4, 0.7, 0.6], keep_original=False).chosen == 1
     assert select_best(0.7, [0.7]).chosen is None  # a tie does not replace the original
+    # candidates the alignment guard rules out cannot be chosen, whatever they score
+    guarded = select_best(0.5, [0.4, 0.9, 0.6], eligible=[True, False, True])
+    assert guarded.chosen == 2 and guarded.best_allowed_score == 0.6
+    assert select_best(0.5, [0.9], eligible=[False]).chosen is None
+    assert select_best(0.5, [0.9], keep_original=False, eligible=[False]).chosen is None
+
+
+class FakeAlignment:
+    """A stand-in RAHF: implausibility heat = red channel, and an alignment score per image from a lookup."""
+
+    def __init__(self, alignment_of):
+        self.alignment_of = alignment_of
+
+    def heatmaps(self, prompts, images):
+        return FakeHeatmaps().heatmaps(prompts, images)
+
+    def for_score(self, name):
+        assert name == "alignment"
+        return self
+
+    def score(self, prompts, images):
+        return torch.tensor([self.alignment_of(np.asarray(i)) for i in images], dtype=torch.float32)
+
+
+def test_the_alignment_guard_keeps_the_input_when_every_candidate_loses_alignment(pipe):
+    import dataclasses
+
+    from richfeedback.inpaint.fix import FixSettings, InpaintFixer
+    from richfeedback.inpaint.selection import MaskHeatScore
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[20:40, 20:40, 0] = 255  # a hot (red) square: the defect the fake heatmap sees
+    # the original is perfectly aligned; every repaint (anything not bit-identical) loses 0.5 alignment
+    model = FakeAlignment(lambda a: 1.0 if np.array_equal(a, image) else 0.5)
+    settings = FixSettings(n=2, sampling=dict(FAST), keep_original=False)  # even "always replace" obeys the guard
+    guarded = InpaintFixer(pipe, model, MaskHeatScore(model), settings).fix(image, "a red square")
+    assert guarded.status == "kept_original" and guarded.chosen is None and (guarded.image == image).all()
+    assert guarded.eligible == [False, False] and guarded.alignment == [1.0, 0.5, 0.5]
+    assert "lowers RAHF alignment by more than 0.1" in guarded.message
+    off = InpaintFixer(pipe, model, MaskHeatScore(model), dataclasses.replace(settings, alignment_guard=None))
+    unguarded = off.fix(image, "a red square")
+    assert unguarded.status == "fixed" and unguarded.eligible is None
+    tolerant = InpaintFixer(pipe, model, MaskHeatScore(model), dataclasses.replace(settings, alignment_guard=0.6))
+    assert tolerant.fix(image, "a red square").chosen == unguarded.chosen
+    with pytest.raises(ValueError, match="alignment_guard"):
+        FixSettings(alignment_guard=-1)
 
 
 class FakeHeatmaps:

@@ -83,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance scale (default: the model's), as in `richfeedback generate`")
     p.add_argument("--always-replace", action="store_true",
                    help="take the best candidate even when it scores below the original")
+    p.add_argument("--alignment-guard", default="0.1", metavar="DROP",
+                   help="a candidate whose RAHF alignment score is more than DROP below the original's cannot be "
+                        "chosen (a repair must not lose a prompt word); 'none' turns it off (default 0.1)")
     p.add_argument("--batch-size", type=int, default=None, help="candidates per pipeline call (default: all --n)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
@@ -112,6 +115,13 @@ def settings_from_args(args):
         pixels(args.dilate, 64)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    guard = None if str(args.alignment_guard).lower() == "none" else args.alignment_guard
+    try:
+        guard = None if guard is None else float(guard)
+    except ValueError:
+        raise UsageError(f"--alignment-guard {args.alignment_guard}: give a number >= 0 or none") from None
+    if guard is not None and not guard >= 0:
+        raise UsageError(f"--alignment-guard {args.alignment_guard}: give a number >= 0 or none")
     if args.n < 1:
         raise UsageError("--n must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
@@ -131,7 +141,8 @@ def settings_from_args(args):
     mask = MaskConfig(threshold=args.threshold, floor=args.floor, grow=grow, dilate=args.dilate, min_area=args.min_area,
                       round_to_cells=1 if args.no_round_to_latent else 0, feather=args.feather)
     return FixSettings(n=args.n, seed=args.seed, keep_original=not args.always_replace, crop_padding=args.crop_padding,
-                       batch_size=args.batch_size, heatmap=args.heatmap_kind, mask=mask, sampling=sampling)
+                       batch_size=args.batch_size, heatmap=args.heatmap_kind, mask=mask, sampling=sampling,
+                       alignment_guard=guard)
 
 
 def generated_images_only(args, paths: list[Path]) -> list[Path]:

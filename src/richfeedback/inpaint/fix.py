@@ -40,7 +40,10 @@ class FixSettings:
     """n: candidates per image; seed: candidate k uses seed + k; keep_original: keep the input when no candidate
     scores higher; crop_padding: inpaint a padded box around the mask at working resolution (None: the whole
     image); batch_size: candidates per pipeline call (None: all n in one); heatmap: which RAHF heatmap makes the
-    mask; sampling: pipeline arguments (strength, num_inference_steps, guidance_scale, height, width)."""
+    mask; sampling: pipeline arguments (strength, num_inference_steps, guidance_scale, height, width);
+    alignment_guard: a candidate whose RAHF alignment score is more than this below the original's cannot be chosen
+    (a repair must not lose a prompt word: an inpainted object of another colour or shape scores as an improvement
+    inside the mask); None turns it off."""
 
     n: int = 8
     seed: int = 0
@@ -50,8 +53,15 @@ class FixSettings:
     heatmap: str = "implausibility"
     mask: MaskConfig = dataclasses.field(default_factory=MaskConfig)
     sampling: dict = dataclasses.field(default_factory=lambda: {"strength": 1.0})
+    # On ShapesWorld dev images (artifact_examples(40, seed=2), not the benchmark's seed 0) and 30 clean renders
+    # (seed 77), with the default masks and selector: of the replacements that lost a prompt word or added an object,
+    # a guard of 0.1 stops 4 of 10 on artifact images and 2 of 3 on clean renders, and stops no replacement that fixed
+    # an image (23 of 40 either way); 0.02 also stops 3 fixes.
+    alignment_guard: Optional[float] = 0.1
 
     def __post_init__(self):
+        if self.alignment_guard is not None and not self.alignment_guard >= 0:
+            raise ValueError(f"alignment_guard must be >= 0 or None, got {self.alignment_guard}")
         if self.n < 1:
             raise ValueError(f"n must be at least 1 candidate, got {self.n}")
         if self.heatmap not in ("implausibility", "misalignment"):
@@ -76,6 +86,8 @@ class FixResult:
     candidate_scores: list[float]
     chosen: Optional[int]
     message: str
+    eligible: Optional[list[bool]] = None  # per candidate: allowed by the alignment guard (None: no guard ran)
+    alignment: Optional[list[float]] = None  # RAHF alignment of the original, then of each candidate (guard only)
 
     @property
     def mask_area(self) -> float:
@@ -145,17 +157,28 @@ class InpaintFixer:
         raw = inpaint_candidates(self.pipe, image, mask, prompt, seeds, crop_padding=s.crop_padding,
                                  batch_size=s.batch_size, **s.sampling)
         candidates = [composite(image, candidate, alpha) for candidate in raw]
-        selection = score_and_select(self.reward, prompt, image, candidates, s.keep_original, mask=mask)
+        eligible = alignment = None
+        if s.alignment_guard is not None:
+            alignment = self.heatmap_model.for_score("alignment").score([prompt] * (1 + len(candidates)),
+                                                                        [image, *candidates]).tolist()
+            eligible = [a >= alignment[0] - s.alignment_guard for a in alignment[1:]]
+        selection = score_and_select(self.reward, prompt, image, candidates, s.keep_original, mask=mask,
+                                     eligible=eligible)
         if selection.chosen is None:
             status, output = "kept_original", image.copy()
-            message = (f"no candidate beats the original ({self.reward_name} {selection.original_score:.4f}, best "
-                       f"candidate {max(selection.candidate_scores):.4f}): the input is kept")
+            if eligible is not None and not any(eligible):
+                message = (f"every candidate lowers RAHF alignment by more than {s.alignment_guard:g} "
+                           f"(from {alignment[0]:.3f} to at most {max(alignment[1:]):.3f}): the input is kept")
+            else:
+                message = (f"no candidate beats the original ({self.reward_name} {selection.original_score:.4f}, "
+                           f"best allowed candidate {selection.best_allowed_score:.4f}): the input is kept")
         else:
             status, output = "fixed", candidates[selection.chosen]
             message = (f"candidate {selection.chosen} (seed {seeds[selection.chosen]}) raised {self.reward_name} from "
                        f"{selection.original_score:.4f} to {selection.best_score:.4f}")
         return FixResult(status, output, heatmap, mask, alpha, source, threshold, seeds, candidates,
-                         selection.original_score, selection.candidate_scores, selection.chosen, message)
+                         selection.original_score, selection.candidate_scores, selection.chosen, message, eligible,
+                         alignment)
 
     @property
     def reward_name(self) -> str:

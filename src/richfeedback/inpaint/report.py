@@ -121,8 +121,11 @@ def write_image_outputs(out: Path, name: str, path: Path, prompt: str, image: np
         "rahf_before": rahf_before,
         "rahf_after": rahf_after,
         "chosen": None if result.chosen is None else {"index": result.chosen, "seed": result.seeds[result.chosen]},
-        "candidates": [{"index": k, "seed": seed, "score": score}
+        "candidates": [{"index": k, "seed": seed, "score": score,
+                        **({} if result.alignment is None else {"rahf_alignment": result.alignment[k + 1],
+                                                                "allowed": result.eligible[k]})}
                        for k, (seed, score) in enumerate(zip(result.seeds, result.candidate_scores))],
+        **({} if result.alignment is None else {"rahf_alignment_before": result.alignment[0]}),
         "pixels_changed_outside_mask": int((result.image != image).any(-1)[~result.mask].sum()),
         "settings": settings_dict(fixer.settings),
         "outputs": outputs,

@@ -72,30 +72,42 @@ class Selection:
     original_score: float
     candidate_scores: list[float]
     chosen: Optional[int]  # index of the kept candidate; None: the original is kept
+    eligible: Optional[list[bool]] = None  # which candidates could be chosen (None: all)
 
     @property
     def best_score(self) -> float:
         return self.original_score if self.chosen is None else self.candidate_scores[self.chosen]
 
+    @property
+    def best_allowed_score(self) -> float:
+        allowed = [s for k, s in enumerate(self.candidate_scores) if self.eligible is None or self.eligible[k]]
+        return max(allowed) if allowed else float("-inf")
 
-def select_best(original_score: float, candidate_scores: Sequence[float], keep_original: bool = True) -> Selection:
-    """The highest-scoring candidate (the first on ties), or None when `keep_original` and it does not beat the
-    original strictly."""
+
+def select_best(original_score: float, candidate_scores: Sequence[float], keep_original: bool = True,
+                eligible: Optional[Sequence[bool]] = None) -> Selection:
+    """The highest-scoring candidate among the `eligible` ones (the first on ties), or None when there is none or
+    `keep_original` and it does not beat the original strictly."""
     scores = [float(s) for s in candidate_scores]
-    if not scores:
-        return Selection(float(original_score), [], None)
-    best = int(np.argmax(scores))
+    allowed = [True] * len(scores) if eligible is None else [bool(e) for e in eligible]
+    if len(allowed) != len(scores):
+        raise ValueError(f"{len(allowed)} eligibility flags for {len(scores)} candidates")
+    ranked = [k for k in range(len(scores)) if allowed[k]]
+    if not ranked:
+        return Selection(float(original_score), scores, None, None if eligible is None else allowed)
+    best = max(ranked, key=lambda k: (scores[k], -k))
     chosen = None if keep_original and scores[best] <= original_score else best
-    return Selection(float(original_score), scores, chosen)
+    return Selection(float(original_score), scores, chosen, None if eligible is None else allowed)
 
 
 def score_and_select(reward, prompt: str, original: np.ndarray, candidates: Sequence[np.ndarray],
-                     keep_original: bool = True, mask: Optional[np.ndarray] = None) -> Selection:
-    """Score the original and its candidates in one batch and select (`mask`: what was repainted, for a reward that
-    looks there)."""
+                     keep_original: bool = True, mask: Optional[np.ndarray] = None,
+                     eligible: Optional[Sequence[bool]] = None) -> Selection:
+    """Score the original and its candidates in one batch and select among the `eligible` candidates (`mask`: what
+    was repainted, for a reward that looks there)."""
     images = [original, *candidates]
     if getattr(reward, "uses_mask", False):
         scores = reward.score([prompt] * len(images), images, mask=mask).tolist()
     else:
         scores = reward.score([prompt] * len(images), images).tolist()
-    return select_best(scores[0], scores[1:], keep_original)
+    return select_best(scores[0], scores[1:], keep_original, eligible)
