@@ -353,3 +353,27 @@ def test_cli_trains_a_lora_plus_head_adapter_on_prompt_groups(bases, tmp_path):
     assert info["training"]["step"] >= 2  # two epochs of at least one batch of 4 prompts
     loaded = load_reward_model("aesthetic", weights, adapter=out / "final")
     assert _lora_wrapped(loaded) and loaded.adapter_info["kind"] == "lora+head"
+
+
+def test_auto_loss_scale_puts_each_family_at_its_backbones_temperature(bases):
+    from richfeedback.reward_models.train_adapter import auto_loss_scale
+
+    weights, _ = bases["pickscore"]
+    assert auto_loss_scale(load_reward_model("pickscore", weights)) == 1.0  # logit_scale * cos already
+    clipscore = load_reward_model("clipscore", weights)
+    with torch.no_grad():
+        clipscore.clip.logit_scale.fill_(math.log(100.0))  # OpenAI CLIP's, at the cap: 2.5 * cos -> 100 * cos
+    assert auto_loss_scale(clipscore) == pytest.approx(40.0)
+    with torch.no_grad():
+        clipscore.clip.logit_scale.fill_(math.log(15.0))  # a briefly trained small CLIP
+    assert auto_loss_scale(clipscore) == pytest.approx(6.0)
+    weights, options = bases["hpsv2.1"]
+    hps = load_reward_model("hpsv2.1", weights, **options)
+    with torch.no_grad():
+        hps.clip.logit_scale.fill_(math.log(100.0))
+    assert auto_loss_scale(hps) == pytest.approx(1.0)  # the released HPS: 100 * cos is its own logit
+    with torch.no_grad():
+        hps.clip.logit_scale.fill_(math.log(20.0))
+    assert auto_loss_scale(hps) == pytest.approx(0.2)
+    weights, options = bases["imagereward"]
+    assert auto_loss_scale(load_reward_model("imagereward", weights, **options)) == 1.0

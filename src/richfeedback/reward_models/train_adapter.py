@@ -16,7 +16,9 @@ head in full) or "lora+head" (both).
 
 Loss (`loss.type`, default the family's own): "pairwise_softmax" (PickScore, HPS: softmax over the pair's scores,
 ties as [0.5, 0.5]), "ranking" (ImageReward: -log sigmoid(r_win - r_lose), ties skipped), "mse" (scores; with a
-learned affine map onto the targets' scale when `loss.calibrate`).
+learned affine map onto the targets' scale when `loss.calibrate`). `loss.scale` multiplies the scores first; "auto"
+(the default) puts HPS's 100 * cos and CLIPScore's 2.5 * cos at the backbone's own learned temperature
+exp(logit_scale) (1 and 40 for the released models; less for a CLIP whose learned logit scale is lower).
 
 AdamW with warm-up and cosine decay per step, gradient accumulation, mixed precision, gradient clipping. Checkpoints
 (adapter weights, optimizer, scheduler, step, written atomically) every N steps and `--resume` from the latest; the
@@ -62,8 +64,9 @@ DEFAULTS = {
     "data": {"source": None, "path": None, "by": "oracle", "keep_ties": True, "max_pairs_per_prompt": None,
              "n_prompts": 400, "split": "train", "score_weights": {"overall": 1.0}, "heldout_fraction": 0.2,
              "num_workers": 0, "group_by_prompt": False},
-    # scale multiplies scores before the loss (CLIPScore's 2.5 * cos wants ~40); calibrate: affine map for "mse"
-    "loss": {"type": None, "scale": 1.0, "calibrate": True},
+    # scale multiplies scores before the loss: a number, or "auto" (pairwise losses: the backbone's own temperature,
+    # see auto_loss_scale; 1 for mse); calibrate: affine map for "mse"
+    "loss": {"type": None, "scale": "auto", "calibrate": True},
     "optim": {"lr": 1.0e-3, "weight_decay": 0.0, "epochs": 5, "batch_size": 16, "grad_accum": 1, "warmup_steps": 10,
               "min_lr_ratio": 0.1, "max_grad_norm": 1.0, "max_steps": None},
     "mixed_precision": "no",
@@ -194,6 +197,18 @@ def build_model(cfg: dict):
     return model, add_adapter(model, spec)
 
 
+def auto_loss_scale(model) -> float:
+    """What turns a family's score into the logits of its backbone's own contrastive temperature exp(logit_scale):
+    PickScore's score is exactly that (1); HPS reports 100 * cos (exp(logit_scale) / 100: 1 for the released HPS
+    models, whose scale sits at CLIP's cap of 100); CLIPScore reports 2.5 * max(cos, 0) (exp(logit_scale) / 2.5: 40
+    for OpenAI's CLIP). A backbone whose learned temperature is lower (a small or briefly trained CLIP) would otherwise
+    see logits several times sharper than it was trained with. Other families (ImageReward, aesthetic): 1."""
+    if model.name in ("hpsv2", "hpsv2.1", "clipscore"):
+        temperature = float(model.clip.logit_scale.detach().float().exp())
+        return temperature / (2.5 if model.name == "clipscore" else 100.0)
+    return 1.0
+
+
 def evaluate_split(model, examples: list, batch_size: int) -> dict:
     """Held-out numbers: preference accuracy (pairs) or Spearman / Pearson correlation (scores)."""
     from .adapters.evaluate import preference_accuracy
@@ -277,10 +292,15 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     if pairwise == (loss_type == "mse"):
         raise ValueError(f"loss.type {loss_type!r} does not fit data.source {cfg['data']['source']!r}: "
                          "pairs take pairwise_softmax or ranking, scores take mse")
+    if lcfg["scale"] == "auto":
+        lcfg["scale"] = 1.0 if loss_type == "mse" else auto_loss_scale(model)
+    elif not isinstance(lcfg["scale"], (int, float)):
+        raise ValueError(f"loss.scale must be a number or 'auto', got {lcfg['scale']!r}")
     if accelerator.is_main_process:
         accelerator.print(f"{model.name} + {model.adapter_info['kind']} adapter: "
                           f"{model.adapter_info['trainable_parameters']:,} trainable parameters; "
-                          f"{len(train_examples)} training / {len(heldout)} held-out examples; loss {loss_type}")
+                          f"{len(train_examples)} training / {len(heldout)} held-out examples; loss {loss_type} "
+                          f"(scale {lcfg['scale']:.4g})")
 
     grouped = pairwise and cfg["data"]["group_by_prompt"]
     dataset = (PromptGroupDataset(train_examples, model.transform) if grouped else
