@@ -5,8 +5,9 @@ Two sets of images with an artifact the oracle sees:
 - generated: the embedded generator's own images that the oracle flags (prompts of the evaluation protocol).
 
 Conditions (embedded generator as the inpainter, 25 DDIM steps, CFG 4, strength 1; embedded RAHF; best candidate by
-the default selection reward, rahf:mask-heat (least RAHF implausibility + misalignment heat inside the mask), the
-original kept when no candidate beats it; composites with a hard edge, the default):
+the default selection reward, rahf:mask-heat (least RAHF implausibility + misalignment heat inside the mask), among
+the candidates the alignment guard allows (RAHF alignment at most 0.1 below the input's), the original kept when no
+candidate beats it; composites with a hard edge, the default):
 - predicted, N=8: the RAHF implausibility heatmap, default mask settings (cut at half the heatmap's hottest value,
   never below 0.1; grown over connected pixels above 0.3 of the hottest; dilate 2; latent cells);
 - predicted, N=1: the same masks, only candidate 0 (its seed is the same as in the N=8 run, so it is the same
@@ -24,13 +25,14 @@ the output, whatever reward selected.
 reward (the selector's ceiling). "outside unchanged" = the share of images whose pixels outside the repainted mask
 are bit-identical to the input's.
 
-Last full run (481 s on 2 shared CPU cores), fixed / fixed if the oracle picked / new misalignment:
+Last full run (344 s on 2 shared CPU cores), fixed / fixed if the oracle picked / new misalignment:
 - injected, predicted N=8: 0.57 / 0.70 / 0.20 (empty masks 0.10, kept original 0.10, artifact coverage 0.89);
-  N=1: 0.47 / 0.47 / 0.30; random masks 0.03; q0.95 masks 0.47 / 0.60 / 0.37; the oracle's mask 0.83 / 0.93 / 0.07.
+  N=1: 0.47 / 0.47 / 0.17; random masks 0.03; q0.95 masks 0.47 / 0.60 / 0.30; the oracle's mask 0.83 / 0.93 / 0.07.
+  Without the alignment guard: the same at N=8; N=1 new misalignment 0.30, q0.95 0.37, generated/oracle 0.20.
   The defaults before (absolute 0.2, feather 2, rahf:plausibility): 0.47 / 0.60 / 0.20, N=1 0.33, oracle's mask 0.73.
   By kind: stray blob 0.80, smear 0.67, ghost 0.67, texture noise 0.62, broken edge 0.
 - generated, predicted N=8: 0.00 (15 of 20 masks empty; the other 5 cover 9% of their artifacts); q0.95 masks 0.00;
-  the oracle's mask 0.20 / 0.60 / 0.30.
+  the oracle's mask 0.25 / 0.60 / 0.25.
 """
 
 from __future__ import annotations
