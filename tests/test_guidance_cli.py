@@ -18,7 +18,7 @@ def test_generate_with_guidance_records_it_in_the_manifest(tmp_path):
     assert len(rows) == 2 and (out / "grid.png").exists()
     assert rows[0]["guidance_scale"] == 3.0  # the classifier-free guidance scale
     assert rows[0]["guidance"] == {"reward": "0.7*rahf:aesthetics+0.3*rahf:plausibility", "scale": 0.2, "every": 1,
-                                   "window": [0.0, 0.6], "normalize": "rms", "path": "cheap"}
+                                   "window": [0.0, 0.6], "normalize": "rms", "path": "cheap", "decoder": "auto"}
 
 
 def test_guidance_scale_alone_guides_the_embedded_model_by_rahf_aesthetics(tmp_path):
