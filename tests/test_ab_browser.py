@@ -109,6 +109,9 @@ def test_rate_with_clicks_and_keys_export_and_read_back(tmp_path, browser):
     assert "Every pair is rated" in text("message")
 
     # Ratings survive a reload (localStorage under the comparison's id); the arrow keys go back to a rated pair.
+    # Chrome hands a page's localStorage writes to its browser process asynchronously, and a reload starts a new
+    # renderer that reads from there: without a pause an immediate reload can race the last writes (seen once in CI).
+    time.sleep(1.0)
     browser.refresh()
     assert text("progress-text") == "6 of 6 pairs rated"
     press(Keys.ARROW_LEFT)
