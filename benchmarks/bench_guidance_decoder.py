@@ -18,21 +18,11 @@ import torch
 
 def predicted_x0_latents(pipe, prompts: list[str]) -> torch.Tensor:
     from richfeedback.generation import EMBEDDED_DEFAULTS
+    from richfeedback.guidance.schedulers import recording_predicted_x0
 
-    recorded = []
-    original = pipe.scheduler.step
-
-    def step(*args, return_dict=True, **kwargs):
-        out = original(*args, return_dict=True, **kwargs)
-        recorded.append(out.pred_original_sample.detach().clone())
-        return out if return_dict else (out.prev_sample,)
-
-    pipe.scheduler.step = step
-    try:
+    with recording_predicted_x0(pipe) as recorded:
         generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
         pipe(prompts, generator=generators, output_type="latent", **EMBEDDED_DEFAULTS)
-    finally:
-        del pipe.scheduler.step
     return torch.stack(recorded, 1)  # (prompts, steps, 4, h, w)
 
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from richfeedback.generation import EMBEDDED_DEFAULTS, load_pipeline  # noqa: E402
 from richfeedback.guidance.reward_guidance import decode_to_unit_range  # noqa: E402
+from richfeedback.guidance.schedulers import recording_predicted_x0  # noqa: E402
 from richfeedback.shapesworld.scene import sample_prompts  # noqa: E402
 
 TINY_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, act_fn="relu", upsample_fn="nearest",
@@ -40,22 +41,11 @@ TINY_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, act_fn="rel
 
 def trajectory_latents(pipe, prompts: list[str], seed: int) -> torch.Tensor:
     """The predicted x0 (scaled latents) at every sampling step of the embedded pipeline, one run per prompt."""
-    recorded = []
-    original = pipe.scheduler.step
-
-    def step(*args, return_dict=True, **kwargs):
-        out = original(*args, return_dict=True, **kwargs)
-        recorded.append(out.pred_original_sample.detach().clone())
-        return out if return_dict else (out.prev_sample,)
-
-    pipe.scheduler.step = step
-    try:
+    with recording_predicted_x0(pipe) as recorded:
         for start in tqdm(range(0, len(prompts), 16), desc="trajectories"):
             batch = prompts[start : start + 16]
             generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(batch))]
             pipe(batch, generator=generators, output_type="latent", **EMBEDDED_DEFAULTS)
-    finally:
-        del pipe.scheduler.step
     return torch.cat(recorded)
 
 

@@ -101,6 +101,17 @@ def test_a_tiny_decoder_replaces_the_vae_in_the_reward_gradient_only(pipe, rahf_
         RewardGuidance(rahf_aesthetics, decoder=str(tmp_path / "missing")).decoder_for(pipe)
 
 
+def test_recording_predicted_x0_sees_every_step_and_changes_nothing(pipe):
+    from richfeedback.guidance.schedulers import recording_predicted_x0
+
+    plain = generate_images(pipe, PROMPTS, [5, 6], **FAST)
+    with recording_predicted_x0(pipe) as recorded:
+        seen = generate_images(pipe, PROMPTS, [5, 6], **FAST)
+    assert len(recorded) == FAST["num_inference_steps"] and recorded[0].shape == (2, 4, 16, 16)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, seen))
+    assert pipe.scheduler.step.__func__ is type(pipe.scheduler).step
+
+
 def test_scale_zero_reproduces_the_unguided_images_exactly(pipe, rahf_aesthetics):
     unguided = generate_images(pipe, PROMPTS, [3, 4], **FAST)
     zero = generate_images(pipe, PROMPTS, [3, 4], guidance=RewardGuidance(rahf_aesthetics, scale=0.0), **FAST)

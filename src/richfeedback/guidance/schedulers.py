@@ -14,6 +14,8 @@ depends on nothing but the latents it is given and a step counter:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
@@ -87,3 +89,25 @@ def predicted_x0(scheduler, model_output: torch.Tensor, timestep, sample: torch.
         return sample32 - sigma * output32
     # v_prediction on sigma-scaled latents (EulerDiscreteScheduler.step): c_out * v + c_skip * x
     return output32 * (-sigma / (sigma**2 + 1) ** 0.5) + sample32 / (sigma**2 + 1)
+
+
+@contextlib.contextmanager
+def recording_predicted_x0(pipe):
+    """Inside the block, every `pipe.scheduler.step` appends its predicted x0 (`pred_original_sample`, the latents
+    guidance decodes) to the yielded list, one (B, C, h, w) tensor per step, in call order. For distilling and
+    benchmarking decoders on exactly what guidance sees; schedulers without `pred_original_sample` are refused."""
+    recorded: list[torch.Tensor] = []
+    original = pipe.scheduler.step
+
+    def step(*args, return_dict=True, **kwargs):
+        out = original(*args, return_dict=True, **kwargs)
+        if getattr(out, "pred_original_sample", None) is None:
+            raise ValueError(f"{type(pipe.scheduler).__name__}.step returns no pred_original_sample to record")
+        recorded.append(out.pred_original_sample.detach().clone())
+        return out if return_dict else (out.prev_sample,)
+
+    pipe.scheduler.step = step
+    try:
+        yield recorded
+    finally:
+        del pipe.scheduler.step
