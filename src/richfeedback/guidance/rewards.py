@@ -104,12 +104,7 @@ def load_reward(spec: str, *, device="cpu", dtype="fp32", max_batch_size: int = 
         extra = {"adapter": t.adapter} if t.adapter is not None else {}
         weighted.append((t.weight, load_reward_model(t.name, weights=t.weights, device=device, dtype=dtype,
                                                      max_batch_size=max_batch_size, **extra, **options)))
-    for weights_file, scores in rahf_groups.items():
-        if len(scores) == 1:
-            (score, weight), = scores.items()
-            weighted.append((weight, loaded_rahf[weights_file].for_score(score)))
-        else:
-            weighted.append((1.0, loaded_rahf[weights_file].for_scores(scores)))
-    if len(weighted) == 1 and weighted[0][0] == 1.0 and len(terms) == 1:
+    weighted += [(1.0, loaded_rahf[weights_file].for_scores(scores)) for weights_file, scores in rahf_groups.items()]
+    if len(terms) == 1 and terms[0].weight == 1.0:
         return weighted[0][1]
     return WeightedReward(weighted, name=spec_of(terms))

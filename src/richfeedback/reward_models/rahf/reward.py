@@ -45,16 +45,13 @@ class RAHFReward(RewardModel):
         super().__init__(ProcessorTransform(processor), max_batch_size=max_batch_size)
         self.model = model
         self.processor = processor
-        self.score_name = score
-        self.name = f"rahf:{score}"
         self.score_weights = {score: 1.0}  # the reward is sum(weight * score); `for_scores` makes other sums
+        self.name = f"rahf:{score}"
         self.scale = f"RAHF {score} score in [0, 1] (a rich-feedback dataset's consolidated rating; higher is better)"
 
     def for_score(self, score: str) -> "RAHFReward":
         """Another of RAHF's scores as a reward, sharing this one's model (nothing is loaded again)."""
-        other = RAHFReward(self.model, self.processor, score, self.max_batch_size)
-        other.compute_dtype, other.source = self.compute_dtype, self.source
-        return other
+        return self.for_scores({score: 1.0})
 
     def for_scores(self, weights: dict[str, float]) -> "RAHFReward":
         """A weighted sum of RAHF's scores as one reward, sharing this one's model: one forward pass computes every
@@ -62,9 +59,11 @@ class RAHFReward(RewardModel):
         unknown = [name for name in weights if name not in SCORE_NAMES]
         if not weights or unknown:
             raise ValueError(f"RAHF has no score {unknown}; it has {SCORE_NAMES}")
-        other = self.for_score(next(iter(weights)))
-        other.score_weights = {name: float(w) for name, w in weights.items()}
-        other.name = "+".join(f"{w:g}*rahf:{name}" for name, w in other.score_weights.items())
+        other = RAHFReward(self.model, self.processor, next(iter(weights)), self.max_batch_size)
+        other.compute_dtype, other.source = self.compute_dtype, self.source
+        if list(weights.values()) != [1.0]:
+            other.score_weights = {name: float(w) for name, w in weights.items()}
+            other.name = "+".join(f"{w:g}*rahf:{name}" for name, w in other.score_weights.items())
         return other
 
     def _text(self, prompts: list[str]) -> dict:
@@ -72,31 +71,29 @@ class RAHFReward(RewardModel):
 
     def forward(self, prompts: list[str], pixel_values: torch.Tensor) -> torch.Tensor:
         scores = self.model(pixel_values=pixel_values, **self._text(prompts), outputs=tuple(self.score_weights)).scores
-        if self.score_weights == {self.score_name: 1.0}:
-            return scores[self.score_name].float()
         return sum(weight * scores[name].float() for name, weight in self.score_weights.items())
 
     def all_scores(self, prompts, images) -> dict[str, torch.Tensor]:
         """Every RAHF score of the images, name -> (N,) tensor."""
-        return self._run(prompts, images, lambda out: {n: out.scores[n].float().cpu() for n in SCORE_NAMES},
-                         outputs=SCORE_NAMES)
+        return self.outputs(prompts, images, SCORE_NAMES)
 
     def heatmaps(self, prompts, images) -> dict[str, torch.Tensor]:
         """RAHF's implausibility and misalignment heatmaps, name -> (N, S, S) in [0, 1] at the model's resolution."""
-        return self._run(prompts, images, lambda out: {n: out.heatmaps[n].float().cpu() for n in HEATMAP_NAMES},
-                         outputs=HEATMAP_NAMES)
+        return self.outputs(prompts, images, HEATMAP_NAMES)
 
     @torch.no_grad()
-    def _run(self, prompts, images, pick, outputs=None) -> dict[str, torch.Tensor]:
+    def outputs(self, prompts, images, names) -> dict[str, torch.Tensor]:
+        """The named heatmaps and scores of the images from one forward pass per batch: name -> float32 CPU tensor,
+        (N, S, S) for a heatmap, (N,) for a score."""
         images = as_image_list(images)
         prompts = self.prompts_for(prompts, len(images))
-        parts: dict[str, list] = {}
+        parts: dict[str, list] = {name: [] for name in names}
         for start in range(0, len(images), self.max_batch_size):
             pixel_values = self.preprocess_batch(images[start : start + self.max_batch_size])
             out = self.model(pixel_values=pixel_values.to(self.device, self.dtype),
-                             **self._text(prompts[start : start + self.max_batch_size]), outputs=outputs)
-            for name, value in pick(out).items():
-                parts.setdefault(name, []).append(value)
+                             **self._text(prompts[start : start + self.max_batch_size]), outputs=tuple(names))
+            for name in names:
+                parts[name].append((out.heatmaps if name in HEATMAP_NAMES else out.scores)[name].float().cpu())
         return {name: torch.cat(values) for name, values in parts.items()}
 
 
