@@ -125,12 +125,10 @@ class FakeAlignment:
     def heatmaps(self, prompts, images):
         return FakeHeatmaps().heatmaps(prompts, images)
 
-    def for_score(self, name):
-        assert name == "alignment"
-        return self
-
-    def score(self, prompts, images):
-        return torch.tensor([self.alignment_of(np.asarray(i)) for i in images], dtype=torch.float32)
+    def outputs(self, prompts, images, names):
+        alignment = torch.tensor([self.alignment_of(np.asarray(i)) for i in images], dtype=torch.float32)
+        maps = self.heatmaps(prompts, images)
+        return {name: alignment if name == "alignment" else maps[name] for name in names}
 
 
 def test_the_alignment_guard_keeps_the_input_when_every_candidate_loses_alignment(pipe):

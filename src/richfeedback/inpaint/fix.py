@@ -23,7 +23,7 @@ from ..imaging import ImageLoadError, load_rgb
 from .masks import (MaskConfig, MaskError, feather_mask, finish_user_mask, heatmap_to_mask, read_heatmap_file,
                     read_mask_file, resize_heatmap)
 from .repair import composite, inpaint_candidates, latent_cell, load_inpaint_pipeline
-from .selection import DEFAULT_REWARD, MASK_HEAT, load_selection_reward, score_and_select
+from .selection import DEFAULT_REWARD, MASK_HEAT, MaskHeatScore, load_selection_reward, score_and_select
 
 # What an input's mode becomes, said in the report (the conversion itself is `imaging.to_rgb_array`'s).
 MODE_NOTES = {
@@ -157,13 +157,17 @@ class InpaintFixer:
         raw = inpaint_candidates(self.pipe, image, mask, prompt, seeds, crop_padding=s.crop_padding,
                                  batch_size=s.batch_size, **s.sampling)
         candidates = [composite(image, candidate, alpha) for candidate in raw]
-        eligible = alignment = None
+        eligible = alignment = maps = None
         if s.alignment_guard is not None:
-            alignment = self.heatmap_model.for_score("alignment").score([prompt] * (1 + len(candidates)),
-                                                                        [image, *candidates]).tolist()
+            # one RAHF pass for the guard's alignment scores and, when the mask heat selects, its heatmaps too
+            shares = isinstance(self.reward, MaskHeatScore) and self.reward.rahf is self.heatmap_model
+            names = ("alignment", *self.reward.heatmaps) if shares else ("alignment",)
+            outputs = self.heatmap_model.outputs([prompt] * (1 + len(candidates)), [image, *candidates], names)
+            alignment = outputs.pop("alignment").tolist()
             eligible = [a >= alignment[0] - s.alignment_guard for a in alignment[1:]]
+            maps = outputs if shares else None
         selection = score_and_select(self.reward, prompt, image, candidates, s.keep_original, mask=mask,
-                                     eligible=eligible)
+                                     eligible=eligible, maps=maps)
         if selection.chosen is None:
             status, output = "kept_original", image.copy()
             if eligible is not None and not any(eligible):

@@ -35,13 +35,14 @@ class MaskHeatScore:
         self.heatmaps = tuple(heatmaps)
         self.name = MASK_HEAT
 
-    def score(self, prompts, images, mask: Optional[np.ndarray] = None):
+    def score(self, prompts, images, mask: Optional[np.ndarray] = None, maps: Optional[dict] = None):
+        """`maps`: the images' heatmaps if the caller already has them (`rahf.outputs`), else computed here."""
         import torch
 
         from .masks import resize_heatmap
 
         images = list(images)
-        maps = self.rahf.heatmaps(prompts, images)
+        maps = maps if maps is not None else self.rahf.heatmaps(prompts, images)
         height, width = np.asarray(images[0]).shape[:2]
         inside = np.ones((height, width), bool) if mask is None or not np.asarray(mask).any() else np.asarray(mask,
                                                                                                              bool)
@@ -102,12 +103,13 @@ def select_best(original_score: float, candidate_scores: Sequence[float], keep_o
 
 def score_and_select(reward, prompt: str, original: np.ndarray, candidates: Sequence[np.ndarray],
                      keep_original: bool = True, mask: Optional[np.ndarray] = None,
-                     eligible: Optional[Sequence[bool]] = None) -> Selection:
+                     eligible: Optional[Sequence[bool]] = None, maps: Optional[dict] = None) -> Selection:
     """Score the original and its candidates in one batch and select among the `eligible` candidates (`mask`: what
-    was repainted, for a reward that looks there)."""
+    was repainted, for a reward that looks there; `maps`: the heatmaps of [original, *candidates] when the caller
+    already has them, for the mask heat)."""
     images = [original, *candidates]
     if getattr(reward, "uses_mask", False):
-        scores = reward.score([prompt] * len(images), images, mask=mask).tolist()
+        scores = reward.score([prompt] * len(images), images, mask=mask, maps=maps).tolist()
     else:
         scores = reward.score([prompt] * len(images), images).tolist()
     return select_best(scores[0], scores[1:], keep_original, eligible)
