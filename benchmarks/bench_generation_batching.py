@@ -6,21 +6,12 @@ an image depends on its prompt and seed, not on its batch (per-image generators)
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from richfeedback.generation import EMBEDDED_DEFAULTS, generate_images, load_pipeline
 from richfeedback.shapesworld.scene import sample_prompts
 
-
-def best_time(fn, repeats: int) -> tuple[float, list]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+from timing import best_time  # benchmarks/timing.py
 
 
 def run(quick: bool = False) -> dict:

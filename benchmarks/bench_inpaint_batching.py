@@ -8,8 +8,6 @@ call, so later candidates of a batched call differ from the same seeds drawn alo
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from richfeedback.generation import EMBEDDED_DEFAULTS
@@ -17,14 +15,7 @@ from richfeedback.inpaint.repair import inpaint_candidates, load_inpaint_pipelin
 from richfeedback.shapesworld.render import render
 from richfeedback.shapesworld.scene import sample_scene
 
-
-def best_time(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+from timing import best_time  # benchmarks/timing.py
 
 
 def run(quick: bool = False) -> dict:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))  # shared helpers (timing.py) for the benchmarks
 
 
 def discover() -> dict[str, Path]:
