@@ -4,7 +4,8 @@ Two sets of images with an artifact the oracle sees:
 - injected: clean renders with one injected artifact (smear, broken edge, stray blob, texture noise, ghost);
 - generated: the embedded generator's own images that the oracle flags (prompts of the evaluation protocol).
 
-Conditions (embedded generator as the inpainter, 25 DDIM steps, CFG 4, strength 1; embedded RAHF; best candidate by
+Conditions (the embedded inpainting model, a 9-channel UNet fine-tuned from the embedded generator by
+scripts/train_embedded_inpainter.py, 25 DDIM steps, CFG 4, strength 1; embedded RAHF; best candidate by
 the default selection reward, rahf:mask-heat (least RAHF implausibility + misalignment heat inside the mask), among
 the candidates the alignment guard allows (RAHF alignment at most 0.1 below the input's), the original kept when no
 candidate beats it; composites with a hard edge, the default):
@@ -14,7 +15,9 @@ candidate beats it; composites with a hard edge, the default):
   candidate; a candidate does not depend on its batch, see bench_inpaint_batching);
 - random, N=8: the predicted mask shifted to a random place (same shape and area);
 - predicted q0.95, N=8: the hottest 5% of each heatmap (no floor, no growth), so every image gets a mask;
-- oracle mask, N=8: the oracle's own artifact map, dilated the same way: the ceiling for a perfect heatmap.
+- oracle mask, N=8: the oracle's own artifact map, dilated the same way: the ceiling for a perfect heatmap;
+- generator (4-channel), N=8: the predicted masks repainted by the embedded *generator* through diffusers' blending
+  path (re-noised original latents outside the mask at every step), the default before the inpainting model.
 
 The defaults were tuned on other images (`artifact_examples(40, seed=1)` and `seed=2`, see MaskConfig and
 selection.DEFAULT_REWARD), never on these. "plausibility before/after" is RAHF's plausibility score of the input and
@@ -25,14 +28,14 @@ the output, whatever reward selected.
 reward (the selector's ceiling). "outside unchanged" = the share of images whose pixels outside the repainted mask
 are bit-identical to the input's.
 
-Last full run (344 s on 2 shared CPU cores), fixed / fixed if the oracle picked / new misalignment:
-- injected, predicted N=8: 0.57 / 0.70 / 0.20 (empty masks 0.10, kept original 0.10, artifact coverage 0.89);
-  N=1: 0.47 / 0.47 / 0.17; random masks 0.03; q0.95 masks 0.47 / 0.60 / 0.30; the oracle's mask 0.83 / 0.93 / 0.07.
-  Without the alignment guard: the same at N=8; N=1 new misalignment 0.30, q0.95 0.37, generated/oracle 0.20.
-  The defaults before (absolute 0.2, feather 2, rahf:plausibility): 0.47 / 0.60 / 0.20, N=1 0.33, oracle's mask 0.73.
-  By kind: stray blob 0.80, smear 0.67, ghost 0.67, texture noise 0.62, broken edge 0.
-- generated, predicted N=8: 0.00 (15 of 20 masks empty; the other 5 cover 9% of their artifacts); q0.95 masks 0.00;
-  the oracle's mask 0.25 / 0.60 / 0.25.
+Last full run (1990 s on 2 CPU cores shared with a training job), fixed / fixed if the oracle picked / new
+misalignment:
+- injected, predicted N=8: 0.73 / 0.80 / 0.13 (empty masks 0.10, kept original 0.10, artifact coverage 0.89);
+  N=1: 0.73 / 0.73 / 0.10; random masks 0.07; q0.95 masks 0.63 / 0.83 / 0.27; the oracle's mask 0.90 / 0.93 / 0.07;
+  the generator's 4-channel blending path (the default before): 0.57 / 0.70 / 0.20.
+  By kind: texture noise 0.88, smear 0.83, ghost 0.83, stray blob 0.80, broken edge 0.20.
+- generated, predicted N=8: 0.00 (15 of 20 masks empty; the others miss their artifacts); q0.95 masks 0.05 / 0.35 /
+  0.40; the oracle's mask 0.25 / 0.50 / 0.20.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import numpy as np
 from richfeedback.inpaint.examples import artifact_examples
 from richfeedback.inpaint.fix import FixSettings, InpaintFixer
 from richfeedback.inpaint.masks import dilate_mask, round_to_cells
+from richfeedback.inpaint.repair import load_inpaint_pipeline
 from richfeedback.inpaint.selection import select_best
 from richfeedback.shapesworld import oracle
 from richfeedback.shapesworld.evaluate import PROTOCOL_PROMPT_SEED
@@ -55,6 +59,8 @@ def injected_cases(n: int, seed: int = 0) -> list[dict]:
 
 
 def generated_cases(pipe, n: int) -> list[dict]:
+    """The first `n` images of the evaluation protocol's prompts that the oracle flags; `pipe`: any pipeline over
+    the embedded generator's components."""
     from diffusers import AutoPipelineForText2Image
 
     from richfeedback.generation import EMBEDDED_DEFAULTS, generate_images
@@ -136,12 +142,14 @@ def run(quick: bool = False) -> dict:
     settings = FixSettings(n=8, seed=0)
     fixer = InpaintFixer.load(settings=settings)
     PLAUSIBILITY = fixer.heatmap_model.for_score("plausibility")
+    blending = InpaintFixer(load_inpaint_pipeline("embedded-generator"), fixer.heatmap_model, fixer.reward,
+                            fixer.settings)
     quantile = InpaintFixer(fixer.pipe, fixer.heatmap_model, fixer.reward,
                             dataclasses.replace(fixer.settings,
                                                 mask=dataclasses.replace(fixer.settings.mask, threshold="q0.95",
                                                                          floor=0.0, grow=None)))
     cell = fixer.settings.mask.round_to_cells
-    cases = injected_cases(10 if quick else 30) + generated_cases(fixer.pipe, 6 if quick else 20)
+    cases = injected_cases(10 if quick else 30) + generated_cases(blending.pipe, 6 if quick else 20)
     rng = np.random.default_rng(0)
     judged: dict[tuple, list] = {}
     by_kind: dict[str, list] = {}
@@ -167,18 +175,23 @@ def run(quick: bool = False) -> dict:
             judge(case, random.image, random.mask, random.chosen is None, random.candidates))
         for label, fixer_used, mask in (("predicted q0.95", quantile, None),
                                         ("oracle", fixer, round_to_cells(dilate_mask(case["before"].artifact_map,
-                                                                                     2), cell))):
+                                                                                     2), cell)),
+                                        ("generator (4-channel)", blending, main.mask if main.mask.any() else None)):
+            if label.startswith("generator") and mask is None:  # nothing to fix: the same as the main run
+                add((case["set"], label, 8), judge(case, image, main.mask, True))
+                continue
             result = fixer_used.fix(image, prompt, mask=mask)
             add((case["set"], label, 8),
                 judge(case, result.image, result.mask, result.chosen is None, result.candidates))
     rows = [summarize(name, condition, n, values) for (name, condition, n), values in judged.items()]
-    order = {"predicted": 0, "random (same area)": 2, "predicted q0.95": 3, "oracle": 4}
+    order = {"predicted": 0, "random (same area)": 2, "predicted q0.95": 3, "oracle": 4, "generator (4-channel)": 5}
     rows.sort(key=lambda r: (r["set"] != "injected", order[r["mask"]] + (r["N"] == 1) * 0.5))
     return {
         "rows": rows,
         "fixed_by_artifact_kind_predicted_N8": {k: float(np.mean(v)) for k, v in by_kind.items()},
         "settings": {"n": settings.n, "mask": dataclasses.asdict(fixer.settings.mask),
                      "sampling": fixer.settings.sampling, "reward": fixer.reward_name,
+                     "inpaint_model": "embedded inpainting model (9-channel)",
                      "injected_images": sum(c["set"] == "injected" for c in cases),
                      "generated_images": sum(c["set"] == "generated" for c in cases)},
         "target": "at N=8, >= 60% of artifact images fixed by the oracle, with no new misalignment",

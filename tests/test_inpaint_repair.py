@@ -15,7 +15,12 @@ FAST = {"num_inference_steps": 3, "guidance_scale": 4.0, "height": 64, "width": 
 
 @pytest.fixture(scope="module")
 def pipe():
-    return load_inpaint_pipeline(None)
+    return load_inpaint_pipeline(None)  # the embedded inpainting model (9 channels)
+
+
+@pytest.fixture(scope="module")
+def generator_pipe():
+    return load_inpaint_pipeline("embedded-generator")  # the embedded text-to-image model (4 channels)
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +45,38 @@ def test_composite_keeps_every_pixel_outside_the_mask_bit_for_bit():
     assert (composite(original, repaired, np.ones((32, 32), np.float32)) == repaired).all()
 
 
-def test_embedded_pipeline_is_the_4_channel_blending_path(pipe):
+def test_embedded_inpainter_is_a_9_channel_checkpoint_and_the_generator_the_4_channel_blending_path(
+        pipe, generator_pipe):
     assert type(pipe).__name__ == "StableDiffusionInpaintPipeline"
-    assert pipe.unet.config.in_channels == 4
-    assert latent_cell(pipe) == 4
+    assert pipe.unet.config.in_channels == 9
+    assert type(generator_pipe).__name__ == "StableDiffusionInpaintPipeline"
+    assert generator_pipe.unet.config.in_channels == 4
+    assert latent_cell(pipe) == latent_cell(generator_pipe) == 4
+
+
+def test_a_converted_unet_starts_as_the_original(generator_pipe):
+    from richfeedback.inpaint.convert import inpainting_unet
+
+    unet = generator_pipe.unet
+    nine = inpainting_unet(unet)
+    assert nine.config.in_channels == 9 and unet.config.in_channels == 4
+    torch.manual_seed(0)
+    latents = torch.randn(2, 4, 16, 16)
+    extra = torch.randn(2, 5, 16, 16)  # mask and masked-image latents: zero weight before fine-tuning
+    states = torch.randn(2, 8, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        expected = unet(latents, 500, states).sample
+        got = nine(torch.cat([latents, extra], 1), 500, states).sample
+    torch.testing.assert_close(got, expected)
+    assert nine.conv_in.weight[:, 4:].abs().sum() == 0 and unet.conv_in.weight.shape[1] == 4
+
+
+def test_the_4_channel_blending_path_leaves_the_outside_unchanged_after_compositing(generator_pipe, scene_image):
+    mask = centre_mask()
+    raw = inpaint_candidates(generator_pipe, scene_image, mask, "a red circle", [0, 1], **FAST)
+    assert np.abs(raw[0].astype(int) - scene_image.astype(int))[~mask].max() > 0
+    for candidate in raw:
+        assert (composite(scene_image, candidate, feather_mask(mask, 2))[~mask] == scene_image[~mask]).all()
 
 
 def test_candidates_pasted_back_leave_the_outside_unchanged(pipe, scene_image):
@@ -86,15 +119,16 @@ def test_empty_mask_is_refused():
         inpaint_candidates(None, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), bool), "x", [0])
 
 
-def test_a_9_channel_inpainting_unet_works_through_the_same_call(pipe, scene_image):
+def test_any_9_channel_inpainting_unet_works_through_the_same_call(generator_pipe, scene_image):
     from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=9,
                                 out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                cross_attention_dim=pipe.text_encoder.config.hidden_size, norm_num_groups=4)
-    components = {**pipe.components, "unet": unet}
+                                cross_attention_dim=generator_pipe.text_encoder.config.hidden_size,
+                                norm_num_groups=4)
+    components = {**generator_pipe.components, "unet": unet}
     nine = StableDiffusionInpaintPipeline(**components)
     nine.set_progress_bar_config(disable=True)
     mask = centre_mask()

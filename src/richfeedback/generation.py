@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 EMBEDDED_GENERATOR = Path(__file__).resolve().parent / "embedded" / "shapes-sd"
+# The generator turned into a 9-channel inpainting checkpoint (scripts/train_embedded_inpainter.py): inpaint-fix's default.
+EMBEDDED_INPAINTER = Path(__file__).resolve().parent / "embedded" / "shapes-sd-inpainting"
 EMBEDDED_DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 4.0, "height": 64, "width": 64}
 MANIFEST = "manifest.jsonl"
 
@@ -34,9 +36,23 @@ def embedded_generator_path() -> Path:
     return EMBEDDED_GENERATOR
 
 
-def resolve_model(model: Optional[str]) -> str:
-    """`None` or "embedded" means the shipped ShapesWorld pipeline; anything else is a local folder or a hub id."""
+def embedded_inpainter_path() -> Path:
+    """Folder of the embedded ShapesWorld inpainting pipeline (9-channel UNet) shipped inside the package."""
+    if not (EMBEDDED_INPAINTER / "model_index.json").exists():
+        raise FileNotFoundError(
+            f"the embedded inpainting model is missing at {EMBEDDED_INPAINTER}; it ships with the repository "
+            "(git checkout the folder) or can be retrained with `python scripts/train_embedded_inpainter.py`"
+        )
+    return EMBEDDED_INPAINTER
+
+
+def resolve_model(model: Optional[str], task: str = "text2image") -> str:
+    """`None` or "embedded" means the shipped ShapesWorld pipeline of the task (the generator, or for "inpaint" the
+    inpainting model); "embedded-generator" is the generator for either task; anything else is a local folder or a
+    hub id."""
     if model in (None, "embedded", "shapes"):
+        return str(embedded_inpainter_path() if task == "inpaint" else embedded_generator_path())
+    if model == "embedded-generator":
         return str(embedded_generator_path())
     return model
 
@@ -49,11 +65,15 @@ except ImportError:
     _DTYPE_ARGUMENT = "torch_dtype"
 
 
-def load_pipeline(model: Optional[str] = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """A diffusers text-to-image pipeline from a local folder or hub id (hub ids need a network or a local cache)."""
-    from diffusers import AutoPipelineForText2Image
+def load_pipeline(model: Optional[str] = None, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  task: str = "text2image"):
+    """A diffusers pipeline for `task` ("text2image" or "inpaint") from a local folder or hub id (hub ids need a
+    network or a local cache). An ordinary checkpoint loads for either task; an inpainting one is meant for "inpaint"."""
+    from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
 
-    path = resolve_model(model)
+    if task not in ("text2image", "inpaint"):
+        raise ValueError(f"task must be 'text2image' or 'inpaint', got {task!r}")
+    path = resolve_model(model, task)
     local = Path(path).exists()
     if not local and (os.environ.get("HF_HUB_OFFLINE") == "1" or path.count("/") != 1):
         raise FileNotFoundError(
@@ -63,14 +83,16 @@ def load_pipeline(model: Optional[str] = None, device: str = "cpu", dtype: torch
     if local and not (Path(path) / "model_index.json").exists():
         raise FileNotFoundError(f"{path} has no model_index.json: it is not a diffusers pipeline folder")
     kwargs = {_DTYPE_ARGUMENT: dtype, "local_files_only": local}
-    pipe = AutoPipelineForText2Image.from_pretrained(path, **kwargs)
+    auto = AutoPipelineForInpainting if task == "inpaint" else AutoPipelineForText2Image
+    pipe = auto.from_pretrained(path, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def pipeline_defaults(model: Optional[str]) -> dict:
-    """Sampling defaults: the embedded model's own, diffusers' for anything else."""
-    return dict(EMBEDDED_DEFAULTS) if resolve_model(model) == str(EMBEDDED_GENERATOR) else {}
+def pipeline_defaults(model: Optional[str], task: str = "text2image") -> dict:
+    """Sampling defaults: the embedded models' own, diffusers' for anything else."""
+    embedded = (str(EMBEDDED_GENERATOR), str(EMBEDDED_INPAINTER))
+    return dict(EMBEDDED_DEFAULTS) if resolve_model(model, task) in embedded else {}
 
 
 @dataclasses.dataclass(frozen=True)

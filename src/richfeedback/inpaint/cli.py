@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="candidate k of every image uses seed + k (default 0)")
     p.add_argument("--inpaint-model", default=None,
                    help="diffusers folder or hub id, inpainting (9-channel) or ordinary (4-channel) checkpoint "
-                        "(default: the embedded ShapesWorld generator)")
+                        "(default: the embedded ShapesWorld inpainting model; 'embedded-generator': the embedded "
+                        "text-to-image generator through diffusers' 4-channel blending path)")
     p.add_argument("--heatmap-model", default=None,
                    help="RAHF weights: a folder from save_pretrained or the public checkpoint file "
                         "(default: the embedded ShapesWorld RAHF)")

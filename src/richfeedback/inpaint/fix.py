@@ -1,6 +1,6 @@
 """`inpaint-fix`, the loop: heatmap -> mask -> N inpainted candidates -> composite -> best by reward -> files.
 
-    fixer = InpaintFixer.load()                               # embedded generator + embedded RAHF
+    fixer = InpaintFixer.load()                               # embedded inpainting model + embedded RAHF
     result = fixer.fix(image, "a red circle on the left")     # one uint8 (H, W, 3) image in memory
     summary = fix_files(fixer, paths, prompts, "out/fix")     # files in, fixed images and reports out (resumable)
 
@@ -110,13 +110,13 @@ class InpaintFixer:
     def load(cls, inpaint_model: Optional[str] = None, heatmap_model: Optional[str] = None,
              reward: Optional[str] = None, settings: Optional[FixSettings] = None, *, heatmap_size: str = "large",
              device: str = "cpu", dtype: torch.dtype = torch.float32) -> "InpaintFixer":
-        """Defaults: the embedded ShapesWorld generator, the embedded RAHF and rahf:mask-heat, with the embedded
+        """Defaults: the embedded ShapesWorld inpainting model, the embedded RAHF and rahf:mask-heat, with the embedded
         generator's own sampling settings (25 DDIM steps, CFG 4, 64x64) unless `settings.sampling` says otherwise."""
         from ..generation import pipeline_defaults
         from ..reward_models import load_reward_model
 
         settings = settings or FixSettings()
-        sampling = {**pipeline_defaults(inpaint_model), **settings.sampling}
+        sampling = {**pipeline_defaults(inpaint_model, task="inpaint"), **settings.sampling}
         settings = dataclasses.replace(settings, sampling=sampling)
         pipe = load_inpaint_pipeline(inpaint_model, device=device, dtype=dtype)
         # Any RAHF score head serves: only its heatmaps and all_scores are used.

@@ -24,14 +24,12 @@ from PIL import Image
 
 
 def load_inpaint_pipeline(model: Optional[str] = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """An inpainting pipeline from the embedded ShapesWorld model (None), a local diffusers folder or a hub id:
-    an inpainting checkpoint loads as itself, an ordinary one as the matching inpaint pipeline over its components."""
-    from diffusers import AutoPipelineForInpainting
-
+    """An inpainting pipeline from the embedded ShapesWorld inpainting model (None or "embedded"; "embedded-generator"
+    is the ordinary embedded generator), a local diffusers folder or a hub id: an inpainting checkpoint loads as
+    itself, an ordinary one as the matching inpaint pipeline over its components."""
     from ..generation import load_pipeline
 
-    base = load_pipeline(model, device=device, dtype=dtype)  # one place for "folder missing / offline" errors
-    pipe = AutoPipelineForInpainting.from_pipe(base)
+    pipe = load_pipeline(model, device=device, dtype=dtype, task="inpaint")  # one place for "folder missing" errors
     channels = pipe.unet.config.in_channels
     if channels not in (4, 9):
         raise ValueError(f"{model}: its UNet takes {channels} input channels; inpainting works with ordinary (4) and "

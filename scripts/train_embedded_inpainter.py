@@ -1,0 +1,252 @@
+"""Train the embedded ShapesWorld inpainting model: the embedded generator turned into a 9-channel inpainting checkpoint.
+
+    python scripts/train_embedded_inpainter.py --config configs/generator/shapes-inpainting.yaml
+
+The recipe of Stable Diffusion's inpainting checkpoints (runwayml/stable-diffusion-inpainting, SD-2 inpainting), at
+ShapesWorld size: the generator's UNet gets 5 more input channels, the mask (1) and the VAE latents of the masked
+image (4), whose first-layer weights start at zero, so that step 0 is exactly the generator; it is then fine-tuned
+with the text encoder and the VAE frozen, on masks like the ones `inpaint-fix` makes. The channel layout is the one
+diffusers' `StableDiffusionInpaintPipeline` feeds a 9-channel UNet: [noisy latents, mask, masked-image latents], the
+mask at latent resolution (nearest), the masked image `image * (mask < 0.5)` in [-1, 1].
+
+Training examples (clean renders of *training* prompts only, seeded; never the benchmark's scenes):
+- artifact: one injected ShapesWorld artifact; the mask is its region grown by 1-4 pixels (sometimes with an extra
+  box); the model sees the damaged image outside the mask and learns the *clean* render inside;
+- box: 1-2 random boxes or ellipses on a clean render (shape completion from the context);
+- object: one object's footprint grown by 2 pixels (the object redrawn from the prompt);
+- full: the whole image (text-to-image, so that the prompt keeps its hold).
+Every mask is rounded up to whole latent cells, as `inpaint-fix` does.
+
+Stages (each writes into --work-dir and is skipped when its output exists, so a killed run resumes):
+  1. data    renders, masks, masked images; VAE latents of targets and masked images; text states of the prompts
+  2. unet    the fine-tuning (v-prediction, EMA), tensorboard logs through accelerate
+  3. export  StableDiffusionInpaintPipeline.save_pretrained (fp16 UNet/VAE safetensors) into --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from accelerate import Accelerator
+from diffusers import DDPMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from richfeedback.generation import embedded_generator_path  # noqa: E402
+from richfeedback.inpaint.convert import inpainting_unet  # noqa: E402
+from richfeedback.inpaint.masks import dilate_mask, round_to_cells  # noqa: E402
+from richfeedback.shapesworld.artifacts import inject_artifact  # noqa: E402
+from richfeedback.shapesworld.render import object_mask, pixel_grid, render  # noqa: E402
+from richfeedback.shapesworld.scene import is_heldout_prompt, sample_scene  # noqa: E402
+
+
+def random_box_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    x, y = pixel_grid(size)  # pixel centres in [0, 1]
+    for _ in range(int(rng.integers(1, 3))):
+        cx, cy = rng.uniform(0.1, 0.9, size=2)
+        hw, hh = rng.uniform(0.06, 0.25, size=2)
+        if rng.random() < 0.5:
+            mask |= (np.abs(x - cx) <= hw) & (np.abs(y - cy) <= hh)
+        else:
+            mask |= ((x - cx) / hw) ** 2 + ((y - cy) / hh) ** 2 <= 1.0
+    return mask
+
+
+def make_example(rng: np.random.Generator, cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(context image, mask, target image, prompt) of one training example."""
+    size, cell = cfg["resolution"], cfg["cell"]
+    while True:
+        scene = sample_scene(rng)
+        if not is_heldout_prompt(scene.prompt.text):
+            break
+    clean = render(scene, size)
+    kinds, weights = zip(*cfg["mask_kinds"].items())
+    kind = rng.choice(kinds, p=np.asarray(weights) / sum(weights))
+    context = clean
+    if kind == "artifact":
+        result = inject_artifact(clean, scene, rng)
+        if result is None:
+            kind = "box"
+        else:
+            context, artifact = result
+            mask = dilate_mask(artifact.region, float(rng.integers(1, 5)))
+            if rng.random() < 0.2:
+                mask |= random_box_mask(rng, size)
+    if kind == "box":
+        mask = random_box_mask(rng, size)
+    elif kind == "object":
+        obj = scene.objects[int(rng.integers(len(scene.objects)))]
+        mask = dilate_mask(object_mask(obj, size), 2.0)
+    elif kind == "full":
+        mask = np.ones((size, size), dtype=bool)
+    return context, round_to_cells(mask, cell), clean, scene.prompt.text
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def make_data(cfg: dict, pipe: StableDiffusionPipeline, work: Path) -> dict:
+    path = work / "data.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    rng = np.random.default_rng(cfg["seed"])
+    contexts, masks, targets, prompts = [], [], [], []
+    for _ in tqdm(range(cfg["num_examples"]), desc="examples"):
+        context, mask, target, prompt = make_example(rng, cfg)
+        contexts.append(context)
+        masks.append(mask)
+        targets.append(target)
+        prompts.append(prompt)
+    masks_t = torch.from_numpy(np.stack(masks)).float()[:, None]  # (N, 1, H, W), 1 = repaint
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    vae, scale = pipe.vae, pipe.vae.config.scaling_factor
+    target_latents, masked_latents = [], []
+    for i in tqdm(range(0, len(targets), 256), desc="encode latents"):
+        target = to_tensor(np.stack(targets[i : i + 256]))
+        context = to_tensor(np.stack(contexts[i : i + 256]))
+        masked = context * (masks_t[i : i + 256] < 0.5)  # what the pipeline feeds the VAE
+        target_latents.append(vae.encode(target).latent_dist.mean * scale)
+        masked_latents.append(vae.encode(masked).latent_dist.sample(generator=gen) * scale)
+    unique = sorted(set(prompts))
+    index = {p: i for i, p in enumerate(unique)}
+    states = []
+    for i in tqdm(range(0, len(unique), 256), desc="text states"):
+        ids = pipe.tokenizer(unique[i : i + 256] + ([""] if i == 0 else []), padding="max_length",
+                             max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        hidden = pipe.text_encoder(ids).last_hidden_state
+        if i == 0:
+            empty_state, hidden = hidden[-1], hidden[:-1]
+        states.append(hidden)
+    latent_size = target_latents[0].shape[-1]
+    data = {
+        "target_latents": torch.cat(target_latents), "masked_latents": torch.cat(masked_latents),
+        "latent_masks": F.interpolate(masks_t, size=(latent_size, latent_size)),  # nearest, as the pipeline does
+        "prompt_index": torch.tensor([index[p] for p in prompts]), "text_states": torch.cat(states),
+        "empty_state": empty_state, "mask_area": masks_t.mean((1, 2, 3)),
+    }
+    tmp = work / "data.tmp.pt"
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+    return data
+
+
+def train_unet(cfg: dict, pipe: StableDiffusionPipeline, data: dict, work: Path,
+               accelerator: Accelerator) -> UNet2DConditionModel:
+    out = work / "unet"
+    if (out / "config.json").exists():
+        return UNet2DConditionModel.from_pretrained(out)
+    c = cfg["unet"]
+    unet = inpainting_unet(pipe.unet)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the generator's v-prediction schedule
+    params = list(unet.parameters())
+    opt = torch.optim.AdamW(params, lr=c["lr"], weight_decay=1e-2)
+
+    def lr_lambda(step):
+        if step < c["warmup_steps"]:
+            return (step + 1) / c["warmup_steps"]
+        return 0.5 * (1 + math.cos(math.pi * (step - c["warmup_steps"]) / max(1, c["steps"] - c["warmup_steps"])))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    ema = EMAModel(params, decay=c["ema_decay"])
+    rng = np.random.default_rng(cfg["seed"] + 1)
+    gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+    n = len(data["target_latents"])
+    unet.train()
+    for step in tqdm(range(c["steps"]), desc="inpainting unet"):
+        idx = torch.from_numpy(rng.integers(n, size=c["batch_size"]))
+        x0 = data["target_latents"][idx]
+        states = data["text_states"][data["prompt_index"][idx]]
+        drop = torch.from_numpy(rng.random(len(idx)) < cfg["prompt_dropout"])
+        states[drop] = data["empty_state"]
+        noise = torch.randn(x0.shape, generator=gen)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+        target = noise_scheduler.get_velocity(x0, noise, timesteps)
+        inputs = torch.cat([noisy, data["latent_masks"][idx], data["masked_latents"][idx]], dim=1)
+        loss = F.mse_loss(unet(inputs, timesteps, states).sample, target)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema.step(params)
+        if step % 20 == 0:
+            accelerator.log({"inpaint/loss": loss.item(), "inpaint/lr": sched.get_last_lr()[0]}, step=step)
+    ema.copy_to(params)
+    unet.eval()
+    tmp = work / "unet.tmp"
+    unet.save_pretrained(tmp)
+    os.replace(tmp, out)
+    return unet
+
+
+def export(pipe: StableDiffusionPipeline, unet: UNet2DConditionModel, out: Path) -> None:
+    # The generator's tokenizer as loaded (the one used here has padding state that would be saved with it): the
+    # tokenizer, text encoder and VAE files are then byte-identical to the generator's, stored once by git.
+    tokenizer = type(pipe.tokenizer).from_pretrained(embedded_generator_path() / "tokenizer")
+    inpaint = StableDiffusionInpaintPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=tokenizer,
+                                             unet=unet, scheduler=pipe.scheduler, safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)
+    inpaint.unet.to(torch.float16)
+    inpaint.vae.to(torch.float16)  # as the generator ships it (fp16 UNet/VAE, fp32 text encoder)
+    tmp = out.with_name(out.name + ".tmp")
+    inpaint.save_pretrained(tmp, safe_serialization=True)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/generator/shapes-inpainting.yaml")
+    parser.add_argument("--work-dir", default="runs/embedded-inpainter")
+    parser.add_argument("--out", default="src/richfeedback/embedded/shapes-sd-inpainting")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(cfg["seed"])
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(work / "logs"))
+    accelerator.init_trackers("embedded-inpainter", config={k: v for k, v in cfg.items() if not isinstance(v, dict)})
+    pipe = StableDiffusionPipeline.from_pretrained(embedded_generator_path(), local_files_only=True)
+    pipe.vae.float()
+    pipe.unet.float()
+    times = {}
+    t0 = time.time()
+    data = make_data(cfg, pipe, work)
+    times["data_s"] = time.time() - t0
+    t0 = time.time()
+    unet = train_unet(cfg, pipe, data, work, accelerator)
+    times["unet_s"] = time.time() - t0
+    export(pipe, unet, Path(args.out))
+    accelerator.end_training()
+    stats_path = work / "train_stats.json"
+    previous = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    for k, v in previous.get("times", {}).items():
+        times[k] = max(v, times.get(k, 0))  # a resumed stage keeps the time it really took
+    stats_path.write_text(json.dumps({"config": cfg, "times": times, "torch": torch.__version__,
+                                      "threads": args.threads,
+                                      "mask_area_mean": float(data["mask_area"].mean())}, indent=2))
+    print(f"wrote the inpainting pipeline to {args.out}; training stats in {stats_path}")
+
+
+if __name__ == "__main__":
+    main()
