@@ -1,12 +1,15 @@
 """Train the embedded ShapesWorld RAHF model, ship it, and write its model card.
 
-    python scripts/train_embedded_rahf.py [--n 10000] [--configs configs/rahf/shapes.yaml configs/rahf/shapes-continue.yaml]
+    python scripts/train_embedded_rahf.py [--n 10000] [--configs configs/rahf/shapes.yaml configs/rahf/shapes-continue.yaml \
+        configs/rahf/shapes-more-data.yaml]
     python scripts/train_embedded_rahf.py --configs configs/rahf/shapes-augmented.yaml \
         --out src/richfeedback/embedded/rahf-shapes-augmented        # the augmented-prompt variant
 
-1. the ShapesWorld rich-feedback dataset (seeded; train/dev/test from disjoint seeds) in runs/embedded-rahf/data
+1. the ShapesWorld rich-feedback datasets (seeded; train/dev/test from disjoint seeds): runs/embedded-rahf/data
+   (8,000 train examples) for the first two stages, runs/rahf-big/data (40,000; the first 8,000 are the same) for
+   the third
 2. RAHF `shapes` size, multi-head, trained with the same loop as `richfeedback rahf train`, one stage per config
-   (the second starts from the first's best model); resumable: rerun it
+   (each starts from the previous one's best model); resumable: rerun it
 3. the last stage's best dev checkpoint copied to src/richfeedback/embedded/rahf-shapes with its tokenizer
 4. the test split's tables next to the simulated raters' agreement, in MODEL_CARD.md and test_metrics.json
 """
@@ -34,7 +37,8 @@ from richfeedback.shapesworld.raters import agreement_as_rahf_metrics  # noqa: E
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=[str(ROOT / "configs/rahf/shapes.yaml"),
-                                                         str(ROOT / "configs/rahf/shapes-continue.yaml")])
+                                                         str(ROOT / "configs/rahf/shapes-continue.yaml"),
+                                                         str(ROOT / "configs/rahf/shapes-more-data.yaml")])
     parser.add_argument("--n", type=int, default=10000, help="dataset size over the three splits")
     parser.add_argument("--out", default=str(EMBEDDED_RAHF))
     args = parser.parse_args(argv)
@@ -44,8 +48,10 @@ def main(argv=None):
     data_dir = Path(cfg["data"]["path"])
     times = {}
     start = time.perf_counter()
-    if not (data_dir / "dataset_dict.json").exists():
-        make_dataset(data_dir, *split_sizes(args.n), size=64)
+    for stage in stages:  # each stage's dataset, made if missing (data.make_sizes, else --n split 80/10/10)
+        stage_data = Path(stage["data"]["path"])
+        if not (stage_data / "dataset_dict.json").exists():
+            make_dataset(stage_data, *(stage["data"]["make_sizes"] or split_sizes(args.n)), size=64)
     times["data_s"] = time.perf_counter() - start
 
     stage_seconds = []
@@ -83,9 +89,13 @@ def main(argv=None):
             return f", from `{init}` (shared weights copied; heads from its implausibility and overall heads)"
         return f", from stage {i}'s best model"
 
+    def train_size(stage: dict) -> int:  # each stage's own training split (a later stage may have more examples)
+        path = Path(stage["data"]["path"])
+        return len(load_shapesworld_dataset(path)[stage["data"]["train_split"]]) if path.exists() else 0
+
     stage_lines = "\n".join(
-        f"  {i + 1}. `{Path(c).name}`: lr {st['optim']['lr']}, {st['optim']['epochs']} epochs, "
-        f"{stage_seconds[i] / 60:.0f} min" + origin(i, st)
+        f"  {i + 1}. `{Path(c).name}`: lr {st['optim']['lr']}, {st['optim']['epochs']} epochs over "
+        f"{train_size(st):,} examples, {stage_seconds[i] / 60:.0f} min" + origin(i, st)
         for i, (c, st) in enumerate(zip(args.configs, stages)))
     variant = cfg["model"]["variant"]
     variant_text = ("one head per heatmap and per score (the released checkpoint's layout)" if variant == "multi_head"
@@ -111,10 +121,11 @@ results = predict(model, processor, images, prompts)
 
 ## Training (`python scripts/train_embedded_rahf.py`; configs in `configs/rahf/`)
 
-- Data: the ShapesWorld rich-feedback dataset (`richfeedback shapesworld make-dataset`), {sizes.get('train')} train /
+- Data: the ShapesWorld rich-feedback dataset (`richfeedback shapesworld make-dataset`), up to {sizes.get('train')} train /
   {sizes.get('dev')} dev / {sizes.get('test')} test examples from disjoint seeds: clean renders, injected artifacts
   and misalignments, labelled by three simulated raters as in RichHF-18K (points as disks of radius H/20 averaged into
-  heatmaps, 5-point Likert scores averaged, misaligned words by majority vote).
+  heatmaps, 5-point Likert scores averaged, misaligned words by majority vote). An example depends only on its
+  split and index, so a smaller dataset is the first examples of a larger one and every stage has the same test split.
 - Loss: {cfg['loss_weights']['heatmap']} x heatmap {cfg['heatmap_loss'].upper()} + {cfg['loss_weights']['score']} x score MSE +
   {cfg['loss_weights']['seq']} x teacher-forced cross-entropy of the marked prompt (padding ignored). Where this
   differs from the reference (MSE heatmaps, all weights 1): MSE on mostly-empty maps leaves the sigmoid output stuck

@@ -37,7 +37,9 @@ DEFAULTS = {
     "data": {"path": None, "train_split": "train", "dev_split": "dev", "num_workers": 0, "max_dev_examples": None,
              # more datasets in the same schema whose train_split is appended to the training data (the first
              # extra_max_examples of each, if set), e.g. the synthetic dataset beside feedback on generated images
-             "extra_paths": [], "extra_max_examples": None},
+             "extra_paths": [], "extra_max_examples": None,
+             # [train, dev, test]: the ShapesWorld dataset scripts/train_embedded_rahf.py makes at `path` if missing
+             "make_sizes": None},
     "optim": {"lr": 3.0e-4, "decoder_lr_scale": 1.0, "weight_decay": 2.0e-3, "epochs": 10, "batch_size": 32,
               "grad_accum": 1, "warmup_steps": 100, "min_lr_ratio": 0.05, "max_grad_norm": 1.0, "max_steps": None},
     "loss_weights": {"heatmap": 1.0, "score": 1.0, "seq": 1.0},
