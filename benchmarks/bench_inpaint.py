@@ -28,14 +28,14 @@ the output, whatever reward selected.
 reward (the selector's ceiling). "outside unchanged" = the share of images whose pixels outside the repainted mask
 are bit-identical to the input's.
 
-Last full run (1990 s on 2 CPU cores shared with a training job), fixed / fixed if the oracle picked / new
+Last full run (268 s on 2 CPU cores; the third-stage embedded RAHF), fixed / fixed if the oracle picked / new
 misalignment:
-- injected, predicted N=8: 0.73 / 0.80 / 0.13 (empty masks 0.10, kept original 0.10, artifact coverage 0.89);
-  N=1: 0.73 / 0.73 / 0.10; random masks 0.07; q0.95 masks 0.63 / 0.83 / 0.27; the oracle's mask 0.90 / 0.93 / 0.07;
-  the generator's 4-channel blending path (the default before): 0.57 / 0.70 / 0.20.
-  By kind: texture noise 0.88, smear 0.83, ghost 0.83, stray blob 0.80, broken edge 0.20.
-- generated, predicted N=8: 0.00 (15 of 20 masks empty; the others miss their artifacts); q0.95 masks 0.05 / 0.35 /
-  0.40; the oracle's mask 0.25 / 0.50 / 0.20.
+- injected, predicted N=8: 0.90 / 0.93 / 0.10 (no empty mask, artifact coverage 1.00); N=1: 0.87 / 0.87 / 0.10;
+  random masks 0.07; q0.95 masks 0.73 / 0.83 / 0.23; the oracle's mask 0.93 / 0.93 / 0.03; the generator's 4-channel
+  blending path: 0.77 / 0.90 / 0.17. By kind: smear 1.00, stray blob 1.00, texture noise 0.88, ghost 0.83, broken
+  edge 0.80. With the previous RAHF: 0.73 / 0.80 / 0.13 (blending path 0.57 / 0.70 / 0.20; coverage 0.89).
+- generated, predicted N=8: 0.00 (15 of 20 masks empty; the others miss their artifacts); q0.95 masks 0.05 / 0.20 /
+  0.25; the oracle's mask 0.25 / 0.50 / 0.10.
 """
 
 from __future__ import annotations
