@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,6 +49,7 @@ from richfeedback.inpaint.masks import dilate_mask, round_to_cells  # noqa: E402
 from richfeedback.shapesworld.artifacts import inject_artifact  # noqa: E402
 from richfeedback.shapesworld.render import object_mask, pixel_grid, render  # noqa: E402
 from richfeedback.shapesworld.scene import is_heldout_prompt, sample_scene  # noqa: E402
+from richfeedback.training_utils import lr_factor, save_atomically  # noqa: E402
 
 
 def random_box_mask(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -157,12 +156,7 @@ def train_unet(cfg: dict, pipe: StableDiffusionPipeline, data: dict, work: Path,
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=c["lr"], weight_decay=1e-2)
 
-    def lr_lambda(step):
-        if step < c["warmup_steps"]:
-            return (step + 1) / c["warmup_steps"]
-        return 0.5 * (1 + math.cos(math.pi * (step - c["warmup_steps"]) / max(1, c["steps"] - c["warmup_steps"])))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, c["steps"], c["warmup_steps"], 0.0))
     ema = EMAModel(params, decay=c["ema_decay"])
     rng = np.random.default_rng(cfg["seed"] + 1)
     gen = torch.Generator().manual_seed(cfg["seed"] + 1)
@@ -190,9 +184,7 @@ def train_unet(cfg: dict, pipe: StableDiffusionPipeline, data: dict, work: Path,
             accelerator.log({"inpaint/loss": loss.item(), "inpaint/lr": sched.get_last_lr()[0]}, step=step)
     ema.copy_to(params)
     unet.eval()
-    tmp = work / "unet.tmp"
-    unet.save_pretrained(tmp)
-    os.replace(tmp, out)
+    save_atomically(out, unet.save_pretrained)
     return unet
 
 
@@ -205,11 +197,15 @@ def export(pipe: StableDiffusionPipeline, unet: UNet2DConditionModel, out: Path)
                                              feature_extractor=None, requires_safety_checker=False)
     inpaint.unet.to(torch.float16)
     inpaint.vae.to(torch.float16)  # as the generator ships it (fp16 UNet/VAE, fp32 text encoder)
-    tmp = out.with_name(out.name + ".tmp")
-    inpaint.save_pretrained(tmp, safe_serialization=True)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    card = out / "MODEL_CARD.md"  # kept: its numbers come from benchmarks/bench_inpaint.py, re-run it after training
+    card_text = card.read_text() if card.exists() else None
+
+    def write(tmp: Path) -> None:
+        inpaint.save_pretrained(tmp, safe_serialization=True)
+        if card_text is not None:
+            (tmp / card.name).write_text(card_text)
+
+    save_atomically(out, write)
 
 
 def main(argv=None):
