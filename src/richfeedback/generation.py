@@ -26,24 +26,21 @@ EMBEDDED_DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 4.0, "height":
 MANIFEST = "manifest.jsonl"
 
 
+def _shipped_pipeline(folder: Path, what: str, script: str) -> Path:
+    if not (folder / "model_index.json").exists():
+        raise FileNotFoundError(f"{what} is missing at {folder}; it ships with the repository (git checkout the "
+                                f"folder) or can be retrained with `python {script}`")
+    return folder
+
+
 def embedded_generator_path() -> Path:
     """Folder of the embedded ShapesWorld pipeline shipped inside the package."""
-    if not (EMBEDDED_GENERATOR / "model_index.json").exists():
-        raise FileNotFoundError(
-            f"the embedded generator is missing at {EMBEDDED_GENERATOR}; it ships with the repository "
-            "(git checkout the folder) or can be retrained with `python scripts/train_embedded_generator.py`"
-        )
-    return EMBEDDED_GENERATOR
+    return _shipped_pipeline(EMBEDDED_GENERATOR, "the embedded generator", "scripts/train_embedded_generator.py")
 
 
 def embedded_inpainter_path() -> Path:
     """Folder of the embedded ShapesWorld inpainting pipeline (9-channel UNet) shipped inside the package."""
-    if not (EMBEDDED_INPAINTER / "model_index.json").exists():
-        raise FileNotFoundError(
-            f"the embedded inpainting model is missing at {EMBEDDED_INPAINTER}; it ships with the repository "
-            "(git checkout the folder) or can be retrained with `python scripts/train_embedded_inpainter.py`"
-        )
-    return EMBEDDED_INPAINTER
+    return _shipped_pipeline(EMBEDDED_INPAINTER, "the embedded inpainting model", "scripts/train_embedded_inpainter.py")
 
 
 def resolve_model(model: Optional[str], task: str = "text2image") -> str:
