@@ -177,3 +177,30 @@ def test_model_specs_name_weights_and_an_adapter_whose_scores_get_their_own_colu
     assert (adapted.adapter, adapted.column) == ("runs/adapter-ps/best", "pickscore+best")
     with pytest.raises(UsageError, match="given twice"):
         parse_model_specs(["pickscore", "pickscore=other"])
+
+
+def test_scores_from_other_weights_under_the_same_name_are_refused(pool, tmp_path):
+    import shutil
+
+    import torch
+
+    from richfeedback.reward_models.rahf.modeling import RAHFModel
+    from richfeedback.reward_models.rahf.predict import EMBEDDED_RAHF
+
+    mine = tmp_path / "pool"
+    shutil.copytree(pool, mine)
+    assert score_pool(mine, ["rahf:alignment"], progress=False) == {"rahf:alignment": 12}
+    record = scores_file(mine, "rahf:alignment").with_suffix(".weights.json")
+    assert record.exists()
+    assert score_pool(mine, ["rahf:alignment"], progress=False) == {"rahf:alignment": 0}  # same weights: fine
+    other = tmp_path / "rahf-other"
+    shutil.copytree(EMBEDDED_RAHF, other)
+    model = RAHFModel.from_pretrained(other)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    model.save_pretrained(other)
+    with pytest.raises(UsageError, match="from other weights .* delete rahf_alignment.jsonl"):
+        score_pool(mine, [f"rahf:alignment={other}"], progress=False)
+    scores_file(mine, "rahf:alignment").unlink()
+    record.unlink()
+    assert score_pool(mine, [f"rahf:alignment={other}"], progress=False) == {"rahf:alignment": 12}

@@ -11,6 +11,8 @@ Layout of POOL (everything is appended or replaced atomically, so a killed comma
     shard-00000/manifest.jsonl     rows {file_name, prompt, seed, ...} of the images in that shard, one line per image
     shard-00000/*.png              the images (`richfeedback.generation.generate_to_folder` writes each shard)
     scores/<model>.jsonl           rows {file_name, score} per reward model, appended batch by batch
+    scores/<model>.weights.json    a fingerprint of the weights that wrote them: other weights under the same name
+                                   are refused instead of mixing their scores with these
 
 A shard holds the images of `shard_size` consecutive prompts. Under `accelerate launch` process r generates the
 shards r, r + P, r + 2P, ...: shards do not depend on the number of processes, so a pool started on 2 GPUs can be
@@ -19,6 +21,7 @@ finished on 1. The seed of image k of prompt i is `seed + i * n + k`, as in `ric
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -161,6 +164,38 @@ def scores_file(pool_dir: str | os.PathLike, model_name: str) -> Path:
     return Path(pool_dir) / SCORES_DIR / (re.sub(r"[^A-Za-z0-9.+-]", "_", model_name) + ".jsonl")
 
 
+def weights_fingerprint(model) -> str:
+    """sha256 of a reward model's state (names and values as float32 where floating, so the dtype it runs in does not
+    count): two loads of the same weights agree, any changed weight does not."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu()
+        tensor = (tensor.float() if tensor.is_floating_point() else tensor).contiguous().flatten()
+        digest.update(name.encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_same_weights(pool_dir, spec, model) -> None:
+    """Record the fingerprint of the weights that score `spec.column`, or refuse if earlier scores came from others."""
+    scores = scores_file(pool_dir, spec.column)
+    record = scores.with_suffix(".weights.json")
+    fingerprint = weights_fingerprint(model)
+    if record.exists():
+        earlier = json.loads(record.read_text())
+        if earlier["fingerprint"] != fingerprint:
+            raise UsageError(
+                f"{scores} holds {spec.column} scores from other weights ({earlier['spec']}) than the ones given now "
+                f"({spec.name}{'=' + spec.weights if spec.weights else ''}); delete {scores.name} and {record.name} "
+                f"to score the pool again with these weights, and filter it again into a new folder")
+        return
+    # A scores file without a record (a pool scored before records existed) is taken to be from these weights.
+    _write_atomically(record, json.dumps({"spec": f"{spec.name}{'=' + spec.weights if spec.weights else ''}",
+                                          "fingerprint": fingerprint}) + "\n")
+
+
 def _score_with_oracle(prompts: list[str], images: list) -> list[dict]:
     from ..shapesworld.oracle import evaluate
 
@@ -202,9 +237,11 @@ def score_pool(pool_dir: str | os.PathLike, models: Sequence, batch_size: int = 
         key = ORACLE_SCORES[0] if spec.name == ORACLE else column
         todo = [r for r in rows if key not in r["scores"]]
         counts[column] = len(todo)
+        model = None if spec.name == ORACLE else spec.load(device, dtype)
+        if model is not None:
+            _check_same_weights(pool_dir, spec, model)
         if not todo:
             continue
-        model = None if spec.name == ORACLE else spec.load(device, dtype)
         with open(scores_file(pool_dir, column), "a") as f, tqdm(total=len(todo), desc=f"score {column}",
                                                                    disable=not progress) as bar:
             for start in range(0, len(todo), batch_size):
