@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from richfeedback.shapesworld.render import render  # noqa: E402
 from richfeedback.shapesworld.scene import is_heldout_prompt, sample_scene  # noqa: E402
 from richfeedback.tokenizers import build_clip_tokenizer  # noqa: E402
+from richfeedback.training_utils import start_script_run, write_train_stats  # noqa: E402
 
 
 def make_data(cfg: dict, work: Path) -> tuple[np.ndarray, list[str]]:
@@ -226,12 +227,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     cfg = yaml.safe_load(Path(args.config).read_text())
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(cfg["seed"])
     work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(work / "logs"))
-    accelerator.init_trackers("embedded-generator", config={k: v for k, v in cfg.items() if not isinstance(v, dict)})
+    accelerator = start_script_run(work, "embedded-generator", cfg, args.threads)
     times = {}
     t0 = time.time()
     images, prompts = make_data(cfg, work)
@@ -246,13 +243,8 @@ def main(argv=None):
     times["unet_s"] = time.time() - t0
     export(cfg, vae, unet, text_encoder, tokenizer, scaling, prompts, Path(args.out))
     accelerator.end_training()
-    record = {"config": cfg, "latent_scaling_factor": scaling, "times": times,
-              "torch": torch.__version__, "threads": args.threads}
-    stats_path = work / "train_stats.json"
-    previous = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-    for k, v in previous.get("times", {}).items():
-        record["times"][k] = max(v, record["times"].get(k, 0))  # a resumed stage keeps the time it really took
-    stats_path.write_text(json.dumps(record, indent=2))
+    stats_path = write_train_stats(work, {"config": cfg, "latent_scaling_factor": scaling, "times": times,
+                                          "torch": torch.__version__, "threads": args.threads})
     print(f"wrote the pipeline to {args.out}; training stats in {stats_path}")
 
 

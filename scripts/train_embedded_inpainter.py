@@ -26,7 +26,6 @@ Stages (each writes into --work-dir and is skipped when its output exists, so a 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -49,7 +48,7 @@ from richfeedback.inpaint.masks import dilate_mask, round_to_cells  # noqa: E402
 from richfeedback.shapesworld.artifacts import inject_artifact  # noqa: E402
 from richfeedback.shapesworld.render import object_mask, pixel_grid, render  # noqa: E402
 from richfeedback.shapesworld.scene import is_heldout_prompt, sample_scene  # noqa: E402
-from richfeedback.training_utils import lr_factor, save_atomically  # noqa: E402
+from richfeedback.training_utils import lr_factor, save_atomically, start_script_run, write_train_stats  # noqa: E402
 
 
 def random_box_mask(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -216,12 +215,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     cfg = yaml.safe_load(Path(args.config).read_text())
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(cfg["seed"])
     work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(work / "logs"))
-    accelerator.init_trackers("embedded-inpainter", config={k: v for k, v in cfg.items() if not isinstance(v, dict)})
+    accelerator = start_script_run(work, "embedded-inpainter", cfg, args.threads)
     pipe = StableDiffusionPipeline.from_pretrained(embedded_generator_path(), local_files_only=True)
     pipe.vae.float()
     pipe.unet.float()
@@ -234,13 +229,8 @@ def main(argv=None):
     times["unet_s"] = time.time() - t0
     export(pipe, unet, Path(args.out))
     accelerator.end_training()
-    stats_path = work / "train_stats.json"
-    previous = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-    for k, v in previous.get("times", {}).items():
-        times[k] = max(v, times.get(k, 0))  # a resumed stage keeps the time it really took
-    stats_path.write_text(json.dumps({"config": cfg, "times": times, "torch": torch.__version__,
-                                      "threads": args.threads,
-                                      "mask_area_mean": float(data["mask_area"].mean())}, indent=2))
+    stats_path = write_train_stats(work, {"config": cfg, "times": times, "torch": torch.__version__,
+                                          "threads": args.threads, "mask_area_mean": float(data["mask_area"].mean())})
     print(f"wrote the inpainting pipeline to {args.out}; training stats in {stats_path}")
 
 

@@ -1,5 +1,6 @@
 """What every training loop here shares: YAML configs with `--set` overrides, the warm-up + cosine learning rate,
-and checkpoints that are written atomically and resumed from the latest one."""
+and checkpoints that are written atomically and resumed from the latest one; for the scripts that train the embedded
+models, their run set-up and their resumable time records."""
 
 from __future__ import annotations
 
@@ -141,3 +142,29 @@ def training_main(argv, description: str, examples: str, load, train, name: str)
         print(f"{name}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def start_script_run(work: Path, name: str, cfg: dict, threads: int):
+    """The set-up of a `scripts/train_embedded_*.py` run: `threads` torch threads, the config's seed, `work` created,
+    and a CPU Accelerator logging to tensorboard in `work/logs` (the config's flat values as hyperparameters)."""
+    import torch
+    from accelerate import Accelerator
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg["seed"])
+    work.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(work / "logs"))
+    accelerator.init_trackers(name, config={k: v for k, v in cfg.items() if not isinstance(v, dict)})
+    return accelerator
+
+
+def write_train_stats(work: Path, record: dict) -> Path:
+    """`record` (with its `times`, seconds per stage) as `work/train_stats.json`. A stage that a resumed run skipped
+    took ~0 s this time: it keeps the time the earlier run recorded for it."""
+    path = work / "train_stats.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    times = dict(record.get("times", {}))
+    for stage, seconds in previous.get("times", {}).items():
+        times[stage] = max(seconds, times.get(stage, 0))
+    path.write_text(json.dumps({**record, "times": times}, indent=2))
+    return path

@@ -188,12 +188,11 @@ def _check_same_weights(pool_dir, spec, model) -> None:
         if earlier["fingerprint"] != fingerprint:
             raise UsageError(
                 f"{scores} holds {spec.column} scores from other weights ({earlier['spec']}) than the ones given now "
-                f"({spec.name}{'=' + spec.weights if spec.weights else ''}); delete {scores.name} and {record.name} "
+                f"({spec}); delete {scores.name} and {record.name} "
                 f"to score the pool again with these weights, and filter it again into a new folder")
         return
     # A scores file without a record (a pool scored before records existed) is taken to be from these weights.
-    _write_atomically(record, json.dumps({"spec": f"{spec.name}{'=' + spec.weights if spec.weights else ''}",
-                                          "fingerprint": fingerprint}) + "\n")
+    _write_atomically(record, json.dumps({"spec": str(spec), "fingerprint": fingerprint}) + "\n")
 
 
 def _score_with_oracle(prompts: list[str], images: list) -> list[dict]:

@@ -82,6 +82,11 @@ class ModelSpec:
         """The score's name in outputs: the model's, and the adapter folder's when there is one."""
         return self.name if self.adapter is None else f"{self.name}+{Path(self.adapter).name}"
 
+    def __str__(self) -> str:
+        """The spec as written: `NAME[=WEIGHTS][,adapter=DIR]` (the inverse of `parse`)."""
+        return (self.name + (f"={self.weights}" if self.weights else "")
+                + (f",adapter={self.adapter}" if self.adapter else ""))
+
     @classmethod
     def parse(cls, spec: str) -> "ModelSpec":
         """Split `NAME[=WEIGHTS][,adapter=DIR]` (the name is not checked against the registry here)."""
