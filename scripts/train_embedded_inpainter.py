@@ -154,7 +154,6 @@ def train_unet(cfg: dict, pipe: StableDiffusionPipeline, data: dict, work: Path,
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the generator's v-prediction schedule
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=c["lr"], weight_decay=1e-2)
-
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, c["steps"], c["warmup_steps"], 0.0))
     ema = EMAModel(params, decay=c["ema_decay"])
     rng = np.random.default_rng(cfg["seed"] + 1)
