@@ -1,24 +1,28 @@
 """Reward guidance on the embedded ShapesWorld generator: guided against unguided, same prompts and seeds.
 
 Protocol: prompts from `sample_prompts(seed=100)` (the generator comparison protocol), half training prompts and half
-held-out prompts, seeds 0..k-1 each; the embedded sampler (DDIM 25 steps, CFG 4). Guidance climbs the embedded
-RAHF's aesthetics head (`rahf:aesthetics`, the default on the embedded model). Per configuration:
+held-out prompts, seeds 0..k-1 each; the embedded sampler (DDIM 25 steps, CFG 4). Two guiding rewards, both aesthetic
+predictors, each the other's held-out judge:
+  * `latent-aesthetic` (the default on the embedded model): the noise-aware latent aesthetic model, classifier
+    guidance proper (the gradient at x_t, no decoding; `reward_models.latent_aesthetic`);
+  * `rahf:aesthetics`: the embedded RAHF's aesthetics head on the decoded predicted x0 (cheap or accurate path).
+Per configuration:
 
-- guiding reward: mean rahf:aesthetics, its gain in units of the unguided standard deviation (target >= 1), and the
-  win rate against the unguided image of the same prompt and seed (ties count one half);
+- guiding reward: its gain in units of its own unguided standard deviation (target >= 1), and the win rate against
+  the unguided image of the same prompt and seed (ties count one half);
 - held-out judgements, so that a gain is not just the guide being fooled:
-  * `true_aes`: ShapesWorld's exact aesthetics quality, the function RAHF's aesthetics head was trained to predict
+  * the other aesthetic model's gain in its own unguided standard deviations (target: not worse);
+  * `true_aes`: ShapesWorld's exact aesthetics quality, the function both models were trained to predict
     (`shapesworld.raters.aesthetics`: composition of the objects the oracle finds, damaged by the artifacts it
     finds). No model is involved, so it cannot be hacked by adversarial pixels (target: not worse);
-  * `rahf_plaus`: RAHF's plausibility head (another head of the same network: it shares the backbone, so it is a
-    weaker check than the oracle);
+  * `rahf_plaus`: RAHF's plausibility head;
   * the oracle's full-prompt accuracy and artifact rate;
 - sampling time and peak memory as ratios to unguided. Each configuration runs in its own subprocess, after a
   warm-up, which generates each batch unguided and then guided in turns, so that both meet the same load on a
   shared machine (and checks that its unguided images equal every other worker's). Peak memory is the rise of the
   process's peak resident set during a batch (Linux VmHWM, reset through /proc/self/clear_refs before each batch)
   over its resident set before it, the largest over the batches. The time target (<= 2x) is for the
-  default configuration (cheap path, scale 0.15, every 2nd step in the first 60% of the schedule).
+  default configuration (latent-aesthetic, scale 0.2, every 2nd step of 20%-80% of the schedule).
 """
 
 from __future__ import annotations
@@ -34,18 +38,23 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-REWARD = "rahf:aesthetics"
+RAHF = "rahf:aesthetics"
+LATENT = "latent-aesthetic"
+HELD_OUT = {LATENT: RAHF, RAHF: LATENT}
 
-# Guided configurations (options of `load_guidance`); each is compared with the unguided sampler.
+# Guided configurations (options of `load_guidance`, plus the reward); each is compared with the unguided sampler.
 CONFIGS: dict[str, dict] = {
-    # The library's defaults: scale 0.15, cheap path, every 2nd step of the first 60% (8 of 25 steps guided), the
-    # predicted x0 decoded for the reward by the embedded tiny decoder (decoder="auto" on the embedded model).
+    # The library's defaults: the latent aesthetic model, scale 0.2 on every 2nd step of 20%-80% of the schedule.
     "default": {},
-    "default-vae-decoder": {"decoder": "vae"},  # the same through the full VAE decoder
-    "every-3rd": {"every": 3},  # 5 of 25 steps
-    "accurate": {"path": "accurate"},
-    "every-step": {"every": 1, "window": [0.0, 1.0]},
-    "scale-0.3": {"scale": 0.3},
+    "latent-first-60%": {"window": [0.0, 0.6]},  # the image rewards' window
+    "latent-every-step": {"every": 1, "window": [0.0, 1.0]},  # past the defaults: does it start to game?
+    # RAHF's aesthetics head on the decoded x0 with the image rewards' defaults (0.15 on every 2nd step of the first
+    # 60%); the predicted x0 decoded by the embedded tiny decoder (decoder="auto" on the embedded model), or the full
+    # VAE, or back through the UNet.
+    "rahf": {"reward": RAHF},
+    "rahf-vae-decoder": {"reward": RAHF, "decoder": "vae"},
+    "rahf-accurate": {"reward": RAHF, "path": "accurate"},
+    "rahf-every-step": {"reward": RAHF, "every": 1, "window": [0.0, 1.0]},
 }
 
 
@@ -66,7 +75,8 @@ def worker(config_json: str, out_path: str) -> None:
     job = json.loads(config_json)
     torch.manual_seed(0)
     pipe = load_pipeline(None)
-    systems = {"unguided": None, "guided": load_guidance(REWARD, **job["guidance"])}
+    options = dict(job["guidance"])
+    systems = {"unguided": None, "guided": load_guidance(options.pop("reward", None), **options)}
     prompts, seeds, size = job["prompts"], job["seeds"], job["batch_size"]
     for guidance in systems.values():  # warm-up
         generate_images(pipe, prompts[:2], seeds[:2], guidance=guidance, **EMBEDDED_DEFAULTS)
@@ -127,24 +137,33 @@ def run(quick: bool = False) -> dict:
                              "peak_mem_ratio": float(data["guided_peak_mb"] / max(data["unguided_peak_mb"], 1e-6)),
                              "peak_mb": float(data["guided_peak_mb"])}
 
-    guide = load_reward_model(REWARD)
+    from richfeedback.guidance import DEFAULT_REWARD, SCHEDULE_DEFAULTS
+
+    judges = {RAHF: load_reward_model(RAHF), LATENT: load_reward_model(LATENT)}
     plaus = load_reward_model("rahf:plausibility")
     base = None
     rows = []
     for name, r in results.items():
         images = torch.from_numpy(r["images"]).permute(0, 3, 1, 2)
-        guiding = guide.score(prompts, list(images)).numpy()
+        scores = {judge: model.score(prompts, list(images)).numpy() for judge, model in judges.items()}
         reports = [evaluate(p, image) for p, image in zip(prompts, r["images"])]
-        r.update(guiding=guiding, true_aes=np.array([true_aesthetics(rep) for rep in reports]))
+        r.update(scores=scores, true_aes=np.array([true_aesthetics(rep) for rep in reports]))
         if base is None:
             base = r
-        diff = guiding - base["guiding"]
+        # gain of each judge in units of its own unguided spread, and same-seed win rates
+        gain = {j: float((s - base["scores"][j]).mean() / base["scores"][j].std()) for j, s in scores.items()}
+        wins = {j: float(((s > base["scores"][j]) + 0.5 * (s == base["scores"][j])).mean()) for j, s in scores.items()}
+        reward = configs.get(name, {}).get("reward", DEFAULT_REWARD) if name != "unguided" else None
         rows.append({
             "config": name,
+            "reward": reward or "-",
             "images": len(prompts),
-            "rahf_aes": float(guiding.mean()),
-            "gain_in_sd": float(diff.mean() / base["guiding"].std()) if name != "unguided" else 0.0,
-            "win_rate": float(((diff > 0) + 0.5 * (diff == 0)).mean()) if name != "unguided" else 0.5,
+            "guiding_gain_sd": gain[reward] if reward else 0.0,
+            "win_rate": wins[reward] if reward else 0.5,
+            "heldout_reward": HELD_OUT.get(reward, "-"),
+            "heldout_gain_sd": gain[HELD_OUT[reward]] if reward else 0.0,
+            "latent_aes": float(scores[LATENT].mean()),
+            "rahf_aes": float(scores[RAHF].mean()),
             "true_aes": float(r["true_aes"].mean()),
             "rahf_plaus": float(plaus.score(prompts, list(images)).mean()),
             "prompt_acc": float(np.mean([rep.prompt_correct for rep in reports])),
@@ -153,11 +172,10 @@ def run(quick: bool = False) -> dict:
             "peak_mem_ratio": r["peak_mem_ratio"],
             "peak_mb": r["peak_mb"],
         })
-    from richfeedback.guidance import DEFAULT_EVERY, DEFAULT_SCALE, DEFAULT_WINDOW
-
-    defaults = {"scale": DEFAULT_SCALE, "every": DEFAULT_EVERY, "window": list(DEFAULT_WINDOW), "path": "cheap"}
-    return {"rows": rows, "reward": REWARD, "defaults": defaults, "configs": configs,
-            "unguided_rahf_aes_sd": float(base["guiding"].std()),
+    defaults = {"reward": DEFAULT_REWARD, **{kind: {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+                                             for kind, d in SCHEDULE_DEFAULTS.items()}}
+    return {"rows": rows, "defaults": defaults, "configs": configs,
+            "unguided_sd": {j: float(s.std()) for j, s in base["scores"].items()},
             "protocol": {"prompt_seed": PROTOCOL_PROMPT_SEED, "prompts_per_split": n_prompts,
                          "seeds_per_prompt": n_seeds}}
 

@@ -34,9 +34,8 @@ richfeedback inpaint-fix "$OUT/artifacts" --out "$OUT/inpaint"
 richfeedback oracle "$OUT/artifacts" --out "$OUT/artifacts-oracle"
 richfeedback oracle "$OUT/inpaint/fixed"
 
-echo "== 8. Reward guidance: the same prompts and seeds, steered by the embedded RAHF's aesthetics head"
-richfeedback generate --prompts "$OUT/prompts.txt" --n 4 --seed 0 --guidance rahf:aesthetics --guidance-scale 0.15 \
-    --out "$OUT/guided"
+echo "== 8. Reward guidance: the same prompts and seeds, steered up the embedded noise-aware latent aesthetic model"
+richfeedback generate --prompts "$OUT/prompts.txt" --n 4 --seed 0 --guidance latent-aesthetic --out "$OUT/guided"
 python -m richfeedback.guidance.sheet "$OUT/generations" "$OUT/guided" --out "$OUT/guided_vs_unguided.png"
 richfeedback oracle "$OUT/guided"
 
@@ -52,7 +51,7 @@ echo "         $OUT/rahf/*_heatmaps.png (image | implausibility | misalignment),
 echo "         $OUT/generations/oracle.jsonl (per image, per word), $OUT/scores.jsonl,"
 echo "         $OUT/finetune/lora/validation/*.png (fine-tuned samples), $OUT/inpaint/index.html and"
 echo "         $OUT/inpaint/strips/*.png (before | heatmap | mask | after),"
-echo "         $OUT/guided_vs_unguided.png (unguided | guided, with their rahf:aesthetics),"
+echo "         $OUT/guided_vs_unguided.png (unguided | guided, with their latent-aesthetic score),"
 echo "         $OUT/ab/auto/report.md and $OUT/ab/simulated/results/report.md (win rates)."
 echo "Rate the A/B pairs yourself: open $OUT/ab/index.html in a browser, export, then:"
 echo "         richfeedback ab results $OUT/ab --ratings ratings-*.json"

@@ -21,11 +21,12 @@ def test_generate_with_guidance_records_it_in_the_manifest(tmp_path):
                                    "window": [0.0, 0.6], "normalize": "rms", "path": "cheap", "decoder": "auto"}
 
 
-def test_guidance_scale_alone_guides_the_embedded_model_by_rahf_aesthetics(tmp_path):
+def test_guidance_scale_alone_guides_the_embedded_model_by_the_latent_aesthetic_model(tmp_path):
     out = tmp_path / "default"
     assert main(["generate", "--prompt", "two blue squares", "--n", "1", "--steps", "4", "--guidance-scale", "0.1",
                  "--out", str(out)]) == 0
-    assert _rows(out)[0]["guidance"]["reward"] == "rahf:aesthetics"
+    assert _rows(out)[0]["guidance"]["reward"] == "latent-aesthetic"
+    assert _rows(out)[0]["guidance"]["path"] == "noise-aware"
 
 
 def test_unknown_reward_is_one_line_and_exit_2(tmp_path, capsys):

@@ -5,7 +5,7 @@ gradient of a differentiable reward.
     from richfeedback.guidance import load_guidance
 
     pipe = load_pipeline(None)                                         # the embedded ShapesWorld generator
-    guidance = load_guidance("rahf:aesthetics", scale=0.1)             # or "aesthetic", "0.7*a+0.3*b", ...
+    guidance = load_guidance("latent-aesthetic")                       # or "rahf:aesthetics", "0.7*a+0.3*b", ...
     images = generate_images(pipe, prompts, seeds, guidance=guidance)  # scale 0 or None: the unguided images
 
     with guidance.attach(pipe, prompts):                               # the same on any pipeline call
@@ -20,7 +20,7 @@ the names below load their module on first use.
 import importlib
 
 _EXPORTS = {
-    "DEFAULT_EVERY": "options", "DEFAULT_REWARD": "options", "DEFAULT_SCALE": "options", "DEFAULT_WINDOW": "options",
+    "DEFAULT_REWARD": "options", "SCHEDULE_DEFAULTS": "options", "default_schedule": "options",
     "NORMALIZATIONS": "options", "PATHS": "options",
     "RewardGuidance": "reward_guidance", "decode_to_unit_range": "reward_guidance", "load_guidance": "reward_guidance",
     "RewardTerm": "rewards", "WeightedReward": "rewards", "load_reward": "rewards", "parse_reward_spec": "rewards",

@@ -8,7 +8,7 @@ At a guided step with latents x_t and the pipeline's noise prediction (after cla
     x_t-1  = scheduler.step(noise_pred, t, x_t) + scale * noise_level(t) * normalize(g)
 
 as the Diffusion Posterior Sampling pipeline in diffusers/examples/community does (a gradient taken at x_t, applied to
-the step's output). Two paths to the gradient:
+the step's output). Two paths to the gradient of an image reward:
 
 - "cheap": the noise prediction is a constant; the gradient goes through the x0 formula and the VAE decoder only.
   One VAE decode and one reward pass (forward and backward) per guided step. The decoder's backward pass is most of
@@ -17,6 +17,11 @@ the step's output). Two paths to the gradient:
   the pipeline's final images are always decoded by its own VAE.
 - "accurate": the UNet is run again on x_t with gradients on (both halves of classifier-free guidance, combined as
   the pipeline combines them), so the gradient also goes back through the UNet: an extra UNet forward and backward.
+
+A noise-aware reward (`noise_aware = True`, e.g. `latent-aesthetic`: a model trained on noisy latents with the
+timestep as input) is classifier guidance as Dhariwal & Nichol wrote it: g = d reward(x_t, t) / d x_t, with no
+decode at all (x_t brought to the variance-preserving scale the model was trained on; the Euler schedulers' latents
+are divided by sqrt(1 + sigma^2)). Its pipeline is checked against the latents and noise schedule it was trained on.
 
 Design: the guidance wraps `pipe.scheduler.step` for the duration of one pipeline call (`attach`). That is the one
 place where a stock diffusers pipeline (SD, SDXL, their img2img variants) hands over everything guidance needs: the
@@ -40,8 +45,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .options import DEFAULT_EVERY, DEFAULT_REWARD, DEFAULT_SCALE, DEFAULT_WINDOW, NORMALIZATIONS, PATHS
-from .schedulers import check_scheduler, noise_level, predicted_x0
+from .options import DEFAULT_REWARD, NORMALIZATIONS, PATHS, default_schedule
+from .schedulers import check_scheduler, noise_level, predicted_x0, variance_preserving
 
 
 EMBEDDED_TINY_DECODER = Path(__file__).resolve().parents[1] / "embedded" / "shapes-sd-tiny-decoder"
@@ -79,15 +84,18 @@ def decode_to_unit_range(vae, latents: torch.Tensor) -> torch.Tensor:
 class RewardGuidance:
     """How to guide: the reward, its scale and which steps.
 
-    reward: a `RewardModel` or `WeightedReward` (anything with `differentiable(prompts, images)` -> (B,)).
+    reward: a `RewardModel` or `WeightedReward` (anything with `differentiable(prompts, images)` -> (B,)), or a
+        noise-aware reward (`noise_aware = True`, `noisy_latent_score(latents, timesteps)`).
     scale: size of each edit in units of the step's noise level (with normalize="rms": the edit's RMS over the
         latents is scale * noise_level). 0 turns guidance off.
     every: guide every k-th step of the window.
     window: (start, end) fractions of the sampling steps that are guided: step i of n is in it when
         start <= i / n < end. Late steps change pixels directly, so edits there tend to show as reward hacking.
+    scale, every and window left at None take the defaults of the reward's kind (`options.SCHEDULE_DEFAULTS`).
     normalize: "rms" (each image's gradient divided by its RMS: the scale means the same for any reward),
         "clip" (the raw gradient, its RMS capped at max_rms per image) or "none" (the raw gradient).
-    path: "cheap" (through the x0 formula and the VAE) or "accurate" (also back through the UNet).
+    path: "cheap" (through the x0 formula and the VAE) or "accurate" (also back through the UNet); for a noise-aware
+        reward, which scores x_t itself, only "cheap" (the default) is accepted.
     views, jitter: the reward is averaged over `views` copies of the decoded image, each shifted by a random offset
         of up to `jitter` of the image side (reflected at the border), as CLIP-guided diffusion averages over
         cutouts: a gradient that only works for one exact pixel grid (an adversarial one) cancels out.
@@ -101,9 +109,9 @@ class RewardGuidance:
     """
 
     reward: torch.nn.Module
-    scale: float = DEFAULT_SCALE
-    every: int = DEFAULT_EVERY
-    window: tuple[float, float] = DEFAULT_WINDOW
+    scale: Optional[float] = None
+    every: Optional[int] = None
+    window: Optional[tuple[float, float]] = None
     normalize: str = "rms"
     max_rms: float = 1.0
     path: str = "cheap"
@@ -114,6 +122,10 @@ class RewardGuidance:
     name: str = ""
 
     def __post_init__(self):
+        self.noise_aware = bool(getattr(self.reward, "noise_aware", False))
+        for name, value in default_schedule(self.noise_aware).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if not math.isfinite(self.scale) or self.scale < 0:
             raise ValueError(f"guidance scale must be a finite number >= 0, got {self.scale}")
         if self.every < 1:
@@ -132,6 +144,9 @@ class RewardGuidance:
         if not hasattr(self.reward, "differentiable"):
             raise TypeError(f"the guidance reward needs a differentiable(prompts, images) method; "
                             f"got {type(self.reward).__name__}")
+        if self.noise_aware and (self.path != "cheap" or self.views > 1):
+            raise ValueError("a noise-aware reward scores the noisy latents x_t directly, so path='accurate' and "
+                             "jittered views (which act on decoded images) do not apply; leave path='cheap', views=1")
         self.name = self.name or getattr(self.reward, "name", type(self.reward).__name__)
         self._loaded_decoders: dict[str, torch.nn.Module] = {}
         self.history: list[dict] = []  # per guided step of the last call: step, mean reward of x0, gradient RMS
@@ -142,10 +157,12 @@ class RewardGuidance:
 
     def settings(self) -> dict:
         """What a manifest records to say how an image was guided."""
-        return {"reward": self.name, "scale": self.scale, "every": self.every, "window": list(self.window),
-                "normalize": self.normalize, **({"max_rms": self.max_rms} if self.normalize == "clip" else {}),
-                "path": self.path, **({"views": self.views, "jitter": self.jitter} if self.views > 1 else {}),
-                **({"smooth": self.smooth} if self.smooth > 0 else {}),
+        common = {"reward": self.name, "scale": self.scale, "every": self.every, "window": list(self.window),
+                  "normalize": self.normalize, **({"max_rms": self.max_rms} if self.normalize == "clip" else {}),
+                  **({"smooth": self.smooth} if self.smooth > 0 else {})}
+        if self.noise_aware:
+            return {**common, "path": "noise-aware"}
+        return {**common, "path": self.path, **({"views": self.views, "jitter": self.jitter} if self.views > 1 else {}),
                 "decoder": self.decoder if isinstance(self.decoder, str) else type(self.decoder).__name__}
 
     def decoder_for(self, pipe) -> torch.nn.Module:
@@ -183,7 +200,9 @@ class RewardGuidance:
                                  f"{type(pipe).__name__} has none")
         scheduler = pipe.scheduler
         check_scheduler(scheduler)
-        run = _GuidedRun(self, pipe, list(prompts), self.decoder_for(pipe))
+        if self.noise_aware:
+            self.reward.check_pipeline(pipe)
+        run = _GuidedRun(self, pipe, list(prompts), None if self.noise_aware else self.decoder_for(pipe))
         self.history = run.history
         original_step = scheduler.step
         # An instance attribute shadows the class's `step`; `wraps` keeps its signature, which the pipelines inspect
@@ -271,6 +290,12 @@ class _GuidedRun:
         with torch.enable_grad():
             x_t = sample.detach().requires_grad_(True)
             record = {"step": self.step_index - 1}
+            if guidance.noise_aware:
+                timesteps = torch.as_tensor(timestep, device=x_t.device).float().expand(x_t.shape[0])
+                rewards = guidance.reward.noisy_latent_score(
+                    variance_preserving(self.pipe.scheduler, timestep, x_t), timesteps)
+                (gradient,) = torch.autograd.grad(rewards.sum(), x_t)
+                return self.normalized(gradient, rewards, record)
             if guidance.path == "accurate":
                 recomputed = self.noise_prediction_with_grad(x_t, timestep)
                 # How far the recomputed prediction is from the pipeline's: a check that the UNet call was replayed
@@ -289,6 +314,11 @@ class _GuidedRun:
                     None if reward_prompts is None else reward_prompts * guidance.views, views)
                 rewards = rewards.view(guidance.views, -1).mean(0)
             (gradient,) = torch.autograd.grad(rewards.sum(), x_t)
+        return self.normalized(gradient, rewards, record)
+
+    def normalized(self, gradient: torch.Tensor, rewards: torch.Tensor, record: dict) -> torch.Tensor:
+        """The gradient smoothed, checked and normalised as `guidance.normalize` says; the step goes to history."""
+        guidance = self.guidance
         gradient = gradient.float()
         if guidance.smooth > 0:
             gradient = gaussian_blur(gradient, guidance.smooth)
@@ -334,17 +364,18 @@ class _GuidedRun:
 
 
 
-def load_guidance(spec: Optional[str] = None, scale: float = DEFAULT_SCALE, *, device="cpu", dtype="fp32",
-                  every: int = DEFAULT_EVERY, window: tuple[float, float] = DEFAULT_WINDOW, normalize: str = "rms",
+def load_guidance(spec: Optional[str] = None, scale: Optional[float] = None, *, device="cpu", dtype="fp32",
+                  every: Optional[int] = None, window: Optional[tuple[float, float]] = None, normalize: str = "rms",
                   max_rms: float = 1.0, path: str = "cheap", views: int = 1, jitter: float = 0.0,
                   smooth: float = 0.0, decoder="auto", max_batch_size: int = 32,
                   **reward_options) -> RewardGuidance:
-    """Guidance by the reward `spec` ("rahf:aesthetics", "aesthetic", "0.7*rahf:aesthetics+0.3*rahf:plausibility";
-    see `guidance.rewards`), loaded on `device`; None means `DEFAULT_REWARD`."""
+    """Guidance by the reward `spec` ("latent-aesthetic", "rahf:aesthetics", "aesthetic",
+    "0.7*rahf:aesthetics+0.3*rahf:plausibility"; see `guidance.rewards`), loaded on `device`; None means
+    `DEFAULT_REWARD`. scale, every and window left at None take the defaults of the reward's kind."""
     from .rewards import load_reward
 
     spec = spec or DEFAULT_REWARD
     reward = load_reward(spec, device=device, dtype=dtype, max_batch_size=max_batch_size, **reward_options)
-    return RewardGuidance(reward, scale=scale, every=every, window=tuple(window), normalize=normalize,
-                          max_rms=max_rms, path=path, views=views, jitter=jitter, smooth=smooth, decoder=decoder,
-                          name=spec)
+    return RewardGuidance(reward, scale=scale, every=every, window=None if window is None else tuple(window),
+                          normalize=normalize, max_rms=max_rms, path=path, views=views, jitter=jitter, smooth=smooth,
+                          decoder=decoder, name=spec)

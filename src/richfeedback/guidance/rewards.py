@@ -6,6 +6,8 @@ A spec names it the way the command line does:
     "aesthetic=weights/aesthetic/"                      LAION aesthetic with its weights (a file or folder)
     "0.7*rahf:aesthetics+0.3*rahf:plausibility"         a weighted sum; weights are plain numbers, may be negative
     "pickscore=weights/pickscore,adapter=runs/adapter"  a model with a reward adapter (`richfeedback adapter train`)
+    "latent-aesthetic"                                  a noise-aware model scoring the noisy latents themselves
+                                                        (classifier guidance; the embedded generator's default)
 
 Terms are split at a "+" that starts another registered name, so weight files with "+" in their name
 (`sac+logos+ava1-l14-linearMSE.pth`) stay whole. The sum is of the raw scores: rewards on different scales
@@ -73,6 +75,19 @@ class WeightedReward(torch.nn.Module):
         self.models = torch.nn.ModuleList([m for _, m in terms])
         self.name = name or "+".join(f"{w:g}*{m.name}" for w, m in terms)
         self.needs_prompt = any(m.needs_prompt for m in self.models)
+        noise_aware = [bool(getattr(m, "noise_aware", False)) for m in self.models]
+        if any(noise_aware) and not all(noise_aware):
+            raise ValueError(f"cannot add up {self.name}: noise-aware rewards ("
+                             + ", ".join(m.name for m, n in zip(self.models, noise_aware) if n)
+                             + ") score the noisy latents, the others decoded images; guide with one kind")
+        self.noise_aware = all(noise_aware)
+
+    def noisy_latent_score(self, latents: torch.Tensor, timesteps) -> torch.Tensor:
+        return sum(w * m.noisy_latent_score(latents, timesteps) for w, m in zip(self.weights, self.models))
+
+    def check_pipeline(self, pipe) -> None:
+        for m in self.models:
+            m.check_pipeline(pipe)
 
     def differentiable(self, prompts, images: torch.Tensor) -> torch.Tensor:
         return sum(w * m.differentiable(prompts if m.needs_prompt else None, images)

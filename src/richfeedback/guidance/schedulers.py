@@ -65,6 +65,13 @@ def noise_level(scheduler, timestep, like: torch.Tensor) -> torch.Tensor:
     return _alpha_sigma(scheduler, timestep, like)[1]
 
 
+def variance_preserving(scheduler, timestep, sample: torch.Tensor) -> torch.Tensor:
+    """The step's latents on the variance-preserving scale sqrt(abar) x0 + sqrt(1 - abar) eps that noise-aware
+    models are trained on: unchanged for DDIM/DDPM, divided by sqrt(1 + sigma^2) for the Euler schedulers."""
+    alpha, sigma = _alpha_sigma(scheduler, timestep, sample)
+    return sample / (alpha**2 + sigma**2).sqrt().to(sample.dtype)
+
+
 def predicted_x0(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
     """The x0 that `scheduler.step(model_output, timestep, sample)` predicts, differentiable in both tensors.
 

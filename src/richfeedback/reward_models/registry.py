@@ -100,3 +100,6 @@ for _score in ("plausibility", "alignment", "aesthetics", "overall"):
     register_reward_model(f"rahf:{_score}", f"richfeedback.reward_models.rahf.reward:load_rahf_{_score}",
                           description=f"RAHF {_score} score in [0, 1] (default weights: the embedded ShapesWorld RAHF; "
                                       "a public-layout checkpoint file loads as size 'large')")
+register_reward_model("latent-aesthetic", "richfeedback.reward_models.latent_aesthetic:load_latent_aesthetic",
+                      description="noise-aware aesthetic predictor on a diffusion model's latents (classifier "
+                                  "guidance; default weights: the embedded ShapesWorld one, prompt-free)")
