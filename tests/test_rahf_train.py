@@ -74,3 +74,29 @@ def test_missing_dataset_is_one_line_naming_the_command_to_make_it(tmp_path, cap
     assert main(["--config", str(ROOT / "configs/rahf/tiny.yaml"), "--set", f"data.path={tmp_path / 'none'}",
                  "--set", f"output_dir={tmp_path / 'o'}"]) == 2
     assert "richfeedback shapesworld make-dataset" in capsys.readouterr().err
+
+
+def test_marker_tokens_can_be_weighted_in_the_sequence_loss():
+    """loss_weights.marked_tokens weights the tokens of the "_0" suffix; 1.0 is the model's own mean cross-entropy,
+    and the weighted mean matches a hand computation."""
+    import torch
+
+    from richfeedback.reward_models.rahf.modeling import RAHFOutput
+    from richfeedback.reward_models.rahf.processing import load_shapesworld_tokenizer
+    from richfeedback.reward_models.rahf.train import marker_token_ids, sequence_loss
+
+    tokenizer = load_shapesworld_tokenizer()
+    markers = marker_token_ids(tokenizer)
+    assert tokenizer.convert_ids_to_tokens(markers) == ["0", "_"]
+    labels = torch.tensor([[7, 5, 4, 9, 1, -100], [7, 9, 9, 9, 1, 1]])
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 256)
+    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    plain = per_token[labels != -100].mean()
+    output = RAHFOutput({}, {}, seq_loss=plain, seq_logits=logits)
+    assert sequence_loss(output, labels, markers, 1.0) is plain
+    is_marker = torch.isin(labels, torch.tensor(markers))
+    weights = torch.where(is_marker, 3.0, 1.0)[labels != -100]
+    expected = (per_token[labels != -100] * weights).sum() / weights.sum()  # two marker tokens of 11
+    assert torch.allclose(sequence_loss(output, labels, markers, 3.0), expected)
+    assert abs(float(weights.sum()) - 15.0) < 1e-6

@@ -107,6 +107,7 @@ class RAHFOutput:
     seq_loss: Optional[torch.Tensor] = None  # teacher-forced cross-entropy of the misaligned-word sequence
     text_hidden_states: Optional[torch.Tensor] = None  # fused text tokens, what the decoder reads
     text_attention_mask: Optional[torch.Tensor] = None
+    seq_logits: Optional[torch.Tensor] = None  # (B, L, vocab) decoder logits behind seq_loss (with labels only)
 
 
 class RAHFPreTrainedModel(PreTrainedModel):
@@ -204,11 +205,12 @@ class RAHFModel(RAHFPreTrainedModel):
                     else:
                         heatmaps[name] = self.heatmap_predictor(grids[:, j])
         text_hidden, text_mask = hidden[:, n_vis:], mask[:, n_vis:]
-        seq_loss = None
+        seq_loss = seq_logits = None
         if labels is not None:
-            seq_loss = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=text_hidden),
-                               attention_mask=text_mask, labels=labels).loss
-        return RAHFOutput(heatmaps, scores, seq_loss, text_hidden, text_mask)
+            decoded = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=text_hidden),
+                              attention_mask=text_mask, labels=labels)
+            seq_loss, seq_logits = decoded.loss, decoded.logits
+        return RAHFOutput(heatmaps, scores, seq_loss, text_hidden, text_mask, seq_logits)
 
     @torch.no_grad()
     def generate_marked_prompt(self, output: RAHFOutput, max_new_tokens: Optional[int] = None) -> torch.Tensor:

@@ -42,7 +42,10 @@ DEFAULTS = {
              "make_sizes": None},
     "optim": {"lr": 3.0e-4, "decoder_lr_scale": 1.0, "weight_decay": 2.0e-3, "epochs": 10, "batch_size": 32,
               "grad_accum": 1, "warmup_steps": 100, "min_lr_ratio": 0.05, "max_grad_norm": 1.0, "max_steps": None},
-    "loss_weights": {"heatmap": 1.0, "score": 1.0, "seq": 1.0},
+    # marked_tokens: the weight, inside the sequence loss, of the target tokens that mark a word misaligned (the "_0"
+    # suffix's tokens). They are a few percent of the target tokens (the rest copy the prompt), so the plain mean
+    # (1.0, the reference) spends almost all of the sequence loss on copying.
+    "loss_weights": {"heatmap": 1.0, "score": 1.0, "seq": 1.0, "marked_tokens": 1.0},
     # "mse" as the reference. "bce" (binary cross-entropy on the same [0, 1] maps) keeps a useful gradient where a
     # sigmoid output sits near 0 over mostly-empty maps, which MSE loses; models trained from scratch need it.
     "heatmap_loss": "mse",
@@ -79,7 +82,33 @@ def build_model(cfg: dict):
     return model, RAHFProcessor(tokenizer, model.config)
 
 
-def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse") -> tuple[torch.Tensor, dict]:
+def marker_token_ids(tokenizer) -> list[int]:
+    """The token ids that marking a word misaligned adds to it (tokenizing "word_0" against "word")."""
+    from .processing import MISALIGNED_SUFFIX
+
+    plain = tokenizer("word", add_special_tokens=False).input_ids
+    marked = tokenizer("word" + MISALIGNED_SUFFIX, add_special_tokens=False).input_ids
+    added = [t for t in marked if t not in plain]
+    if not added:
+        raise ValueError(f"the tokenizer writes 'word{MISALIGNED_SUFFIX}' with the tokens of 'word'; cannot weight "
+                         "the marker tokens (set loss_weights.marked_tokens to 1)")
+    return sorted(set(added))
+
+
+def sequence_loss(output, labels: torch.Tensor, marker_ids: list[int], marked_weight: float) -> torch.Tensor:
+    """Teacher-forced cross-entropy over the target tokens (padding, -100, ignored), the marker tokens weighted
+    `marked_weight` and every other token 1; with weight 1 it is the model's own `seq_loss`."""
+    if marked_weight == 1.0:
+        return output.seq_loss
+    per_token = F.cross_entropy(output.seq_logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    is_marker = torch.isin(labels, torch.tensor(marker_ids, device=labels.device))
+    weight = torch.where(is_marker, marked_weight, 1.0) * (labels != -100)
+    return (per_token * weight).sum() / weight.sum()
+
+
+def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse",
+                 marker_ids: Optional[list[int]] = None) -> tuple[torch.Tensor, dict]:
+    """The weighted sum of the heatmap, score and sequence losses, and each part (the sequence part unweighted)."""
     if heatmap_loss not in ("mse", "bce"):
         raise ValueError(f"heatmap_loss must be 'mse' or 'bce', got {heatmap_loss!r}")
 
@@ -90,7 +119,11 @@ def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse") 
 
     heatmap = sum(map_loss(output.heatmaps[n].float(), batch["target_heatmaps"][:, i]) for i, n in enumerate(HEATMAP_NAMES))
     score = sum(F.mse_loss(output.scores[n].float(), batch["target_scores"][:, i]) for i, n in enumerate(SCORE_NAMES))
-    total = weights["heatmap"] * heatmap + weights["score"] * score + weights["seq"] * output.seq_loss
+    marked_weight = float(weights.get("marked_tokens", 1.0))
+    if marked_weight != 1.0 and marker_ids is None:
+        raise ValueError("loss_weights.marked_tokens needs the marker token ids (marker_token_ids(tokenizer))")
+    seq = sequence_loss(output, batch["labels"], marker_ids or [], marked_weight)
+    total = weights["heatmap"] * heatmap + weights["score"] * score + weights["seq"] * seq
     return total, {"loss/heatmap": heatmap.item(), "loss/score": score.item(), "loss/seq": output.seq_loss.item(),
                    "loss/total": total.item()}
 
@@ -139,6 +172,8 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         train_data = datasets.concatenate_datasets([train_data, extra])
 
     model, processor = build_model(cfg)
+    marker_ids = marker_token_ids(processor.tokenizer) if cfg["loss_weights"].get("marked_tokens", 1.0) != 1.0 \
+        else None
     loader = DataLoader(RichFeedbackDataset(train_data, processor), batch_size=o["batch_size"],
                         shuffle=True, drop_last=True, collate_fn=Collator(processor),
                         num_workers=cfg["data"]["num_workers"], generator=torch.Generator().manual_seed(cfg["seed"]))
@@ -202,7 +237,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         for batch in epoch_loader:
             with accelerator.accumulate(model):
                 output = model(**model_inputs(batch))
-                loss, parts = compute_loss(output, batch, cfg["loss_weights"], cfg["heatmap_loss"])
+                loss, parts = compute_loss(output, batch, cfg["loss_weights"], cfg["heatmap_loss"], marker_ids)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), o["max_grad_norm"])
