@@ -126,7 +126,7 @@ def test_too_small_a_dataset_for_one_batch_says_so(dataset, tmp_path):
         train(config(dataset, tmp_path, optim={**load_config(None)["optim"], "batch_size": 64}))
 
 
-def test_the_four_stages_run_from_one_yaml_and_a_rerun_skips_what_is_done(tmp_path):
+def test_the_four_stages_run_from_one_yaml_and_a_rerun_skips_what_is_done(tmp_path, capsys):
     from richfeedback.cli import main as cli
 
     cfg = {
@@ -152,6 +152,17 @@ def test_the_four_stages_run_from_one_yaml_and_a_rerun_skips_what_is_done(tmp_pa
     # the same file configures the training stage alone (what `accelerate launch -m ...train` reads)
     train_cfg = load_config(str(path))
     assert train_cfg["data"]["path"] == str(run / "data") and train_cfg["output_dir"] == str(run / "lora")
+    # finished stages made from other inputs are refused, not reused: scores from other weights under a filtered
+    # dataset, a LoRA trained on a dataset that has changed since
+    weights_record = run / "pool" / "scores" / "rahf_alignment.weights.json"
+    weights_record.write_text(json.dumps({"spec": "rahf:alignment", "fingerprint": "other"}) + "\n")
+    assert cli(["finetune", "--config", str(path)]) == 2
+    assert "filtered from scores that other weights wrote (rahf_alignment changed since)" in capsys.readouterr().err
+    weights_record.unlink()
+    metadata = run / "data" / "metadata.jsonl"
+    metadata.write_text("".join(metadata.read_text().splitlines(keepends=True)[:-1]))
+    assert cli(["finetune", "--config", str(path)]) == 2
+    assert f"{run / 'lora'} was trained on other data" in capsys.readouterr().err
 
 
 def test_sdxl_unet_and_both_text_encoders_train_and_load_back_in_diffusers(dataset, tiny_sdxl_dir, tmp_path):

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..dataset_io import folder_written_atomically
 from ..errors import UsageError
-from .pool import read_pool
+from .pool import read_pool, score_weights
 
 POLICIES = ("threshold", "topk", "align_sd")
 METADATA = "metadata.jsonl"
@@ -170,7 +170,7 @@ def filter_pool(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, policy:
                                     "seed": row["seed"]}) + "\n")
         positives = [r for r in chosen if r["type"] == "positive"]
         report = {
-            "pool": str(pool_dir), "policy": dataclasses.asdict(policy),
+            "pool": str(pool_dir), "policy": dataclasses.asdict(policy), "score_weights": score_weights(pool_dir),
             "pool_images": len(rows), "pool_prompts": len({r["prompt_index"] for r in rows}),
             "kept_positive": len(positives), "kept_negative": len(chosen) - len(positives),
             "kept_prompts": len({r["prompt_index"] for r in positives}),

@@ -7,8 +7,10 @@
     train:   {optim: {max_steps: 800, lr: 1.0e-4}, lora: {rank: 8, alpha: 8}}     (richfeedback.finetune.train)
 
 Stage outputs are OUTPUT/pool (or `pool.path`: runs with other filters can share one pool), OUTPUT/data and
-OUTPUT/lora. A stage whose output is complete is skipped, so after a
-crash the same command goes on where it stopped. `pool.prompts` is a file (one prompt per line) or a ShapesWorld
+OUTPUT/lora. A stage whose output is complete is skipped, so after a crash the same command goes on where it
+stopped; a finished stage made from other inputs is refused, not reused: a dataset filtered from scores that other
+weights wrote (each score column's weights fingerprint is in its report), or a LoRA trained on another dataset (the
+sha256 of the metadata.jsonl it trained on is in OUTPUT/lora/training_data.json). `pool.prompts` is a file (one prompt per line) or a ShapesWorld
 sample. The same file also configures the training stage alone, under `accelerate launch` on several GPUs:
 `accelerate launch -m richfeedback.finetune.train --config FILE` (its data.path and output_dir default to the
 loop's OUTPUT/data and OUTPUT/lora).
@@ -99,10 +101,32 @@ def resolve_prompts(spec, base: Path) -> list[str]:
     raise UsageError("pool.prompts must be a file of prompts or {shapesworld: {n: 256, seed: 0, split: train}}")
 
 
+def check_training_data(data: Path, lora: Path) -> None:
+    """Record which dataset `lora` is trained on (sha256 of its metadata.jsonl), or refuse to resume a LoRA that was
+    trained on another one: its checkpoints would carry on from the wrong data."""
+    import hashlib
+
+    metadata = data / "metadata.jsonl"
+    if not metadata.is_file():
+        return  # the training stage itself says what is missing
+    digest = hashlib.sha256(metadata.read_bytes()).hexdigest()
+    record = lora / "training_data.json"
+    if record.is_file():
+        earlier = json.loads(record.read_text())
+        if earlier["metadata_sha256"] != digest:
+            raise UsageError(f"{lora} was trained on other data than {data} holds now (filtered again?); delete "
+                             f"{lora} to train on it")
+        return
+    lora.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps({"data": str(data), "metadata_sha256": digest}) + "\n")
+    tmp.replace(record)
+
+
 def run_loop(cfg: dict, stages: tuple[str, ...] = STAGES, config_dir: Optional[Path] = None) -> dict:
     """Run the stages in order; returns where each stage's output is."""
     from .filtering import REPORT, FilterPolicy, filter_pool
-    from .pool import generate_pool, score_pool
+    from .pool import generate_pool, score_pool, score_weights
     from .train import LORA_WEIGHTS, load_config as load_train_config, train
 
     out = Path(cfg["output_dir"])
@@ -127,6 +151,12 @@ def run_loop(cfg: dict, stages: tuple[str, ...] = STAGES, config_dir: Optional[P
             done = json.loads(report_path.read_text())
             if {k: done["policy"].get(k) for k in cfg["filter"]} != cfg["filter"]:
                 raise UsageError(f"{paths['data']} was filtered with another policy; delete it to filter again")
+            now = score_weights(paths["pool"])
+            if done.get("score_weights", now) != now:
+                changed = sorted(k for k in set(now) | set(done["score_weights"])
+                                 if now.get(k) != done["score_weights"].get(k))
+                raise UsageError(f"{paths['data']} was filtered from scores that other weights wrote "
+                                 f"({', '.join(changed)} changed since); delete it to filter again")
             print(f"== filter: already done ({done['kept_positive']} images of {done['kept_prompts']} prompts)")
         else:
             report = filter_pool(paths["pool"], paths["data"], policy)
@@ -137,6 +167,7 @@ def run_loop(cfg: dict, stages: tuple[str, ...] = STAGES, config_dir: Optional[P
         train_cfg = load_train_config(None)
         train_cfg = merge(train_cfg, train_section(cfg))
         print(f"== train: LoRA on {train_cfg['data']['path']} -> {train_cfg['output_dir']}")
+        check_training_data(Path(train_cfg["data"]["path"]), Path(train_cfg["output_dir"]))
         train(train_cfg, resume=True)
         paths["lora_weights"] = Path(train_cfg["output_dir"]) / LORA_WEIGHTS
     return paths

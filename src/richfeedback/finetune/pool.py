@@ -178,6 +178,13 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
+def score_weights(pool_dir: str | os.PathLike) -> dict[str, str]:
+    """{scores file: fingerprint of the weights that wrote it} for every score column with a weights record: what a
+    filtered dataset depends on besides the policy."""
+    return {record.name[: -len(".weights.json")]: json.loads(record.read_text())["fingerprint"]
+            for record in sorted((Path(pool_dir) / SCORES_DIR).glob("*.weights.json"))}
+
+
 def _check_same_weights(pool_dir, spec, model) -> None:
     """Record the fingerprint of the weights that score `spec.column`, or refuse if earlier scores came from others."""
     scores = scores_file(pool_dir, spec.column)
