@@ -1,13 +1,13 @@
 """Train the embedded ShapesWorld RAHF model, ship it, and write its model card.
 
     python scripts/train_embedded_rahf.py [--n 10000] [--configs configs/rahf/shapes.yaml configs/rahf/shapes-continue.yaml \
-        configs/rahf/shapes-more-data.yaml]
+        configs/rahf/shapes-more-data.yaml configs/rahf/shapes-marked-words.yaml]
     python scripts/train_embedded_rahf.py --configs configs/rahf/shapes-augmented.yaml \
         --out src/richfeedback/embedded/rahf-shapes-augmented        # the augmented-prompt variant
 
 1. the ShapesWorld rich-feedback datasets (seeded; train/dev/test from disjoint seeds): runs/embedded-rahf/data
    (8,000 train examples) for the first two stages, runs/rahf-big/data (40,000; the first 8,000 are the same) for
-   the third
+   the third and fourth
 2. RAHF `shapes` size, multi-head, trained with the same loop as `richfeedback rahf train`, one stage per config
    (each starts from the previous one's best model); resumable: rerun it
 3. the last stage's best dev checkpoint copied to src/richfeedback/embedded/rahf-shapes with its tokenizer
@@ -38,7 +38,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=[str(ROOT / "configs/rahf/shapes.yaml"),
                                                          str(ROOT / "configs/rahf/shapes-continue.yaml"),
-                                                         str(ROOT / "configs/rahf/shapes-more-data.yaml")])
+                                                         str(ROOT / "configs/rahf/shapes-more-data.yaml"),
+                                                         str(ROOT / "configs/rahf/shapes-marked-words.yaml")])
     parser.add_argument("--n", type=int, default=10000, help="dataset size over the three splits")
     parser.add_argument("--out", default=str(EMBEDDED_RAHF))
     args = parser.parse_args(argv)
@@ -94,13 +95,16 @@ def main(argv=None):
         return len(load_shapesworld_dataset(path)[stage["data"]["train_split"]]) if path.exists() else 0
 
     stage_lines = "\n".join(
-        f"  {i + 1}. `{Path(c).name}`: lr {st['optim']['lr']}, {st['optim']['epochs']} epochs over "
+        f"  {i + 1}. `{Path(c).name}`: lr {st['optim']['lr']}, {st['optim']['epochs']} "
+        f"epoch{'s' if st['optim']['epochs'] != 1 else ''} over "
         f"{train_size(st):,} examples, {stage_seconds[i] / 60:.0f} min" + origin(i, st)
         for i, (c, st) in enumerate(zip(args.configs, stages)))
     variant = cfg["model"]["variant"]
     variant_text = ("one head per heatmap and per score (the released checkpoint's layout)" if variant == "multi_head"
                     else "one shared heatmap head and one shared score head, the task named in the prompt "
                          "(\"implausibility heatmap: PROMPT\", ...), so the encoder runs once per task")
+    marked = cfg["loss_weights"].get("marked_tokens", 1.0)
+    marked_text = f"; the tokens of the \"_0\" marks weighted {marked:g}" if marked != 1.0 else ""
     default = out.resolve() == EMBEDDED_RAHF.resolve()
     usage = "load_rahf()          # this folder" if default else f'load_rahf(EMBEDDED_RAHF.with_name("{out.name}"))'
 
@@ -127,7 +131,7 @@ results = predict(model, processor, images, prompts)
   heatmaps, 5-point Likert scores averaged, misaligned words by majority vote). An example depends only on its
   split and index, so a smaller dataset is the first examples of a larger one and every stage has the same test split.
 - Loss: {cfg['loss_weights']['heatmap']} x heatmap {cfg['heatmap_loss'].upper()} + {cfg['loss_weights']['score']} x score MSE +
-  {cfg['loss_weights']['seq']} x teacher-forced cross-entropy of the marked prompt (padding ignored). Where this
+  {cfg['loss_weights']['seq']} x teacher-forced cross-entropy of the marked prompt (padding ignored{marked_text}). Where this
   differs from the reference (MSE heatmaps, all weights 1): MSE on mostly-empty maps leaves the sigmoid output stuck
   near 0 for a model trained from scratch (measured: implausibility CC stayed at 0 for two epochs), and the score
   MSE is small next to the cross-entropy.
