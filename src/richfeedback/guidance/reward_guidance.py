@@ -200,8 +200,8 @@ class RewardGuidance:
                                  f"{type(pipe).__name__} has none")
         scheduler = pipe.scheduler
         check_scheduler(scheduler)
-        if self.noise_aware:
-            self.reward.check_pipeline(pipe)
+        if self.noise_aware and hasattr(self.reward, "check_pipeline"):
+            self.reward.check_pipeline(pipe)  # the latents and noise schedule it was trained on
         run = _GuidedRun(self, pipe, list(prompts), None if self.noise_aware else self.decoder_for(pipe))
         self.history = run.history
         original_step = scheduler.step
