@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from richfeedback.reward_models.latent_aesthetic import (EMBEDDED_LATENT_AESTHET
 from richfeedback.shapesworld.dataset import make_example  # noqa: E402
 from richfeedback.shapesworld.generated_feedback import label_generated_image  # noqa: E402
 from richfeedback.shapesworld.scene import sample_prompts  # noqa: E402
-from richfeedback.training_utils import lr_factor, start_script_run, write_train_stats  # noqa: E402
+from richfeedback.training_utils import lr_factor, save_atomically, start_script_run, write_train_stats  # noqa: E402
 
 EVAL_TIMESTEPS = (0, 250, 500, 750)
 
@@ -188,16 +187,16 @@ def main(argv=None):
               "times": {"data_s": round(data_seconds, 1), "train_s": round(train_seconds, 1)}}
     write_train_stats(work, record)
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.eval()
-    model.save_pretrained(tmp)  # config.json + diffusion_pytorch_model.safetensors
-    (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     card = out / "MODEL_CARD.md"  # kept: its guidance numbers come from benchmarks/bench_guidance.py
-    if card.exists():
-        shutil.copy(card, tmp / card.name)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    kept_card = card.read_text() if card.exists() else None
+
+    def write(tmp: Path) -> None:
+        model.eval().save_pretrained(tmp)  # config.json + diffusion_pytorch_model.safetensors
+        (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+        if kept_card is not None:
+            (tmp / card.name).write_text(kept_card)
+
+    save_atomically(out, write)
     print(f"wrote {out} (dev: {json.dumps(history[-1])}); logs in {work / 'logs'}", flush=True)
 
 
