@@ -88,10 +88,9 @@ class LatentAestheticModel(ModelMixin, ConfigMixin):
 
 
 def schedule_of(scheduler_config) -> dict:
-    """The settings of a diffusers scheduler config that fix its training noise levels."""
-    return {key: scheduler_config.get(key) if isinstance(scheduler_config, dict) else getattr(scheduler_config, key,
-                                                                                                 None)
-            for key in SCHEDULE_KEYS}
+    """The settings of a diffusers scheduler config (a dict, as `scheduler.config` is) that fix its training noise
+    levels."""
+    return {key: scheduler_config.get(key) for key in SCHEDULE_KEYS}
 
 
 def add_noise(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
