@@ -139,13 +139,13 @@ def run(quick: bool = False) -> dict:
 
     from richfeedback.guidance import DEFAULT_REWARD, SCHEDULE_DEFAULTS
 
-    judges = {RAHF: load_reward_model(RAHF), LATENT: load_reward_model(LATENT)}
-    plaus = load_reward_model("rahf:plausibility")
+    rahf, latent = load_reward_model(RAHF), load_reward_model(LATENT)
     base = None
     rows = []
     for name, r in results.items():
-        images = torch.from_numpy(r["images"]).permute(0, 3, 1, 2)
-        scores = {judge: model.score(prompts, list(images)).numpy() for judge, model in judges.items()}
+        images = list(torch.from_numpy(r["images"]).permute(0, 3, 1, 2))
+        rahf_scores = rahf.outputs(prompts, images, ("aesthetics", "plausibility"))  # one RAHF pass for both
+        scores = {RAHF: rahf_scores["aesthetics"].numpy(), LATENT: latent.score(prompts, images).numpy()}
         reports = [evaluate(p, image) for p, image in zip(prompts, r["images"])]
         r.update(scores=scores, true_aes=np.array([true_aesthetics(rep) for rep in reports]))
         if base is None:
@@ -165,7 +165,7 @@ def run(quick: bool = False) -> dict:
             "latent_aes": float(scores[LATENT].mean()),
             "rahf_aes": float(scores[RAHF].mean()),
             "true_aes": float(r["true_aes"].mean()),
-            "rahf_plaus": float(plaus.score(prompts, list(images)).mean()),
+            "rahf_plaus": float(rahf_scores["plausibility"].mean()),
             "prompt_acc": float(np.mean([rep.prompt_correct for rep in reports])),
             "artifact_rate": float(np.mean([rep.has_artifact for rep in reports])),
             "time_ratio": r["time_ratio"],

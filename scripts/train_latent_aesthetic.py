@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from richfeedback.eval.metrics import plcc  # noqa: E402
 from richfeedback.generation import EMBEDDED_DEFAULTS, generate_images, load_pipeline  # noqa: E402
 from richfeedback.reward_models.latent_aesthetic import (EMBEDDED_LATENT_AESTHETIC, LatentAestheticModel,  # noqa: E402
-                                                         add_noise, schedule_of)
+                                                         add_noise, schedule_of, vae_latents)
 from richfeedback.shapesworld.dataset import make_example  # noqa: E402
 from richfeedback.shapesworld.generated_feedback import label_generated_image  # noqa: E402
 from richfeedback.shapesworld.scene import sample_prompts  # noqa: E402
@@ -52,7 +52,7 @@ def encode(vae, images: list[np.ndarray], batch_size: int = 256) -> torch.Tensor
     out = []
     for start in range(0, len(images), batch_size):
         pixels = torch.from_numpy(np.stack(images[start : start + batch_size])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        out.append(vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor)
+        out.append(vae_latents(vae, pixels))
     return torch.cat(out)
 
 

@@ -117,10 +117,10 @@ def check_training_data(data: Path, lora: Path) -> None:
             raise UsageError(f"{lora} was trained on other data than {data} holds now (filtered again?); delete "
                              f"{lora} to train on it")
         return
+    from .pool import write_text_atomically
+
     lora.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(json.dumps({"data": str(data), "metadata_sha256": digest}) + "\n")
-    tmp.replace(record)
+    write_text_atomically(record, json.dumps({"data": str(data), "metadata_sha256": digest}) + "\n")
 
 
 def run_loop(cfg: dict, stages: tuple[str, ...] = STAGES, config_dir: Optional[Path] = None) -> dict:

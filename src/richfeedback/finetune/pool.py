@@ -38,7 +38,8 @@ ORACLE = "oracle"  # on ShapesWorld, the exact oracle can score a pool: it stand
 ORACLE_SCORES = ("oracle:prompt_correct", "oracle:word_accuracy", "oracle:artifact_free", "oracle:quality")
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
+    """`text` into `path` through a sibling temporary file: a reader never sees half of it."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -72,8 +73,8 @@ def _start_pool(pool_dir: Path, settings: dict, prompts: Sequence[str]) -> None:
                              "settings, or pass another --out")
         return
     pool_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(pool_dir / PROMPTS_FILE, "".join(p + "\n" for p in prompts))
-    _write_atomically(path, json.dumps(settings, indent=2) + "\n")
+    write_text_atomically(pool_dir / PROMPTS_FILE, "".join(p + "\n" for p in prompts))
+    write_text_atomically(path, json.dumps(settings, indent=2) + "\n")
 
 
 def generate_pool(model: Optional[str], prompts: Sequence[str], out_dir: str | os.PathLike, n: int = 8,
@@ -199,7 +200,7 @@ def _check_same_weights(pool_dir, spec, model) -> None:
                 f"to score the pool again with these weights, and filter it again into a new folder")
         return
     # A scores file without a record (a pool scored before records existed) is taken to be from these weights.
-    _write_atomically(record, json.dumps({"spec": str(spec), "fingerprint": fingerprint}) + "\n")
+    write_text_atomically(record, json.dumps({"spec": str(spec), "fingerprint": fingerprint}) + "\n")
 
 
 def _score_with_oracle(prompts: list[str], images: list) -> list[dict]:

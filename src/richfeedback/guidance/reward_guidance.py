@@ -376,6 +376,5 @@ def load_guidance(spec: Optional[str] = None, scale: Optional[float] = None, *, 
 
     spec = spec or DEFAULT_REWARD
     reward = load_reward(spec, device=device, dtype=dtype, max_batch_size=max_batch_size, **reward_options)
-    return RewardGuidance(reward, scale=scale, every=every, window=None if window is None else tuple(window),
-                          normalize=normalize, max_rms=max_rms, path=path, views=views, jitter=jitter, smooth=smooth,
-                          decoder=decoder, name=spec)
+    return RewardGuidance(reward, scale=scale, every=every, window=window, normalize=normalize, max_rms=max_rms,
+                          path=path, views=views, jitter=jitter, smooth=smooth, decoder=decoder, name=spec)

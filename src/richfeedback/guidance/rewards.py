@@ -87,7 +87,8 @@ class WeightedReward(torch.nn.Module):
 
     def check_pipeline(self, pipe) -> None:
         for m in self.models:
-            m.check_pipeline(pipe)
+            if hasattr(m, "check_pipeline"):
+                m.check_pipeline(pipe)
 
     def differentiable(self, prompts, images: torch.Tensor) -> torch.Tensor:
         return sum(w * m.differentiable(prompts if m.needs_prompt else None, images)

@@ -100,6 +100,13 @@ def add_noise(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tenso
     return abar.sqrt() * latents + (1 - abar).sqrt() * noise
 
 
+def vae_latents(vae, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Latents as the pipelines hold them (posterior mean x scaling factor) of images in [-1, 1]: what the model is
+    trained on (scripts/train_latent_aesthetic.py) and what it scores images by."""
+    posterior = vae.encode(pixel_values.to(vae.dtype)).latent_dist
+    return posterior.mean.float() * vae.config.scaling_factor
+
+
 def load_vae(source: str, subfolder: Optional[str] = None, model_dir: Optional[Path] = None):
     """The diffusers AutoencoderKL a latent model was trained on: "embedded" (the embedded generator's), a folder
     (absolute or relative to the model's folder) or a hub id."""
@@ -138,13 +145,8 @@ class LatentAestheticReward(RewardModel):
         self.model = model
         self.vae = vae
 
-    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Latents as the pipelines hold them (posterior mean x scaling factor) of images in [-1, 1]."""
-        posterior = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist
-        return posterior.mean.float() * self.vae.config.scaling_factor
-
     def forward(self, prompts: list[str], pixel_values: torch.Tensor) -> torch.Tensor:
-        latents = self.encode(pixel_values)
+        latents = vae_latents(self.vae, pixel_values)
         return self.model(latents, torch.zeros(latents.shape[0], device=latents.device))
 
     def noisy_latent_score(self, latents: torch.Tensor, timesteps) -> torch.Tensor:
