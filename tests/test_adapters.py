@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,7 +66,8 @@ def test_ranking_loss_matches_hand_computed_values_and_skips_ties():
 
 # -- training touches only the adapter --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,kind", [("pickscore", "lora"), ("aesthetic", "head"), ("aesthetic", "lora+head")])
+@pytest.mark.parametrize("name,kind", [("pickscore", "lora"), ("aesthetic", "head"), ("aesthetic", "lora+head"),
+                                       ("hpsv2.1", "patch_head"), ("imagereward", "lora+patch_head")])
 def test_a_few_training_steps_change_only_adapter_weights(bases, images, name, kind):
     weights, options = bases[name]
     model = load_reward_model(name, weights, **options)
@@ -87,9 +89,12 @@ def test_a_few_training_steps_change_only_adapter_weights(bases, images, name, k
         assert any("lora_B" in n for n in changed)  # lora_B starts at zero: it moved
     elif kind == "head":
         assert all(n.startswith("mlp.") for n in trainable)
+    elif kind == "patch_head":  # the new head only; its zero-initialised last layer moved
+        assert all(n.startswith("patch_head.") for n in trainable) and "patch_head.fc2.weight" in changed
     else:  # both move: the LoRA layers and the head
-        assert all("lora_" in n or n.startswith("mlp.") for n in trainable)
-        assert any("lora_B" in n for n in changed) and any(n.startswith("mlp.") for n in changed)
+        head = "patch_head." if kind == "lora+patch_head" else "mlp."
+        assert all("lora_" in n or n.startswith(head) for n in trainable)
+        assert any("lora_B" in n for n in changed) and any(n.startswith(head) for n in changed)
 
 
 def _lora_wrapped(model) -> set:
@@ -140,7 +145,9 @@ def test_configured_target_modules_are_the_ones_wrapped(bases, tmp_path):
 
 @pytest.mark.parametrize("name,kind", [("pickscore", "lora"), ("hpsv2.1", "lora"), ("imagereward", "lora"),
                                        ("aesthetic", "head"), ("pickscore", "head"), ("aesthetic", "lora+head"),
-                                       ("hpsv2.1", "lora+head")])
+                                       ("hpsv2.1", "lora+head"), ("pickscore", "lora+patch_head"),
+                                       ("hpsv2.1", "patch_head"), ("imagereward", "lora+patch_head"),
+                                       ("aesthetic", "lora+patch_head")])
 def test_save_and_load_round_trip_gives_identical_scores(bases, images, tmp_path, name, kind):
     weights, options = bases[name]
     model = load_reward_model(name, weights, **options)
@@ -189,6 +196,45 @@ def test_loaded_adapter_runs_in_bf16_and_keeps_gradients_to_the_image(bases, tmp
     assert image.grad is not None and image.grad.abs().sum() > 0
 
 
+# -- the patch head ---------------------------------------------------------------------------------------------------
+
+def test_patch_head_subtracts_a_smooth_maximum_of_per_token_defect_logits():
+    from richfeedback.reward_models.adapters.patch_head import PatchHead
+
+    head = PatchHead(width=4, hidden=2)
+    tokens = torch.randn(3, 5, 4)
+    assert torch.equal(head(tokens), torch.zeros(3))  # a fresh head adds exactly nothing
+    with torch.no_grad():
+        head.fc2.bias.fill_(1.5)  # every token has defect logit 1.5: logsumexp = 1.5 + log 5, minus log 5
+    assert torch.allclose(head(tokens), torch.full((3,), -1.5))
+    with torch.no_grad():  # one token far more defective than the rest dominates the term
+        head.fc2.bias.zero_()
+        head.fc2.weight.fill_(1.0)
+        head.fc1.weight.zero_()
+        head.fc1.bias.zero_()
+        head.fc1.bias[0] = 1.0
+    logits = torch.full((1, 5), float(torch.nn.functional.gelu(torch.tensor(1.0))))
+    assert torch.allclose(head(tokens[:1]), -(torch.logsumexp(logits, 1) - math.log(5)))
+
+
+@pytest.mark.parametrize("name", ["pickscore", "hpsv2.1", "imagereward", "aesthetic"])
+def test_a_fresh_patch_head_keeps_the_base_scores_and_a_trained_one_scores_each_image_alone(bases, images, name):
+    weights, options = bases[name]
+    model = load_reward_model(name, weights, **options)
+    base_scores = model.score(PROMPT, images)
+    add_adapter(model, AdapterSpec(kind="patch_head"))
+    assert torch.allclose(model.score(PROMPT, images), base_scores, atol=1e-6)
+    with torch.no_grad():
+        model.patch_head.fc2.weight.normal_(generator=torch.Generator().manual_seed(0))
+    together = model.score(PROMPT, images)
+    assert not torch.allclose(together, base_scores)
+    alone = torch.cat([model.score(PROMPT, [image]) for image in images])
+    assert torch.allclose(together, alone, atol=1e-5)  # the tokens of one batch never reach another's scores
+    image = torch.rand(2, 3, 64, 64, requires_grad=True)
+    model.differentiable(PROMPT, image).sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+
+
 # -- data -------------------------------------------------------------------------------------------------------------
 
 def test_preference_files_of_the_three_formats_give_the_same_labels(tmp_path):
@@ -221,6 +267,26 @@ def test_pairs_from_a_generate_folder_ranked_by_the_oracle(tmp_path):
     pairs = pairs_from_pool(tmp_path, by="oracle")
     assert len(pairs) == 1 and pairs[0].label == 1.0  # the clean render wins
     assert oracle_key(PROMPT, tmp_path / "0.png") > oracle_key(PROMPT, tmp_path / "1.png")
+
+
+def test_shapesworld_variants_differ_one_thing_at_a_time():
+    """Clean, misaligned, damaged, both: "both" is the misaligned scene with the damaged render's artifact draw, so the
+    misaligned and the both render miss the same words and differ only by artifacts."""
+    from richfeedback.reward_models.adapters.preferences import shapesworld_variants
+    from richfeedback.shapesworld.oracle import evaluate
+
+    rng = np.random.default_rng(0)
+    same_miss, n = 0, 12
+    for _ in range(n):
+        prompt, images = shapesworld_variants(rng)
+        reports = [evaluate(prompt, image) for image in images]
+        missed = [(r.extra_objects,) + tuple(w.word for w in r.words if not w.satisfied) for r in reports]
+        damaged = [bool(r.artifact_map.any()) for r in reports]
+        assert sorted(damaged) == [False, False, True, True]
+        undamaged_misses = sorted((m for m, d in zip(missed, damaged) if not d), key=repr)
+        damaged_misses = sorted((m for m, d in zip(missed, damaged) if d), key=repr)
+        same_miss += undamaged_misses == damaged_misses  # clean ~ damaged, misaligned ~ both
+    assert same_miss >= n - 2  # an artifact may, rarely, also break a word
 
 
 def test_held_out_split_is_by_prompt():
@@ -280,6 +346,19 @@ def test_cli_trains_an_adapter_that_loads_back_and_resumes_to_the_same_weights(b
     a, b = load_file(str(straight / "final" / "adapter_model.safetensors")), \
         load_file(str(cut / "final" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "adapters").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_adapter_config_in_the_repo_names_a_family_a_kind_and_a_loss(path):
+    from richfeedback.reward_models.adapters.losses import check_loss
+    from richfeedback.reward_models.adapters.modeling import FAMILIES
+    from richfeedback.reward_models.train_adapter import load_config
+
+    cfg = load_config(str(path))
+    assert cfg["base"]["name"] in FAMILIES
+    AdapterSpec(kind=cfg["adapter"]["kind"], r=cfg["adapter"]["r"], alpha=cfg["adapter"]["alpha"])  # validates kind
+    check_loss(cfg["loss"]["type"])
 
 
 def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
@@ -353,6 +432,33 @@ def test_cli_trains_a_lora_plus_head_adapter_on_prompt_groups(bases, tmp_path):
     assert info["training"]["step"] >= 2  # two epochs of at least one batch of 4 prompts
     loaded = load_reward_model("aesthetic", weights, adapter=out / "final")
     assert _lora_wrapped(loaded) and loaded.adapter_info["kind"] == "lora+head"
+
+
+def test_cli_trains_a_lora_plus_patch_head_adapter_that_resumes_to_the_same_weights(bases, tmp_path):
+    from safetensors.torch import load_file
+
+    from richfeedback.cli import main
+
+    weights, _ = bases["pickscore"]
+    config = tmp_path / "patch.yaml"
+    config.write_text("\n".join([
+        f"base: {{name: pickscore, weights: {weights}}}",
+        "adapter: {kind: lora+patch_head, r: 4, alpha: 4.0, patch_head_hidden: 16}",
+        "data: {source: shapesworld, n_prompts: 16, group_by_prompt: true}",
+        "optim: {lr: 5.0e-3, epochs: 2, batch_size: 4, warmup_steps: 2}", "checkpoint_every_steps: 1"]) + "\n")
+    train = ["adapter", "train", "--config", str(config), "--set"]
+    assert main(train + [f"output_dir={tmp_path / 'straight'}"]) == 0
+    assert main(train + [f"output_dir={tmp_path / 'cut'}", "--set", "stop_after_steps=2"]) == 0
+    assert not (tmp_path / "cut" / "final").exists()
+    assert main(train + [f"output_dir={tmp_path / 'cut'}", "--resume"]) == 0
+    info = json.loads((tmp_path / "straight" / "final" / "adapter_config.json").read_text())
+    assert info["kind"] == "lora+patch_head" and info["patch_head"]["hidden"] == 16 and info["lora"]["r"] == 4
+    a = load_file(str(tmp_path / "straight" / "final" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "final" / "adapter_model.safetensors"))
+    assert any(k.startswith("patch_head.") for k in a) and any("lora_" in k for k in a)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    loaded = load_reward_model("pickscore", weights, adapter=tmp_path / "cut" / "final")
+    assert loaded.adapter_info["kind"] == "lora+patch_head" and loaded.patch_head.hidden == 16
 
 
 def test_auto_loss_scale_puts_each_family_at_its_backbones_temperature(bases):

@@ -12,7 +12,9 @@ is a third of the image passes per pair, for the same mean pairwise loss.
 
 Adapter (`adapter.kind`): "lora" (peft LoRA; `adapter.target_modules` defaults to the family's: every attention and
 MLP linear of both towers and the patch embedding, see `adapters.modeling.FAMILIES`), "head" (the family's score
-head in full) or "lora+head" (both).
+head in full), "lora+head" (both), "patch_head" (a new prompt-free head over the image tower's final tokens whose
+smooth maximum is subtracted from the score: room for local defects, see `adapters.patch_head`; hidden width
+`adapter.patch_head_hidden`) or "lora+patch_head" (LoRA and the patch head: the ShapesWorld benchmark's recipe).
 
 Loss (`loss.type`, default the family's own): "pairwise_softmax" (PickScore, HPS: softmax over the pair's scores,
 ties as [0.5, 0.5]), "ranking" (ImageReward: -log sigmoid(r_win - r_lose), ties skipped), "mse" (scores; with a
@@ -59,7 +61,7 @@ DEFAULTS = {
     "base": {"name": None, "weights": None, "options": {}},
     # target_modules / head_parameters: null = the family's (reward_models.adapters.modeling.FAMILIES)
     "adapter": {"kind": "lora", "r": 8, "alpha": 8.0, "dropout": 0.0, "target_modules": None,
-                "head_parameters": None},
+                "head_parameters": None, "patch_head_hidden": 64},
     # group_by_prompt: batches of prompts with all their pairs, each image encoded once (pairs only)
     "data": {"source": None, "path": None, "by": "oracle", "keep_ties": True, "max_pairs_per_prompt": None,
              "n_prompts": 400, "split": "train", "score_weights": {"overall": 1.0}, "heldout_fraction": 0.2,
@@ -193,7 +195,8 @@ def build_model(cfg: dict):
     model = load_reward_model(b["name"], b["weights"], **(b.get("options") or {}))
     a = cfg["adapter"]
     spec = AdapterSpec(kind=a["kind"], r=a["r"], alpha=a["alpha"], dropout=a["dropout"],
-                       target_modules=a["target_modules"], head_parameters=a["head_parameters"])
+                       target_modules=a["target_modules"], head_parameters=a["head_parameters"],
+                       patch_head_hidden=a["patch_head_hidden"])
     return model, add_adapter(model, spec)
 
 

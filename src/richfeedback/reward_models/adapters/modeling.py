@@ -12,7 +12,7 @@ An adapter folder holds
                                  and the fingerprint of the base weights it was trained on
     adapter_model.safetensors    the LoRA weights (peft's own state-dict names) or the head's parameters
 
-Three kinds:
+Five kinds:
 
 - "lora": peft LoRA layers on the backbone. By default (`FAMILIES` below; `target_modules` overrides it) on every
   linear layer of every block, attention and MLP, of both towers, and on the patch embedding. The rest of the model,
@@ -23,6 +23,9 @@ Three kinds:
 - "lora+head": both at once, the head trained in full next to the LoRA layers (peft's `modules_to_save` pattern):
   for a prompt-free model like the aesthetic predictor, whose head alone cannot see what its frozen backbone
   does not represent.
+- "patch_head" and "lora+patch_head": a small new head over the image tower's final tokens whose smooth maximum over
+  the tokens is subtracted from the score (`adapters.patch_head`): room for a local defect that the pooled embedding
+  averages away. Alone on the frozen backbone, or next to the LoRA layers.
 
 The base fingerprint (names, shapes and a strided sample of every base weight, in float32) makes loading fail with a
 clear message when the adapter meets other weights than the ones it was trained on.
@@ -42,7 +45,7 @@ import torch
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "richfeedback-reward-adapter"
-KINDS = ("lora", "head", "lora+head")
+KINDS = ("lora", "head", "lora+head", "patch_head", "lora+patch_head")
 # LoraConfig fields besides r / alpha / dropout / targets that change the computation and are restored on loading
 LORA_EXTRA_FIELDS = ("use_rslora", "use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern")
 
@@ -54,6 +57,7 @@ class Family:
     lora_targets: Union[str, tuple[str, ...]]  # peft target_modules: names, or one regex over full module names
     head_parameters: tuple[str, ...]  # parameter names or prefixes ending in "."
     pairwise_loss: str
+    token_module: str  # the module whose output is the image tower's final (batch, tokens, width) tokens
 
 
 # Default LoRA targets: every linear layer of every transformer block (attention and MLP) of both towers, and the
@@ -69,14 +73,20 @@ _OPEN_CLIP_ALL = r".*\.(attn|mlp\.(c_fc|c_proj)|conv1)"
 _BLIP_ALL = (r"blip\.(visual_encoder\.(patch_embed\.proj|blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2)))"
              r"|text_encoder\.encoder\.layer\.\d+\.((attention|crossattention)\.(self\.(query|key|value)|output\.dense)"
              r"|intermediate\.dense|output\.dense))")
+# Image tokens for the patch head: transformers' CLIP vision encoder (before post_layernorm), open_clip's visual
+# transformer (before ln_post; batch first), timm's ViT after its final norm (what BLIP's text encoder attends to).
 FAMILIES = {
-    "pickscore": Family(_HF_CLIP_ALL, ("clip.visual_projection.", "clip.text_projection."), "pairwise_softmax"),
-    "clipscore": Family(_HF_CLIP_ALL, ("clip.visual_projection.", "clip.text_projection."), "pairwise_softmax"),
-    "hpsv2": Family(_OPEN_CLIP_ALL, ("clip.visual.proj", "clip.text_projection"), "pairwise_softmax"),
-    "hpsv2.1": Family(_OPEN_CLIP_ALL, ("clip.visual.proj", "clip.text_projection"), "pairwise_softmax"),
-    "imagereward": Family(_BLIP_ALL, ("mlp.",), "ranking"),
+    "pickscore": Family(_HF_CLIP_ALL, ("clip.visual_projection.", "clip.text_projection."), "pairwise_softmax",
+                        "clip.vision_model.encoder"),
+    "clipscore": Family(_HF_CLIP_ALL, ("clip.visual_projection.", "clip.text_projection."), "pairwise_softmax",
+                        "clip.vision_model.encoder"),
+    "hpsv2": Family(_OPEN_CLIP_ALL, ("clip.visual.proj", "clip.text_projection"), "pairwise_softmax",
+                    "clip.visual.transformer"),
+    "hpsv2.1": Family(_OPEN_CLIP_ALL, ("clip.visual.proj", "clip.text_projection"), "pairwise_softmax",
+                      "clip.visual.transformer"),
+    "imagereward": Family(_BLIP_ALL, ("mlp.",), "ranking", "blip.visual_encoder.norm"),
     # prompt-free: preferences between two images of one prompt still rank them
-    "aesthetic": Family(_HF_CLIP_ALL, ("mlp.",), "ranking"),
+    "aesthetic": Family(_HF_CLIP_ALL, ("mlp.",), "ranking", "vision.vision_model.encoder"),
 }
 
 
@@ -95,6 +105,7 @@ class AdapterSpec:
     dropout: float = 0.0
     target_modules: Optional[Union[str, list[str]]] = None
     head_parameters: Optional[list[str]] = None
+    patch_head_hidden: int = 64  # the patch head's hidden width (kinds with "patch_head")
     extra: dict = field(default_factory=dict)  # more LoraConfig fields (e.g. use_rslora)
 
     def __post_init__(self):
@@ -161,7 +172,7 @@ def add_adapter(model, spec: AdapterSpec, *, fingerprint: Optional[str] = None) 
     info = {"format": FORMAT, "version": 1, "base_model": model.name, "family": type(model).__name__,
             "kind": spec.kind, "base_fingerprint": fingerprint, "base_source": model.source}
     trainable = []
-    if spec.kind in ("lora", "lora+head"):
+    if spec.kind in ("lora", "lora+head", "lora+patch_head"):
         config = lora_config(spec, family)
         try:
             inject_adapter_in_model(config, model)
@@ -174,6 +185,14 @@ def add_adapter(model, spec: AdapterSpec, *, fingerprint: Optional[str] = None) 
         head = head_parameter_names(model, spec.head_parameters or family.head_parameters)
         trainable += head
         info["head_parameters"] = head
+    if spec.kind in ("patch_head", "lora+patch_head"):
+        from .patch_head import MODULE_NAME, attach_patch_head
+
+        head = attach_patch_head(model, family.token_module, spec.patch_head_hidden)
+        names = [f"{MODULE_NAME}.{n}" for n, _ in head.named_parameters()]
+        trainable += names
+        info["patch_head"] = {"token_module": family.token_module, "width": head.width, "hidden": head.hidden,
+                              "parameters": names}
     parameters = dict(model.named_parameters())
     for name in trainable:
         parameters[name].requires_grad_(True)
@@ -190,9 +209,10 @@ def adapter_state_dict(model) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 
         state.update(get_peft_model_state_dict(model))
-    if "head_parameters" in info:
+    full = _fully_trained_parameters(info)
+    if full:
         parameters = dict(model.named_parameters())
-        state.update({name: parameters[name] for name in info["head_parameters"]})
+        state.update({name: parameters[name] for name in full})
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
@@ -240,12 +260,13 @@ def apply_adapter(model, folder, *, check_base: bool = True):
         raise AdapterError(f"{folder} was trained on other {model.name} weights (fingerprint "
                            f"{info['base_fingerprint']}, from {info.get('base_source') or 'unknown'}) than these "
                            f"({fingerprint}, from {model.source or 'unknown'}): pass the weights it was trained on")
-    spec = AdapterSpec(kind=info["kind"], head_parameters=info.get("head_parameters"))
+    hidden = (info.get("patch_head") or {}).get("hidden", 64)
+    spec = AdapterSpec(kind=info["kind"], head_parameters=info.get("head_parameters"), patch_head_hidden=hidden)
     if "lora" in info:
         lora = info["lora"]
         spec = AdapterSpec(kind=info["kind"], r=lora["r"], alpha=lora["lora_alpha"], dropout=lora["lora_dropout"],
                            target_modules=lora["target_modules"], head_parameters=info.get("head_parameters"),
-                           extra={k: lora[k] for k in LORA_EXTRA_FIELDS if k in lora})
+                           patch_head_hidden=hidden, extra={k: lora[k] for k in LORA_EXTRA_FIELDS if k in lora})
     add_adapter(model, spec, fingerprint=fingerprint)
     state = load_file(str(folder / WEIGHTS_NAME))
     expected = set(adapter_state_dict(model))
@@ -264,7 +285,7 @@ def load_adapter_state(model, state: dict, where: str = "adapter") -> None:
     """Put an adapter state dict (`adapter_state_dict`'s keys) into a model that has the adapter added: the LoRA
     weights through peft, the head's parameters by name."""
     info = _require_adapter(model)
-    head = set(info.get("head_parameters") or ())
+    head = set(_fully_trained_parameters(info))
     lora_state = {k: v for k, v in state.items() if k not in head}
     if "lora" in info:
         from peft import set_peft_model_state_dict
@@ -282,6 +303,11 @@ def load_adapter_state(model, state: dict, where: str = "adapter") -> None:
                 raise AdapterError(f"{where}: {name} has shape {tuple(value.shape)}, the model "
                                    f"{tuple(parameters[name].shape)}")
             parameters[name].copy_(value)
+
+
+def _fully_trained_parameters(info: dict) -> list[str]:
+    """Parameters saved whole (not as LoRA factors): the family head's and the patch head's."""
+    return list(info.get("head_parameters") or ()) + list((info.get("patch_head") or {}).get("parameters") or ())
 
 
 def _require_adapter(model) -> dict:

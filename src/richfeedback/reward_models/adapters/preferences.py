@@ -221,32 +221,50 @@ def pairs_from_pool(folder, by: str = "oracle", keep_ties: bool = True, max_pair
 
 def shapesworld_variants(rng: np.random.Generator, size: int = 64, n_variants: int = 4,
                          artifacts: bool = True) -> tuple[str, list[np.ndarray]]:
-    """A prompt and `n_variants` renders of it. The first four share one layout, so that their pairs differ in one
-    thing at a time, as a before/after fix or two seeds of a fine-tuned model often do: clean, misaligned, damaged
-    by artifacts, and both (without `artifacts`: clean and misaligned twice). Further variants use new layouts."""
+    """A prompt and `n_variants` renders of it. The first four share one layout and differ one thing at a time, as a
+    before/after fix or two seeds of a fine-tuned model often do: clean, misaligned, damaged by artifacts, and both.
+    "Both" is the misaligned scene with the same artifact draw as "damaged", so misaligned-vs-both pairs differ only
+    in the artifacts and damaged-vs-both pairs (nearly) only in the misalignment. Without `artifacts`: clean and
+    misaligned twice (two misalignment draws). Further variants use new layouts, each with its own draws."""
     from ...shapesworld.artifacts import ARTIFACT_KINDS, inject_artifact
     from ...shapesworld.misalign import MISALIGNMENT_KINDS, inject_misalignment
     from ...shapesworld.render import render
     from ...shapesworld.scene import layout_scene, sample_scene
 
+    def misaligned(variant):
+        for kind in rng.permutation(MISALIGNMENT_KINDS):
+            result = inject_misalignment(variant, rng, str(kind), size)
+            if result is not None and result[0].objects:
+                return result[0]
+        return variant
+
+    def damaged(pixels, variant, seed: int):
+        draw = np.random.default_rng(seed)  # one seed, one draw: the same artifacts on a scene that differs a little
+        for _ in range(int(draw.integers(1, 3))):
+            for kind in draw.permutation(ARTIFACT_KINDS):
+                result = inject_artifact(pixels, variant, draw, str(kind))
+                if result is not None:
+                    pixels = result[0]
+                    break
+        return pixels
+
     scene = sample_scene(rng)
+    wrong = misaligned(scene)
+    artifact_seed = int(rng.integers(2**31))
     images = []
     for k in range(n_variants):
-        variant = scene if k < 4 else (layout_scene(scene.prompt, rng, tries=50) or scene)
-        if k % 2 == 1:
-            for kind in rng.permutation(MISALIGNMENT_KINDS):
-                result = inject_misalignment(variant, rng, str(kind), size)
-                if result is not None and result[0].objects:
-                    variant = result[0]
-                    break
+        if k < 4:
+            variant = wrong if k % 2 == 1 else scene
+            if k == 3 and not artifacts:
+                variant = misaligned(scene)  # a second misaligned render instead of "both"
+            seed = artifact_seed
+        else:
+            variant = layout_scene(scene.prompt, rng, tries=50) or scene
+            variant = misaligned(variant) if k % 2 == 1 else variant
+            seed = int(rng.integers(2**31))
         pixels = render(variant, size)
         if artifacts and k % 4 >= 2:
-            for _ in range(int(rng.integers(1, 3))):
-                for kind in rng.permutation(ARTIFACT_KINDS):
-                    result = inject_artifact(pixels, variant, rng, str(kind))
-                    if result is not None:
-                        pixels = result[0]
-                        break
+            pixels = damaged(pixels, variant, seed)
         images.append(pixels)
     return scene.prompt.text, [images[i] for i in rng.permutation(len(images))]  # no position tells the winner
 
