@@ -184,13 +184,16 @@ def test_loading_an_adapter_on_other_base_weights_fails_clearly(bases, tmp_path)
         load_reward_model("pickscore", weights, adapter=tmp_path)
 
 
-def test_loaded_adapter_runs_in_bf16_and_keeps_gradients_to_the_image(bases, tmp_path):
+@pytest.mark.parametrize("kind", ["lora", "lora+patch_head"])
+def test_loaded_adapter_runs_in_bf16_and_keeps_gradients_to_the_image(bases, tmp_path, kind):
     weights, _ = bases["pickscore"]
     model = load_reward_model("pickscore", weights)
-    add_adapter(model, AdapterSpec(kind="lora", r=4))
+    add_adapter(model, AdapterSpec(kind=kind, r=4))
     save_adapter(model, tmp_path / "adapter")
     loaded = load_reward_model("pickscore", weights, adapter=tmp_path / "adapter", dtype="bf16")
     assert loaded.dtype == torch.bfloat16
+    if kind == "lora+patch_head":  # the head stays in float32, like the families' own score heads
+        assert loaded.patch_head.fc1.weight.dtype == torch.float32
     image = torch.rand(1, 3, 64, 64, requires_grad=True)
     loaded.differentiable(PROMPT, image).sum().backward()
     assert image.grad is not None and image.grad.abs().sum() > 0

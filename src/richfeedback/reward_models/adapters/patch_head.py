@@ -79,6 +79,8 @@ def attach_patch_head(model, token_module: str, hidden: int = 64) -> PatchHead:
         raise ValueError(f"{model.name} already has a patch head")
     head = PatchHead(token_width(model, token_module), hidden).to(model.device)
     model.add_module(MODULE_NAME, head)
+    # a small score head: kept in float32 whatever dtype the model is cast to (`base.prepare`), like the family's own
+    model.fp32_modules = (*model.fp32_modules, MODULE_NAME)
     kept: dict[str, torch.Tensor] = {}
 
     def keep_tokens(module, args, output):
