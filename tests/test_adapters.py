@@ -220,6 +220,42 @@ def test_patch_head_subtracts_a_smooth_maximum_of_per_token_defect_logits():
     assert torch.allclose(head(tokens[:1]), -(torch.logsumexp(logits, 1) - math.log(5)))
 
 
+def test_a_patch_head_alone_learns_to_prefer_the_image_without_a_local_defect(bases):
+    """On a frozen, untrained backbone: flat images against the same image with a random 8x8 block pasted in."""
+    weights, _ = bases["pickscore"]
+    model = load_reward_model("pickscore", weights)
+    add_adapter(model, AdapterSpec(kind="patch_head", patch_head_hidden=16))
+    rng = np.random.default_rng(0)
+
+    def pairs(n):
+        clean, damaged = [], []
+        for _ in range(n):
+            image = np.full((64, 64, 3), rng.integers(40, 200, 3), dtype=np.uint8)
+            defect = image.copy()
+            y, x = rng.integers(0, 56, 2)
+            defect[y:y + 8, x:x + 8] = rng.integers(0, 256, (8, 8, 3))
+            clean.append(model.preprocess(image))
+            damaged.append(model.preprocess(defect))
+        return torch.stack(clean + damaged)
+
+    def accuracy(pixels):
+        with torch.no_grad():
+            scores = model(["x"] * len(pixels), pixels)
+        return (scores[: len(pixels) // 2] > scores[len(pixels) // 2:]).float().mean().item()
+
+    heldout = pairs(64)
+    assert accuracy(heldout) < 0.75  # the untrained backbone's own scores: near chance
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(40):
+        pixels = pairs(8)
+        scores = model(["x"] * 16, pixels)
+        loss = pairwise_softmax_loss(scores[:8], scores[8:], torch.ones(8))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert accuracy(heldout) >= 0.9
+
+
 @pytest.mark.parametrize("name", ["pickscore", "hpsv2.1", "imagereward", "aesthetic"])
 def test_a_fresh_patch_head_keeps_the_base_scores_and_a_trained_one_scores_each_image_alone(bases, images, name):
     weights, options = bases[name]
