@@ -178,7 +178,8 @@ def test_reward_specs_parse_weights_and_weight_files():
         parse_reward_spec("aesthetic+2*aesthetic", known)
 
 
-def test_reward_specs_take_a_reward_adapter_and_load_it(tmp_path):
+@pytest.mark.parametrize("kind", ["lora", "lora+patch_head"])
+def test_reward_specs_take_a_reward_adapter_and_load_it(tmp_path, kind):
     from richfeedback.guidance import load_reward
     from richfeedback.guidance.rewards import spec_of
     from richfeedback.reward_models import tiny_checkpoints as tiny
@@ -193,7 +194,7 @@ def test_reward_specs_take_a_reward_adapter_and_load_it(tmp_path):
     # the adapter is applied: the spec's scores are the adapted model's, not the base's
     weights = str(tiny.write_tiny_pickscore(tmp_path / "pickscore"))
     model = load_reward_model("pickscore", weights)
-    trainable = add_adapter(model, AdapterSpec(kind="lora", r=4))
+    trainable = add_adapter(model, AdapterSpec(kind=kind, r=4))
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n in trainable:
@@ -202,6 +203,9 @@ def test_reward_specs_take_a_reward_adapter_and_load_it(tmp_path):
     images = [np.full((64, 64, 3), v, dtype=np.uint8) for v in (40, 200)]
     adapted = load_reward(f"pickscore={weights},adapter={tmp_path / 'adapter'}")
     torch.testing.assert_close(adapted.score(PROMPTS[0], images), model.score(PROMPTS[0], images))
+    pixels = torch.rand(2, 3, 64, 64, requires_grad=True)  # the guidance path: gradients reach the image
+    adapted.differentiable(PROMPTS[:2], pixels).sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
     assert not torch.allclose(load_reward(f"pickscore={weights}").score(PROMPTS[0], images),
                               model.score(PROMPTS[0], images))
 
