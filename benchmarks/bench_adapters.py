@@ -83,7 +83,8 @@ from richfeedback.reward_models.train_adapter import load_config, train
 
 HELDOUT_FRACTION = 0.2
 SEED = 0
-ADAPTER_KIND = {name: "lora+patch_head" for name in ("pickscore", "hpsv2.1", "imagereward", "aesthetic", "clipscore")}
+FAMILIES = ("pickscore", "hpsv2.1", "imagereward", "aesthetic", "clipscore")
+ADAPTER_KIND = "lora+patch_head"  # every family
 ADAPTER_LR = 2e-3
 ADAPTER_RANK = 16
 ADAPTER_EPOCHS = 6  # over prompt groups: each of a prompt's four renders encoded once per step for its six pairs
@@ -269,24 +270,22 @@ def make_bases(folder: Path, steps: int, aesthetic_examples: int) -> dict:
     return bases
 
 
-def pair_deciders(pairs) -> dict:
-    """{"artifacts": pairs whose images satisfy the same prompt words (the oracle decides by artifact area),
-    "alignment": the others}: where a gain comes from."""
+def pair_deciders(pairs) -> list[str]:
+    """Per pair, what the oracle decides it by: "artifacts" when both images satisfy the same prompt words (then the
+    artifact area decides), "alignment" otherwise: where a gain comes from."""
     from richfeedback.reward_models.adapters.preferences import oracle_key
 
-    keys = {}
+    words = {}
     for p in pairs:
         for image in (p.image_a, p.image_b):
-            if id(image) not in keys:
-                keys[id(image)] = oracle_key(p.prompt, image)[0]
-    return {"artifacts": [p for p in pairs if keys[id(p.image_a)] == keys[id(p.image_b)]],
-            "alignment": [p for p in pairs if keys[id(p.image_a)] != keys[id(p.image_b)]]}
+            if id(image) not in words:
+                words[id(image)] = oracle_key(p.prompt, image)[0]
+    return ["artifacts" if words[id(p.image_a)] == words[id(p.image_b)] else "alignment" for p in pairs]
 
 
 def run(quick: bool = False) -> dict:
     os.environ["TQDM_DISABLE"] = "1"  # a table, not progress bars, is this script's output
     torch.manual_seed(SEED)
-    families = list(ADAPTER_KIND)
     base_steps, adapter_prompts, adapter_epochs = (60, 600, 2) if quick else (150, 3000, ADAPTER_EPOCHS)
     n_eval_prompts = 300 if quick else 3000
     # held-out pairs: prompts hashed to the held-out side, which no training step below ever sees
@@ -298,15 +297,14 @@ def run(quick: bool = False) -> dict:
         bases = make_bases(Path(tmp) / "bases", base_steps, aesthetic_examples=300 if quick else 600)
         # one preferences file for every family (its held-out prompts are split off by the trainer)
         pairs_file = write_shapesworld_pairs(Path(tmp) / "pairs", adapter_prompts, seed=SEED)
-        for name in families:
+        for name in FAMILIES:
             weights, options, base_seconds = bases[name]
-            base_model = load_reward_model(name, weights, **options)
-            base = preference_accuracy(base_model, eval_pairs)
+            base = preference_accuracy(load_reward_model(name, weights, **options), eval_pairs, by=decided_by)
             out = Path(tmp) / "adapters" / name
             cfg = load_config(None, [])
             cfg.update(output_dir=str(out), seed=SEED)
             cfg["base"] = {"name": name, "weights": weights, "options": options}
-            cfg["adapter"].update(kind=ADAPTER_KIND[name], r=ADAPTER_RANK, alpha=float(ADAPTER_RANK))
+            cfg["adapter"].update(kind=ADAPTER_KIND, r=ADAPTER_RANK, alpha=float(ADAPTER_RANK))
             cfg["data"].update(source="preferences", path=str(pairs_file), heldout_fraction=HELDOUT_FRACTION,
                                group_by_prompt=True)
             # "auto": HPS's 100 * cos and CLIPScore's 2.5 * cos at the backbone's temperature
@@ -319,10 +317,10 @@ def run(quick: bool = False) -> dict:
             train(cfg, cpu=True)
             adapter_seconds = time.perf_counter() - started
             adapted = load_reward_model(name, weights, adapter=out / "best", **options)
-            result = preference_accuracy(adapted, eval_pairs)
+            result = preference_accuracy(adapted, eval_pairs, by=decided_by)
             info = json.loads((out / "best" / "adapter_config.json").read_text())
             rows.append({
-                "family": name, "adapter": ADAPTER_KIND[name],
+                "family": name, "adapter": ADAPTER_KIND,
                 "base_acc": base["accuracy"], "base_ci95": f"[{base['ci_low']:.3f}, {base['ci_high']:.3f}]",
                 "adapter_acc": result["accuracy"],
                 "adapter_ci95": f"[{result['ci_low']:.3f}, {result['ci_high']:.3f}]",
@@ -334,10 +332,9 @@ def run(quick: bool = False) -> dict:
             })
             final = json.loads((out / "final" / "adapter_config.json").read_text())["training"]
             details[name] = {"base": base, "adapter": result,
-                             "by_decider": {decider: {"pairs": len(subset),
-                                                      "base": preference_accuracy(base_model, subset)["accuracy"],
-                                                      "adapter": preference_accuracy(adapted, subset)["accuracy"]}
-                                            for decider, subset in decided_by.items()},
+                             "by_decider": {decider: {"pairs": counts["pairs"], "base": counts["accuracy"],
+                                                      "adapter": result["by"][decider]["accuracy"]}
+                                            for decider, counts in base["by"].items()},
                              "best_step": info["training"]["step"],
                              "final_step": final["step"], "heldout_split_best": info["training"]["heldout"],
                              "heldout_split_final": final["heldout"],

@@ -349,6 +349,9 @@ def test_preference_accuracy_counts_ties_in_scores_as_half_and_leaves_tied_label
     result = preference_accuracy(ByBrightness(), pairs, bootstrap=200)
     assert result["accuracy"] == 0.5 and result["pairs"] == 2 and result["ties"] == 1
     assert bootstrap_interval(np.ones(10), [str(i) for i in range(10)]) == (1.0, 1.0)
+    # accuracy per label of the pairs, from the same scores; the tied pair's label is left out with it
+    by = preference_accuracy(ByBrightness(), pairs, bootstrap=0, by=["x", "y", "z"])["by"]
+    assert by == {"x": {"accuracy": 1.0, "pairs": 1}, "y": {"accuracy": 0.0, "pairs": 1}}
 
 
 # -- the training loop and the command line ---------------------------------------------------------------------------

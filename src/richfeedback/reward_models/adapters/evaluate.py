@@ -7,7 +7,7 @@ prompts, not pairs, because the pairs of one prompt share images and are not ind
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -61,14 +61,23 @@ def bootstrap_interval(values: np.ndarray, groups: Sequence[str], n_resamples: i
 
 
 def preference_accuracy(model, pairs: Sequence[PreferencePair], batch_size: int = 64, bootstrap: int = 2000,
-                        seed: int = 0) -> dict:
-    """{"accuracy", "ci_low", "ci_high", "pairs" (decided), "ties" (left out), "prompts"}."""
-    decided = [p for p in pairs if p.label != 0.5]
+                        seed: int = 0, by: Optional[Sequence[str]] = None) -> dict:
+    """{"accuracy", "ci_low", "ci_high", "pairs" (decided), "ties" (left out), "prompts"}; with `by` (a label per
+    pair), also {"by": {label: {"accuracy", "pairs"}}} from the same scores."""
+    keep = [i for i, p in enumerate(pairs) if p.label != 0.5]
+    decided = [pairs[i] for i in keep]
     if not decided:
         raise ValueError("no pair with a winner to evaluate (all ties)")
     a, b = score_pairs(model, decided, batch_size)
     correct = pair_correctness(a, b, np.array([p.label for p in decided]))
     prompts = [p.prompt for p in decided]
     low, high = bootstrap_interval(correct, prompts, bootstrap, seed) if bootstrap else (float("nan"),) * 2
-    return {"accuracy": float(correct.mean()), "ci_low": low, "ci_high": high, "pairs": len(decided),
-            "ties": len(pairs) - len(decided), "prompts": len(set(prompts))}
+    result = {"accuracy": float(correct.mean()), "ci_low": low, "ci_high": high, "pairs": len(decided),
+              "ties": len(pairs) - len(decided), "prompts": len(set(prompts))}
+    if by is not None:
+        if len(by) != len(pairs):
+            raise ValueError(f"`by` has {len(by)} labels for {len(pairs)} pairs")
+        labels = np.array([by[i] for i in keep])
+        result["by"] = {label: {"accuracy": float(correct[labels == label].mean()),
+                                "pairs": int((labels == label).sum())} for label in sorted(set(labels))}
+    return result

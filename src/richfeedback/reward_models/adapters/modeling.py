@@ -260,14 +260,15 @@ def apply_adapter(model, folder, *, check_base: bool = True):
         raise AdapterError(f"{folder} was trained on other {model.name} weights (fingerprint "
                            f"{info['base_fingerprint']}, from {info.get('base_source') or 'unknown'}) than these "
                            f"({fingerprint}, from {model.source or 'unknown'}): pass the weights it was trained on")
-    hidden = (info.get("patch_head") or {}).get("hidden", 64)
-    spec = AdapterSpec(kind=info["kind"], head_parameters=info.get("head_parameters"), patch_head_hidden=hidden)
+    options = {"kind": info["kind"], "head_parameters": info.get("head_parameters")}
+    if "patch_head" in info:
+        options["patch_head_hidden"] = info["patch_head"]["hidden"]
     if "lora" in info:
         lora = info["lora"]
-        spec = AdapterSpec(kind=info["kind"], r=lora["r"], alpha=lora["lora_alpha"], dropout=lora["lora_dropout"],
-                           target_modules=lora["target_modules"], head_parameters=info.get("head_parameters"),
-                           patch_head_hidden=hidden, extra={k: lora[k] for k in LORA_EXTRA_FIELDS if k in lora})
-    add_adapter(model, spec, fingerprint=fingerprint)
+        options.update(r=lora["r"], alpha=lora["lora_alpha"], dropout=lora["lora_dropout"],
+                       target_modules=lora["target_modules"],
+                       extra={k: lora[k] for k in LORA_EXTRA_FIELDS if k in lora})
+    add_adapter(model, AdapterSpec(**options), fingerprint=fingerprint)
     state = load_file(str(folder / WEIGHTS_NAME))
     expected = set(adapter_state_dict(model))
     if set(state) != expected:
