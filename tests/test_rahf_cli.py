@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from richfeedback.cli import main
@@ -64,3 +65,38 @@ def test_format_tables_shows_both_keyword_readings():
     text = format_tables({"words/f1": 0.9, "seq/f1-score/1": 0.4}, {"words/f1": 0.6})
     assert "| model | per example (reference) | - | - | 0.400 |" in text
     assert "| reference | pooled over words | - | - | 0.600 |" in text
+
+
+def test_the_chosen_marker_bias_is_the_best_f1_on_the_split_and_evaluation_decodes_with_it(tmp_path, capsys):
+    import shutil
+
+    from richfeedback.reward_models.rahf.evaluate import choose_marker_bias
+    from richfeedback.reward_models.rahf.predict import EMBEDDED_RAHF, load_rahf
+    from richfeedback.shapesworld.dataset import load_shapesworld_dataset, make_dataset
+
+    make_dataset(tmp_path / "data", 1, 48, 1, size=64, progress=False)
+    dev = load_shapesworld_dataset(tmp_path / "data")["dev"]
+    model, processor = load_rahf()  # the embedded model: it marks some words right
+    chosen = choose_marker_bias(model, processor, dev, biases=(1e4, 0.0, 1.0))
+    assert [row["bias"] for row in chosen["table"]] == [1e4, 0.0, 1.0]
+    best = max(row["f1"] for row in chosen["table"])
+    assert chosen["bias"] == model.config.marker_logit_bias and best > 0
+    assert next(row for row in chosen["table"] if row["bias"] == chosen["bias"])["f1"] == best
+    assert chosen["table"][0]["recall"] == 0 and chosen["bias"] != 1e4  # a huge bias marks nothing
+
+    # the command writes the same choice into the folder, and `rahf eval` then decodes with it
+    folder = shutil.copytree(EMBEDDED_RAHF, tmp_path / "rahf")
+    data = ["--data", str(tmp_path / "data"), "--split", "dev"]
+    assert main(["rahf", "choose-marker-bias", "--model", str(folder), *data, "--biases", "10000", "0", "1"]) == 0
+    assert json.loads((folder / "config.json").read_text())["marker_logit_bias"] == chosen["bias"]
+    assert main(["rahf", "eval", "--model", str(folder), *data, "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["words/f1"] == pytest.approx(best)
+    # --marker-bias overrides the folder's for one run
+    worst = min(chosen["table"], key=lambda row: row["f1"])
+    assert main(["rahf", "eval", "--model", str(folder), *data, "--marker-bias", str(worst["bias"]),
+                 "--out", str(tmp_path / "eval-override")]) == 0
+    assert json.loads((tmp_path / "eval-override" / "metrics.json").read_text())["words/f1"] == \
+        pytest.approx(worst["f1"])
+    assert "wrote marker_logit_bias" in capsys.readouterr().out
+    assert main(["rahf", "choose-marker-bias", "--model", str(tmp_path / "nowhere"), *data]) == 2
+    assert "RAHF folder with config.json" in capsys.readouterr().err

@@ -118,3 +118,57 @@ def test_a_multi_head_model_starts_the_augmented_variant_with_its_shared_weights
     assert with_variant(augmented, "augmented_prompt") is augmented
     with pytest.raises(ValueError, match="only multi_head -> augmented_prompt"):
         with_variant(augmented, "multi_head")
+
+
+def test_growing_the_encoder_keeps_the_outputs_and_the_grown_model_round_trips(tmp_path, tokenizer):
+    from richfeedback.reward_models.rahf.modeling import grow_encoder
+
+    model, processor = make("multi_head", tokenizer, seed=1)
+    inputs = processor(torch.rand(2, 3, 32, 32), ["a red circle on the left", "two blue squares"],
+                       ["a red circle on the left_0", "two blue squares"])
+    with torch.no_grad():
+        before = model(**inputs)
+        layers = len(model.t5.encoder.block)
+        grow_encoder(model, layers + 2)
+        after = model(**inputs)
+    assert len(model.t5.encoder.block) == layers + 2 and model.config.t5["num_layers"] == layers + 2
+    assert model.t5.config.num_decoder_layers == len(model.t5.decoder.block)  # the decoder is not grown
+    for name in SCORE_NAMES:
+        torch.testing.assert_close(after.scores[name], before.scores[name], atol=1e-6, rtol=1e-6)
+    for name in HEATMAP_NAMES:
+        torch.testing.assert_close(after.heatmaps[name], before.heatmaps[name], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(after.seq_loss, before.seq_loss, atol=1e-6, rtol=1e-6)
+    # the new blocks are trainable: one step on the sequence loss moves their zeroed output projections
+    model.train()
+    model(**inputs).seq_loss.backward()
+    assert model.t5.encoder.block[-1].layer[0].SelfAttention.o.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    again = RAHFModel.from_pretrained(tmp_path).eval()
+    assert len(again.t5.encoder.block) == layers + 2
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**inputs).seq_loss, model(**inputs).seq_loss)
+    with pytest.raises(ValueError, match="can only add"):
+        grow_encoder(again, 1)
+
+
+def test_a_marker_logit_bias_decides_how_readily_words_are_marked(tokenizer):
+    from richfeedback.reward_models.rahf.evaluate import marker_start_token_id
+
+    model, processor = make("multi_head", tokenizer, seed=2)
+    inputs = processor(torch.rand(2, 3, 32, 32), ["a red circle on the left", "two blue squares"])
+    with torch.no_grad():
+        output = model(**inputs)
+        marker = marker_start_token_id(tokenizer)
+        assert tokenizer.convert_ids_to_tokens(marker) == "_"
+        with pytest.raises(ValueError, match="marker_token_id"):
+            model.generate_marked_prompt(output, max_new_tokens=6, marker_logit_bias=1.0)
+        model.config.marker_token_id = marker
+        never = model.generate_marked_prompt(output, max_new_tokens=6, marker_logit_bias=1e4)
+        always = model.generate_marked_prompt(output, max_new_tokens=6, marker_logit_bias=-1e4)
+        plain = model.generate_marked_prompt(output, max_new_tokens=6)
+    assert not (never == marker).any() and (always[:, 1:] == marker).all()
+    assert torch.equal(plain, model.generate_marked_prompt(output, max_new_tokens=6, marker_logit_bias=0.0))
+    model.config.marker_logit_bias = 1e4  # the config's bias is the default
+    with torch.no_grad():
+        assert torch.equal(model.generate_marked_prompt(output, max_new_tokens=6), never)

@@ -100,3 +100,16 @@ def test_marker_tokens_can_be_weighted_in_the_sequence_loss():
     expected = (per_token[labels != -100] * weights).sum() / weights.sum()  # two marker tokens of 11
     assert torch.allclose(sequence_loss(output, labels, markers, 3.0), expected)
     assert abs(float(weights.sum()) - 15.0) < 1e-6
+
+
+def test_examples_with_marked_words_can_be_repeated_in_an_epoch():
+    import datasets
+
+    from richfeedback.reward_models.rahf.train import repeat_misaligned
+
+    split = datasets.Dataset.from_dict({"labeled_prompt": ["a red_0 circle", "two blue squares", "a circle on_0 top",
+                                                            "a green square"], "index": [0, 1, 2, 3]})
+    assert repeat_misaligned(split, 1) is split
+    assert repeat_misaligned(split, 3)["index"] == [0, 1, 2, 3, 0, 2, 0, 2]
+    with pytest.raises(ValueError, match="at least 1"):
+        repeat_misaligned(split, 0)

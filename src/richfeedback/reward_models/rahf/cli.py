@@ -12,18 +12,34 @@ def cmd_train(args) -> None:
     train(load_config(args.config, args.set), resume=args.resume, cpu=args.cpu)
 
 
-def cmd_eval(args) -> None:
-    from ...shapesworld.dataset import load_shapesworld_dataset
-    from .evaluate import compute_metrics, format_tables, predict_split
+def load_model(args):
+    """The RAHF model and processor the command line names, with `--marker-bias` applied if given."""
+    from .evaluate import marker_start_token_id
     from .predict import load_rahf
 
     model, processor = load_rahf(args.model, size=args.size, tokenizer=args.tokenizer, device=args.device)
+    if args.marker_bias is not None:
+        model.config.marker_logit_bias = args.marker_bias
+        if model.config.marker_token_id is None:
+            model.config.marker_token_id = marker_start_token_id(processor.tokenizer)
+    return model, processor
+
+
+def load_split(args):
+    from ...shapesworld.dataset import load_shapesworld_dataset
+
     data = load_shapesworld_dataset(args.data)
     if args.split not in data:
         raise ValueError(f"{args.data} has no split {args.split!r}; it has {list(data)}")
     split = data[args.split]
-    if args.limit:
-        split = split.select(range(min(args.limit, len(split))))
+    return split.select(range(min(args.limit, len(split)))) if args.limit else split
+
+
+def cmd_eval(args) -> None:
+    from .evaluate import compute_metrics, format_tables, predict_split
+
+    model, processor = load_model(args)
+    split = load_split(args)
     result = compute_metrics(predict_split(model, processor, split, batch_size=args.batch_size, progress=True))
     reference, title = None, f"RAHF on {args.data} [{args.split}]"
     agreement_file = Path(args.data) / "agreement.json"
@@ -43,9 +59,27 @@ def cmd_eval(args) -> None:
         print(f"wrote {out / 'metrics.json'} and {out / 'tables.md'}")
 
 
+def cmd_choose_marker_bias(args) -> None:
+    from .evaluate import choose_marker_bias
+
+    folder = Path(args.model or "")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--model must be a RAHF folder with config.json to write the bias into, got {args.model!r}")
+    model, processor = load_model(args)
+    chosen = choose_marker_bias(model, processor, load_split(args), biases=args.biases, batch_size=args.batch_size)
+    print("| bias | precision | recall | F1 |\n|---|---|---|---|")
+    for row in chosen["table"]:
+        print(f"| {row['bias']:g} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} |")
+    if args.dry_run:
+        print(f"best bias {chosen['bias']:g} (not written: --dry-run)")
+        return
+    model.config.save_pretrained(folder)
+    print(f"wrote marker_logit_bias={chosen['bias']:g} into {folder / 'config.json'}")
+
+
 def cmd_predict(args) -> None:
     from ...cli import read_prompts
-    from .predict import load_images, load_rahf, predict, write_predictions
+    from .predict import load_images, predict, write_predictions
 
     images, names, errors = load_images(args.images)
     for e in errors:
@@ -57,7 +91,7 @@ def cmd_predict(args) -> None:
         prompts = prompts * len(images)
     if len(prompts) != len(images):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts: give one prompt, or one per image")
-    model, processor = load_rahf(args.model, size=args.size, tokenizer=args.tokenizer, device=args.device)
+    model, processor = load_model(args)
     results = predict(model, processor, images, prompts, batch_size=args.batch_size)
     out = write_predictions(results, images, names, args.out)
     print(f"wrote {out / 'predictions.jsonl'} and {len(results)} heatmap PNGs to {out}")
@@ -79,6 +113,9 @@ def add_rahf_command(subparsers) -> None:
         p.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id for a checkpoint file")
         p.add_argument("--device", default="cpu")
         p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--marker-bias", type=float, default=None,
+                       help="lower the logit of a misaligned-word mark by this much when decoding (default: the "
+                            "model's marker_logit_bias; 0: plain greedy decoding, as the reference)")
 
     p = rahf.add_parser("eval", help="the paper's three tables on a dataset split")
     model_args(p)
@@ -87,6 +124,16 @@ def add_rahf_command(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
     p.add_argument("--out", default=None, help="folder for metrics.json and tables.md")
     p.set_defaults(func=cmd_eval)
+
+    p = rahf.add_parser("choose-marker-bias", help="the marker logit bias with the best misaligned-word F1 on a dev "
+                                                   "split, written into the model folder's config.json")
+    model_args(p)
+    p.add_argument("--data", required=True, help="dataset folder (ShapesWorld make-dataset or prepared RichHF-18K)")
+    p.add_argument("--split", default="dev", help="a split held out from training, never the test split (default: dev)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--biases", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+    p.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
+    p.set_defaults(func=cmd_choose_marker_bias)
 
     p = rahf.add_parser("predict", help="scores, misaligned words and heatmap overlays for images")
     model_args(p)

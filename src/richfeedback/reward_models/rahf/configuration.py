@@ -34,7 +34,8 @@ class RAHFConfig(PretrainedConfig):
     def __init__(self, vit: dict | None = None, t5: dict | None = None, variant: str = "multi_head",
                  heatmap_conv_channels=(768, 384), heatmap_up_channels=(768, 384, 384, 192),
                  score_conv_channels=(768, 384, 192, 96, 48, 12), score_hidden_sizes=(512, 128),
-                 tokenizer: str = "t5-base", max_prompt_tokens: int = 128, max_new_tokens: int = 100, **kwargs):
+                 tokenizer: str = "t5-base", max_prompt_tokens: int = 128, max_new_tokens: int = 100,
+                 marker_logit_bias: float = 0.0, marker_token_id: int | None = None, **kwargs):
         kwargs.pop("_comment", None)
         super().__init__(**kwargs)
         if variant not in VARIANTS:
@@ -49,6 +50,11 @@ class RAHFConfig(PretrainedConfig):
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
+        # Decoding the marked prompt: `marker_logit_bias` is subtracted from the logit of `marker_token_id` (the
+        # token that starts a word's "_0" mark) at every step, a decision threshold chosen on a dev split
+        # (`evaluate.choose_marker_bias`). 0 is plain greedy decoding, as the reference.
+        self.marker_logit_bias = float(marker_logit_bias)
+        self.marker_token_id = marker_token_id
 
     @classmethod
     def from_size(cls, size: str, **overrides) -> "RAHFConfig":

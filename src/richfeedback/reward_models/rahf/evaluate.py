@@ -3,7 +3,7 @@ reference's model-selection metric."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +66,47 @@ def compute_metrics(predictions: dict) -> dict:
                 result[f"words/{k}"] = v
     result["avg_metric"] = selection_metric(result)
     return result
+
+
+def marker_start_token_id(tokenizer) -> int:
+    """The token that starts a word's misaligned mark: the first token of "word_0" that "word" does not have."""
+    plain = tokenizer("word", add_special_tokens=False).input_ids
+    marked = tokenizer("word" + MISALIGNED_SUFFIX, add_special_tokens=False).input_ids
+    for i, token in enumerate(marked):
+        if i >= len(plain) or token != plain[i]:
+            return int(token)
+    raise ValueError(f"the tokenizer writes 'word{MISALIGNED_SUFFIX}' with the tokens of 'word'; no mark to bias")
+
+
+@torch.no_grad()
+def choose_marker_bias(model: RAHFModel, processor: RAHFProcessor, split,
+                       biases: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0), batch_size: int = 64,
+                       device: Optional[torch.device] = None) -> dict:
+    """The marker logit bias (see `RAHFConfig.marker_logit_bias`) with the best pooled misaligned-word F1 on
+    `split`, set in `model.config`; returns it with precision, recall and F1 for every bias tried.
+
+    A decision threshold for the marks, chosen on a dev split and never on the test split. The encoder runs once;
+    only the decoding is repeated per bias. Ties go to the bias nearest 0 (plain greedy decoding)."""
+    model.eval()
+    device = device or next(model.parameters()).device
+    loader = DataLoader(RichFeedbackDataset(split, processor), batch_size=batch_size, shuffle=False,
+                        collate_fn=Collator(processor))
+    encoded, targets = [], []
+    for batch in loader:
+        inputs = {k: v.to(device) for k, v in model_inputs(batch).items() if k != "labels"}
+        encoded.append(model(**inputs, outputs=()))
+        targets += batch["labeled_prompts"]
+    true_flags = [[int(w.endswith(MISALIGNED_SUFFIX)) for w in t.split()] for t in targets]
+    model.config.marker_token_id = marker_start_token_id(processor.tokenizer)
+    table = []
+    for bias in biases:
+        marked = [text for output in encoded
+                  for text in processor.decode(model.generate_marked_prompt(output, marker_logit_bias=bias))]
+        prf = metrics.word_prf([word_flags(p, t) for p, t in zip(marked, targets)], true_flags)
+        table.append({"bias": float(bias), **{k: prf[k] for k in ("precision", "recall", "f1")}})
+    best = max(table, key=lambda row: (row["f1"], -abs(row["bias"])))
+    model.config.marker_logit_bias = best["bias"]
+    return {"bias": best["bias"], "marker_token_id": model.config.marker_token_id, "table": table}
 
 
 def word_flags(marked: str, target_marked: str) -> list[int]:

@@ -11,7 +11,9 @@ with every key accounted for (see `checkpoint.py`). Where we differ, on purpose:
   not depend on the other prompts in its batch; the reference passes none;
 - tokenization happens in `RAHFProcessor`, outside `forward`, and the augmented-prompt variant encodes its six task
   prompts in one batched pass instead of six sequential ones (same result);
-- the heads take their widths from the config, so the same classes build the tiny, ShapesWorld and large models.
+- the heads take their widths from the config, so the same classes build the tiny, ShapesWorld and large models;
+- decoding can lower the logit of the misaligned-word mark by `config.marker_logit_bias`, a decision threshold chosen
+  on a dev split; it is 0 (the reference's plain greedy decoding) unless a model's config sets it.
 """
 
 from __future__ import annotations
@@ -213,11 +215,49 @@ class RAHFModel(RAHFPreTrainedModel):
         return RAHFOutput(heatmaps, scores, seq_loss, text_hidden, text_mask, seq_logits)
 
     @torch.no_grad()
-    def generate_marked_prompt(self, output: RAHFOutput, max_new_tokens: Optional[int] = None) -> torch.Tensor:
-        """Greedy decoding of the prompt with misaligned words marked, from a forward pass's text tokens."""
+    def generate_marked_prompt(self, output: RAHFOutput, max_new_tokens: Optional[int] = None,
+                               marker_logit_bias: Optional[float] = None) -> torch.Tensor:
+        """Greedy decoding of the prompt with misaligned words marked, from a forward pass's text tokens.
+
+        `marker_logit_bias` (default: the config's) is subtracted from the logit of the config's `marker_token_id`
+        at every step: above 0 a word is marked only when the model is surer, below 0 more readily."""
+        bias = self.config.marker_logit_bias if marker_logit_bias is None else float(marker_logit_bias)
+        extra = {}
+        if bias:
+            if self.config.marker_token_id is None:
+                raise ValueError("a marker logit bias needs config.marker_token_id (the token that starts a '_0' "
+                                 "mark; evaluate.choose_marker_bias sets both)")
+            extra["sequence_bias"] = {(int(self.config.marker_token_id),): -bias}
         return self.t5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=output.text_hidden_states),
                                 attention_mask=output.text_attention_mask,
-                                max_new_tokens=max_new_tokens or self.config.max_new_tokens, do_sample=False)
+                                max_new_tokens=max_new_tokens or self.config.max_new_tokens, do_sample=False, **extra)
+
+
+def grow_encoder(model: RAHFModel, num_layers: int) -> RAHFModel:
+    """`model` with its T5 encoder deepened to `num_layers` blocks, in place; the new blocks start as the identity.
+
+    Each new block is appended after the trained ones with its attention output (`o`) and feed-forward output (`wo`)
+    projections at zero, so every residual branch adds nothing and the grown model computes exactly what it did
+    (tested); training then gives the fusion of image and text tokens more depth to bind words to objects. Relative
+    position bias stays in block 0, which the new blocks reuse as T5's own blocks 1..n do.
+    """
+    from transformers.models.t5.modeling_t5 import T5Block
+
+    encoder = model.t5.encoder
+    current = len(encoder.block)
+    if num_layers < current:
+        raise ValueError(f"the encoder has {current} layers already; growing can only add layers (asked {num_layers})")
+    for index in range(current, num_layers):
+        block = T5Block(encoder.config, has_relative_attention_bias=False, layer_idx=index)
+        block.to(device=encoder.final_layer_norm.weight.device, dtype=encoder.final_layer_norm.weight.dtype)
+        nn.init.zeros_(block.layer[0].SelfAttention.o.weight)
+        nn.init.zeros_(block.layer[-1].DenseReluDense.wo.weight)
+        encoder.block.append(block)
+    encoder.config.num_layers = num_layers
+    model.t5.config.num_layers = num_layers
+    model.config.t5 = {**model.config.t5, "num_layers": num_layers,
+                       "num_decoder_layers": model.t5.config.num_decoder_layers}
+    return model
 
 
 def with_variant(model: RAHFModel, variant: str) -> RAHFModel:

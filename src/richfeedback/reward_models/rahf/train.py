@@ -28,18 +28,23 @@ from ...training_utils import latest_checkpoint, load_config as load_yaml_config
 from ...training_utils import add_training_arguments, training_main
 from ...training_utils import save_checkpoint as save_training_state
 from .configuration import HEATMAP_NAMES, SCORE_NAMES, RAHFConfig
-from .modeling import RAHFModel, with_variant
+from .modeling import RAHFModel, grow_encoder, with_variant
 
 DEFAULTS = {
     "seed": 0,
     "output_dir": "runs/rahf",
-    "model": {"size": "shapes", "variant": "multi_head", "init": None},
+    # encoder_layers: deepen the T5 encoder of the `init` model to this many blocks, the new ones starting as the
+    # identity (modeling.grow_encoder); None keeps the model's own depth.
+    "model": {"size": "shapes", "variant": "multi_head", "init": None, "encoder_layers": None},
     "data": {"path": None, "train_split": "train", "dev_split": "dev", "num_workers": 0, "max_dev_examples": None,
              # more datasets in the same schema whose train_split is appended to the training data (the first
              # extra_max_examples of each, if set), e.g. the synthetic dataset beside feedback on generated images
              "extra_paths": [], "extra_max_examples": None,
              # [train, dev, test]: the ShapesWorld dataset scripts/train_embedded_rahf.py makes at `path` if missing
-             "make_sizes": None},
+             "make_sizes": None,
+             # each training example whose labeled prompt marks a misaligned word appears this many times per epoch
+             # (1: once, as the rest). A few percent of the words are marked, so their examples are worth repeating.
+             "repeat_misaligned": 1},
     "optim": {"lr": 3.0e-4, "decoder_lr_scale": 1.0, "weight_decay": 2.0e-3, "epochs": 10, "batch_size": 32,
               "grad_accum": 1, "warmup_steps": 100, "min_lr_ratio": 0.05, "max_grad_norm": 1.0, "max_steps": None},
     # marked_tokens: the weight, inside the sequence loss, of the target tokens that mark a word misaligned (the "_0"
@@ -78,6 +83,8 @@ def build_model(cfg: dict):
         tokenizer = load_tokenizer(model.config)
     if len(tokenizer) > model.config.t5["vocab_size"]:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's T5 only {model.config.t5['vocab_size']}")
+    if cfg["model"].get("encoder_layers"):
+        grow_encoder(model, int(cfg["model"]["encoder_layers"]))
     model.vit.pooler.requires_grad_(False)  # unused by RAHF, as in the reference
     return model, RAHFProcessor(tokenizer, model.config)
 
@@ -104,6 +111,19 @@ def sequence_loss(output, labels: torch.Tensor, marker_ids: list[int], marked_we
     is_marker = torch.isin(labels, torch.tensor(marker_ids, device=labels.device))
     weight = torch.where(is_marker, marked_weight, 1.0) * (labels != -100)
     return (per_token * weight).sum() / weight.sum()
+
+
+def repeat_misaligned(split, times: int):
+    """`split` with every example whose `labeled_prompt` marks a misaligned word repeated `times` times in all."""
+    from .processing import MISALIGNED_SUFFIX
+
+    if times < 1:
+        raise ValueError(f"data.repeat_misaligned must be at least 1, got {times}")
+    if times == 1:
+        return split
+    marked = [i for i, text in enumerate(split["labeled_prompt"])
+              if any(w.endswith(MISALIGNED_SUFFIX) for w in text.split())]
+    return split.select(list(range(len(split))) + marked * (times - 1))
 
 
 def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse",
@@ -170,6 +190,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         if cfg["data"]["extra_max_examples"]:
             extra = extra.select(range(min(len(extra), cfg["data"]["extra_max_examples"])))
         train_data = datasets.concatenate_datasets([train_data, extra])
+    train_data = repeat_misaligned(train_data, int(cfg["data"]["repeat_misaligned"]))
 
     model, processor = build_model(cfg)
     marker_ids = marker_token_ids(processor.tokenizer) if cfg["loss_weights"].get("marked_tokens", 1.0) != 1.0 \
