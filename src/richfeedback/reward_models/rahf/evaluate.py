@@ -14,7 +14,7 @@ from ...eval import metrics
 from .configuration import HEATMAP_NAMES, SCORE_NAMES
 from .data import Collator, RichFeedbackDataset, model_inputs
 from .modeling import RAHFModel
-from .processing import MISALIGNED_SUFFIX, RAHFProcessor
+from .processing import MISALIGNED_SUFFIX, RAHFProcessor, mark_token_ids
 
 
 @torch.no_grad()
@@ -69,13 +69,8 @@ def compute_metrics(predictions: dict) -> dict:
 
 
 def marker_start_token_id(tokenizer) -> int:
-    """The token that starts a word's misaligned mark: the first token of "word_0" that "word" does not have."""
-    plain = tokenizer("word", add_special_tokens=False).input_ids
-    marked = tokenizer("word" + MISALIGNED_SUFFIX, add_special_tokens=False).input_ids
-    for i, token in enumerate(marked):
-        if i >= len(plain) or token != plain[i]:
-            return int(token)
-    raise ValueError(f"the tokenizer writes 'word{MISALIGNED_SUFFIX}' with the tokens of 'word'; no mark to bias")
+    """The token that starts a word's misaligned mark, the one `RAHFConfig.marker_token_id` biases."""
+    return int(mark_token_ids(tokenizer)[0])
 
 
 @torch.no_grad()

@@ -81,6 +81,17 @@ def load_shapesworld_tokenizer():
     return AutoTokenizer.from_pretrained(str(SHAPESWORLD_TOKENIZER))
 
 
+def mark_token_ids(tokenizer) -> list[int]:
+    """The token ids that marking a word misaligned adds to it, in order (tokenizing "word_0" against "word")."""
+    plain = tokenizer("word", add_special_tokens=False).input_ids
+    marked = tokenizer("word" + MISALIGNED_SUFFIX, add_special_tokens=False).input_ids
+    added = [t for t in marked if t not in plain]
+    if not added:
+        raise ValueError(f"the tokenizer writes 'word{MISALIGNED_SUFFIX}' with the tokens of 'word': its marks "
+                         "cannot be weighted in the loss or biased when decoding")
+    return added
+
+
 def load_tokenizer(config: RAHFConfig, model_dir: Optional[str | os.PathLike] = None):
     """The tokenizer saved beside a model, else the one its config names ("shapesworld" is built offline)."""
     from transformers import AutoTokenizer

@@ -90,16 +90,10 @@ def build_model(cfg: dict):
 
 
 def marker_token_ids(tokenizer) -> list[int]:
-    """The token ids that marking a word misaligned adds to it (tokenizing "word_0" against "word")."""
-    from .processing import MISALIGNED_SUFFIX
+    """The token ids that marking a word misaligned adds to it, sorted: the ones the sequence loss can weight."""
+    from .processing import mark_token_ids
 
-    plain = tokenizer("word", add_special_tokens=False).input_ids
-    marked = tokenizer("word" + MISALIGNED_SUFFIX, add_special_tokens=False).input_ids
-    added = [t for t in marked if t not in plain]
-    if not added:
-        raise ValueError(f"the tokenizer writes 'word{MISALIGNED_SUFFIX}' with the tokens of 'word'; cannot weight "
-                         "the marker tokens (set loss_weights.marked_tokens to 1)")
-    return sorted(set(added))
+    return sorted(set(mark_token_ids(tokenizer)))
 
 
 def sequence_loss(output, labels: torch.Tensor, marker_ids: list[int], marked_weight: float) -> torch.Tensor:
