@@ -30,8 +30,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from richfeedback.reward_models.rahf.evaluate import (choose_marker_bias, compute_metrics, format_tables,  # noqa: E402
-                                                     predict_split)
+from richfeedback.reward_models.rahf.evaluate import (choose_marker_bias, compute_metrics,  # noqa: E402
+                                                     format_marker_table, format_tables, predict_split)
 from richfeedback.reward_models.rahf.predict import EMBEDDED_RAHF, load_rahf  # noqa: E402
 from richfeedback.reward_models.rahf.train import load_config, train  # noqa: E402
 from richfeedback.shapesworld.dataset import load_shapesworld_dataset, make_dataset, split_sizes  # noqa: E402
@@ -81,8 +81,7 @@ def main(argv=None):
     marker = choose_marker_bias(model, processor, data["dev"])
     model.config.save_pretrained(out)  # the chosen bias travels with the model
     times["marker_bias_s"] = time.perf_counter() - start
-    marker_rows = "\n".join(f"  | {row['bias']:g} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} |"
-                             for row in marker["table"])
+    marker_rows = format_marker_table(marker["table"], indent="  ")
     start = time.perf_counter()
     result = compute_metrics(predict_split(model, processor, data["test"], progress=True))
     times["test_eval_s"] = time.perf_counter() - start
@@ -159,8 +158,6 @@ results = predict(model, processor, images, prompts)
   the bias with the best pooled misaligned-word F1 on the {len(data['dev'])} dev examples ({times['marker_bias_s']:.0f} s;
   0 is plain greedy decoding, the reference):
 
-  | bias | precision | recall | F1 |
-  |---|---|---|---|
 {marker_rows}
 - Time: {sum(stage_seconds) / 60:.0f} min of training on a 2-core CPU shared with other jobs (a dev evaluation per
   epoch included); on an otherwise idle machine about 0.65 s per step of 32 for the multi-head variant and

@@ -60,16 +60,14 @@ def cmd_eval(args) -> None:
 
 
 def cmd_choose_marker_bias(args) -> None:
-    from .evaluate import choose_marker_bias
+    from .evaluate import choose_marker_bias, format_marker_table
 
     folder = Path(args.model or "")
     if not (folder / "config.json").is_file():
         raise ValueError(f"--model must be a RAHF folder with config.json to write the bias into, got {args.model!r}")
     model, processor = load_model(args)
     chosen = choose_marker_bias(model, processor, load_split(args), biases=args.biases, batch_size=args.batch_size)
-    print("| bias | precision | recall | F1 |\n|---|---|---|---|")
-    for row in chosen["table"]:
-        print(f"| {row['bias']:g} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} |")
+    print(format_marker_table(chosen["table"]))
     if args.dry_run:
         print(f"best bias {chosen['bias']:g} (not written: --dry-run)")
         return

@@ -14,7 +14,7 @@ from ...eval import metrics
 from .configuration import HEATMAP_NAMES, SCORE_NAMES
 from .data import Collator, RichFeedbackDataset, model_inputs
 from .modeling import RAHFModel
-from .processing import MISALIGNED_SUFFIX, RAHFProcessor, mark_token_ids
+from .processing import MISALIGNED_SUFFIX, RAHFProcessor, mark_token_ids, marked_word_flags
 
 
 @torch.no_grad()
@@ -60,7 +60,7 @@ def compute_metrics(predictions: dict) -> dict:
         # misaligned words as 0 (the reference's per-example class-1 F1 does, which caps it below 1 on any split
         # with clean images).
         pred_flags = [word_flags(p, t) for p, t in zip(predictions["marked"], predictions["target_marked"])]
-        true_flags = [[int(w.endswith(MISALIGNED_SUFFIX)) for w in t.split()] for t in predictions["target_marked"]]
+        true_flags = [marked_word_flags(t) for t in predictions["target_marked"]]
         for k, v in metrics.word_prf(pred_flags, true_flags).items():
             if k in ("precision", "recall", "f1"):
                 result[f"words/{k}"] = v
@@ -91,7 +91,7 @@ def choose_marker_bias(model: RAHFModel, processor: RAHFProcessor, split,
         inputs = {k: v.to(device) for k, v in model_inputs(batch).items() if k != "labels"}
         encoded.append(model(**inputs, outputs=()))
         targets += batch["labeled_prompts"]
-    true_flags = [[int(w.endswith(MISALIGNED_SUFFIX)) for w in t.split()] for t in targets]
+    true_flags = [marked_word_flags(t) for t in targets]
     model.config.marker_token_id = marker_start_token_id(processor.tokenizer)
     table = []
     for bias in biases:
@@ -102,6 +102,13 @@ def choose_marker_bias(model: RAHFModel, processor: RAHFProcessor, split,
     best = max(table, key=lambda row: (row["f1"], -abs(row["bias"])))
     model.config.marker_logit_bias = best["bias"]
     return {"bias": best["bias"], "marker_token_id": model.config.marker_token_id, "table": table}
+
+
+def format_marker_table(table: Sequence[dict], indent: str = "") -> str:
+    """`choose_marker_bias`'s table (bias, precision, recall, F1 per row) as Markdown."""
+    lines = ["| bias | precision | recall | F1 |", "|---|---|---|---|"]
+    lines += [f"| {row['bias']:g} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} |" for row in table]
+    return "\n".join(indent + line for line in lines)
 
 
 def word_flags(marked: str, target_marked: str) -> list[int]:

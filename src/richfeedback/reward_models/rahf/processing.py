@@ -81,6 +81,11 @@ def load_shapesworld_tokenizer():
     return AutoTokenizer.from_pretrained(str(SHAPESWORLD_TOKENIZER))
 
 
+def marked_word_flags(labeled_prompt: str) -> list[int]:
+    """Per word of a labeled prompt ("a red_0 circle"), 1 if it is marked misaligned, else 0."""
+    return [int(w.endswith(MISALIGNED_SUFFIX)) for w in labeled_prompt.split()]
+
+
 def mark_token_ids(tokenizer) -> list[int]:
     """The token ids that marking a word misaligned adds to it, in order (tokenizing "word_0" against "word")."""
     plain = tokenizer("word", add_special_tokens=False).input_ids

@@ -109,14 +109,13 @@ def sequence_loss(output, labels: torch.Tensor, marker_ids: list[int], marked_we
 
 def repeat_misaligned(split, times: int):
     """`split` with every example whose `labeled_prompt` marks a misaligned word repeated `times` times in all."""
-    from .processing import MISALIGNED_SUFFIX
+    from .processing import marked_word_flags
 
     if times < 1:
         raise ValueError(f"data.repeat_misaligned must be at least 1, got {times}")
     if times == 1:
         return split
-    marked = [i for i, text in enumerate(split["labeled_prompt"])
-              if any(w.endswith(MISALIGNED_SUFFIX) for w in text.split())]
+    marked = [i for i, text in enumerate(split["labeled_prompt"]) if any(marked_word_flags(text))]
     return split.select(list(range(len(split))) + marked * (times - 1))
 
 
