@@ -172,3 +172,51 @@ def test_a_marker_logit_bias_decides_how_readily_words_are_marked(tokenizer):
     model.config.marker_logit_bias = 1e4  # the config's bias is the default
     with torch.no_grad():
         assert torch.equal(model.generate_marked_prompt(output, max_new_tokens=6), never)
+
+
+def test_sincos_table_codes_row_and_column_as_hand_computed():
+    from richfeedback.reward_models.rahf.modeling import sincos_2d_table
+
+    # width 4: one frequency (1) per axis, so a patch at (row r, column c) gets [sin r, cos r, sin c, cos c]
+    table = sincos_2d_table(2, 4)
+    s, c = torch.sin(torch.tensor(1.0)).item(), torch.cos(torch.tensor(1.0)).item()
+    expected = torch.tensor([[0, 1, 0, 1], [0, 1, s, c], [s, c, 0, 1], [s, c, s, c]])
+    torch.testing.assert_close(table, expected)
+    # width 8 at base 4: frequencies 1 and 1/4**(1/2) = 1/2
+    row0_col1 = sincos_2d_table(3, 8, base=4.0)[1]
+    torch.testing.assert_close(row0_col1[:4], torch.tensor([0, 0, 1, 1.0]))
+    half = torch.tensor([1.0, 0.5])
+    torch.testing.assert_close(row0_col1[4:], torch.cat([half.sin(), half.cos()]))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d_table(2, 6)
+
+
+def test_sincos_positions_are_added_to_the_patch_embeddings_only_and_keep_the_layout(tokenizer):
+    from richfeedback.reward_models.rahf.modeling import add_sincos_position_embeddings, sincos_2d_table
+
+    model, _ = make("multi_head", tokenizer)
+    keys = {k: v.shape for k, v in model.state_dict().items()}
+    before = model.vit.embeddings.position_embeddings.detach().clone()
+    add_sincos_position_embeddings(model, 0.5)
+    after = model.vit.embeddings.position_embeddings.detach()
+    grid, width = model.config.grid_size, before.shape[-1]
+    torch.testing.assert_close(after[0, 0], before[0, 0])  # CLS keeps its embedding
+    torch.testing.assert_close(after[0, 1:] - before[0, 1:], 0.5 * sincos_2d_table(grid, width, base=grid))
+    assert {k: v.shape for k, v in model.state_dict().items()} == keys  # same names and shapes: the public layout
+    assert model.vit.embeddings.position_embeddings.requires_grad
+
+
+def test_the_training_config_adds_sincos_positions_once_when_it_builds_the_model(tmp_path, tokenizer):
+    from richfeedback.reward_models.rahf.modeling import sincos_2d_table
+    from richfeedback.reward_models.rahf.train import build_model, load_config
+
+    model, _ = make("multi_head", tokenizer, seed=3)
+    model.save_pretrained(tmp_path / "init")
+    tokenizer.save_pretrained(tmp_path / "init" / "tokenizer")
+    cfg = load_config(None, ["model.size=tiny", f"model.init={tmp_path / 'init'}"])
+    plain, _ = build_model(cfg)
+    cfg = load_config(None, ["model.size=tiny", f"model.init={tmp_path / 'init'}", "model.add_sincos_positions=0.25"])
+    built, _ = build_model(cfg)
+    grid = model.config.grid_size
+    added = built.vit.embeddings.position_embeddings - plain.vit.embeddings.position_embeddings
+    torch.testing.assert_close(added[0, 1:].detach(), 0.25 * sincos_2d_table(grid, added.shape[-1], base=grid))

@@ -113,3 +113,17 @@ def test_examples_with_marked_words_can_be_repeated_in_an_epoch():
     assert repeat_misaligned(split, 3)["index"] == [0, 1, 2, 3, 0, 2, 0, 2]
     with pytest.raises(ValueError, match="at least 1"):
         repeat_misaligned(split, 0)
+    # an example marking a listed word gets that word's count; the others keep `times`
+    assert repeat_misaligned(split, 1, {"on": 3})["index"] == [0, 1, 2, 3, 2, 2]
+    assert repeat_misaligned(split, 2, {"on": 3, "red": 1})["index"] == [0, 1, 2, 3, 0, 2, 2]
+    with pytest.raises(ValueError, match="at least 1"):
+        repeat_misaligned(split, 1, {"on": 0})
+
+
+def test_marked_words_to_repeat_come_from_the_yaml_config(tmp_path):
+    from richfeedback.reward_models.rahf.train import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {repeat_misaligned: 2, repeat_marked_words: {left: 6, circle: 4}}\n")
+    cfg = load_config(str(path))
+    assert cfg["data"]["repeat_marked_words"] == {"left": 6, "circle": 4} and cfg["data"]["repeat_misaligned"] == 2

@@ -260,6 +260,45 @@ def grow_encoder(model: RAHFModel, num_layers: int) -> RAHFModel:
     return model
 
 
+def sincos_2d_table(grid_size: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """(grid_size * grid_size, dim) fixed 2-D sine-cosine position table, row-major as ViT numbers its patches.
+
+    The MAE / MoCo-v3 table: the first half of the channels encodes the patch row, the second half its column, each as
+    sines and cosines of the position at frequencies spaced geometrically from 1 down to 1/`base` (MAE: 10000)."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sine-cosine table needs a width divisible by 4, got {dim}")
+    omega = 1.0 / base ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid_size, dtype=torch.float64),
+                                torch.arange(grid_size, dtype=torch.float64), indexing="ij")
+
+    def encode(positions):
+        angles = positions.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+
+
+def add_sincos_position_embeddings(model: RAHFModel, scale: float) -> RAHFModel:
+    """Add `scale` x a 2-D sine-cosine table to the ViT's learned patch position embeddings, in place (CLS untouched).
+
+    For ViTs trained from scratch on small data: there the heatmap and score heads read each patch's place from the
+    grid layout, so only the sequence loss asks the position embeddings to carry where a patch is, and they stay near
+    their random start (measured on the embedded model: norm 0.3 beside patch embeddings of norm 11, neighbouring
+    patches no more alike than distant ones), which leaves the decoder unable to check position words. The table
+    gives each patch token a smooth code of its row and column; it stays a learned parameter with the same name and
+    shape, so checkpoints keep the public layout. Pretrained ViTs (the public checkpoint's) do not need it.
+
+    The frequencies go down to 1/grid side rather than MAE's 1/10000: on an 8x8 grid MAE's table leaves three quarters of
+    its channels nearly constant (a shared offset, no position), while this one turns every channel across the grid.
+    """
+    embeddings = model.vit.embeddings.position_embeddings  # (1, 1 + g*g, hidden)
+    grid = model.config.grid_size
+    table = sincos_2d_table(grid, embeddings.shape[-1], base=grid)
+    with torch.no_grad():
+        embeddings[0, 1:] += scale * table.to(embeddings.device, embeddings.dtype)
+    return model
+
+
 def with_variant(model: RAHFModel, variant: str) -> RAHFModel:
     """A copy of a multi-head `model` as the augmented-prompt variant (or the same model if it already is one).
 

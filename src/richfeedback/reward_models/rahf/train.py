@@ -28,14 +28,17 @@ from ...training_utils import latest_checkpoint, load_config as load_yaml_config
 from ...training_utils import add_training_arguments, training_main
 from ...training_utils import save_checkpoint as save_training_state
 from .configuration import HEATMAP_NAMES, SCORE_NAMES, RAHFConfig
-from .modeling import RAHFModel, grow_encoder, with_variant
+from .modeling import RAHFModel, add_sincos_position_embeddings, grow_encoder, with_variant
 
 DEFAULTS = {
     "seed": 0,
     "output_dir": "runs/rahf",
     # encoder_layers: deepen the T5 encoder of the `init` model to this many blocks, the new ones starting as the
     # identity (modeling.grow_encoder); None keeps the model's own depth.
-    "model": {"size": "shapes", "variant": "multi_head", "init": None, "encoder_layers": None},
+    # add_sincos_positions: add this multiple of a fixed 2-D sine-cosine table to the ViT's position embeddings once,
+    # when the model is built (modeling.add_sincos_position_embeddings; for ViTs trained from scratch); None: no.
+    "model": {"size": "shapes", "variant": "multi_head", "init": None, "encoder_layers": None,
+              "add_sincos_positions": None},
     "data": {"path": None, "train_split": "train", "dev_split": "dev", "num_workers": 0, "max_dev_examples": None,
              # more datasets in the same schema whose train_split is appended to the training data (the first
              # extra_max_examples of each, if set), e.g. the synthetic dataset beside feedback on generated images
@@ -44,7 +47,11 @@ DEFAULTS = {
              "make_sizes": None,
              # each training example whose labeled prompt marks a misaligned word appears this many times per epoch
              # (1: once, as the rest). A few percent of the words are marked, so their examples are worth repeating.
-             "repeat_misaligned": 1},
+             "repeat_misaligned": 1,
+             # {word: N}: an example whose labeled prompt marks one of these words appears N times per epoch (the
+             # largest N of its marked words, if more than repeat_misaligned): for the kinds of mistakes a model
+             # misses most (e.g. position words); {} none
+             "repeat_marked_words": {}},
     "optim": {"lr": 3.0e-4, "decoder_lr_scale": 1.0, "weight_decay": 2.0e-3, "epochs": 10, "batch_size": 32,
               "grad_accum": 1, "warmup_steps": 100, "min_lr_ratio": 0.05, "max_grad_norm": 1.0, "max_steps": None},
     # marked_tokens: the weight, inside the sequence loss, of the target tokens that mark a word misaligned (the "_0"
@@ -85,6 +92,8 @@ def build_model(cfg: dict):
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's T5 only {model.config.t5['vocab_size']}")
     if cfg["model"].get("encoder_layers"):
         grow_encoder(model, int(cfg["model"]["encoder_layers"]))
+    if cfg["model"].get("add_sincos_positions"):
+        add_sincos_position_embeddings(model, float(cfg["model"]["add_sincos_positions"]))
     model.vit.pooler.requires_grad_(False)  # unused by RAHF, as in the reference
     return model, RAHFProcessor(tokenizer, model.config)
 
@@ -107,16 +116,28 @@ def sequence_loss(output, labels: torch.Tensor, marker_ids: list[int], marked_we
     return (per_token * weight).sum() / weight.sum()
 
 
-def repeat_misaligned(split, times: int):
-    """`split` with every example whose `labeled_prompt` marks a misaligned word repeated `times` times in all."""
-    from .processing import marked_word_flags
+def repeat_misaligned(split, times: int, word_times: Optional[dict] = None):
+    """`split` with every example whose `labeled_prompt` marks a misaligned word repeated `times` times in all, and
+    one that marks a word of `word_times` (e.g. {"left": 6}) as many times as the largest such entry, if larger."""
+    from .processing import MISALIGNED_SUFFIX, marked_word_flags
 
-    if times < 1:
-        raise ValueError(f"data.repeat_misaligned must be at least 1, got {times}")
-    if times == 1:
+    word_times = {str(w): int(n) for w, n in (word_times or {}).items()}
+    if times < 1 or any(n < 1 for n in word_times.values()):
+        raise ValueError(f"data.repeat_misaligned and data.repeat_marked_words must be at least 1, got {times} and "
+                         f"{word_times}")
+    if times == 1 and all(n == 1 for n in word_times.values()):
         return split
-    marked = [i for i, text in enumerate(split["labeled_prompt"]) if any(marked_word_flags(text))]
-    return split.select(list(range(len(split))) + marked * (times - 1))
+    order = list(range(len(split)))
+    extra = {n: [] for n in range(2, max([times, *word_times.values()]) + 1)}
+    for i, text in enumerate(split["labeled_prompt"]):
+        marked = [w.removesuffix(MISALIGNED_SUFFIX) for w, f in zip(text.split(), marked_word_flags(text)) if f]
+        if marked:
+            n = max([times, *(word_times.get(w, 1) for w in marked)])
+            for k in range(2, n + 1):
+                extra[k].append(i)
+    for k in sorted(extra):  # second copies first, then third copies, ...: the order repeat 3 always had
+        order += extra[k]
+    return split.select(order)
 
 
 def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse",
@@ -183,7 +204,8 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         if cfg["data"]["extra_max_examples"]:
             extra = extra.select(range(min(len(extra), cfg["data"]["extra_max_examples"])))
         train_data = datasets.concatenate_datasets([train_data, extra])
-    train_data = repeat_misaligned(train_data, int(cfg["data"]["repeat_misaligned"]))
+    train_data = repeat_misaligned(train_data, int(cfg["data"]["repeat_misaligned"]),
+                                   cfg["data"].get("repeat_marked_words"))
 
     model, processor = build_model(cfg)
     marker_ids = marker_token_ids(processor.tokenizer) if cfg["loss_weights"].get("marked_tokens", 1.0) != 1.0 \
