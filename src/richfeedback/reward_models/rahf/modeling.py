@@ -284,12 +284,13 @@ def add_sincos_position_embeddings(model: RAHFModel, scale: float) -> RAHFModel:
     For ViTs trained from scratch on small data: there the heatmap and score heads read each patch's place from the
     grid layout, so only the sequence loss asks the position embeddings to carry where a patch is, and they stay near
     their random start (measured on the embedded model: norm 0.3 beside patch embeddings of norm 11, neighbouring
-    patches no more alike than distant ones), which leaves the decoder unable to check position words. The table
-    gives each patch token a smooth code of its row and column; it stays a learned parameter with the same name and
-    shape, so checkpoints keep the public layout. Pretrained ViTs (the public checkpoint's) do not need it.
+    patches no more alike than distant ones). The table gives each patch token a smooth code of its row and column;
+    it stays a learned parameter with the same name and shape, so checkpoints keep the public layout. Pretrained ViTs
+    (the public checkpoint's) do not need it. On the embedded model one epoch with it did not, by itself, teach the
+    decoder position words (README, RAHF: `configs/rahf/experiments/`).
 
-    The frequencies go down to 1/grid side rather than MAE's 1/10000: on an 8x8 grid MAE's table leaves three quarters of
-    its channels nearly constant (a shared offset, no position), while this one turns every channel across the grid.
+    The frequencies go down to 1/grid side rather than MAE's 1/10000: on an 8x8 grid MAE's table leaves three
+    quarters of its channels nearly constant (a shared offset, no position); this one turns every channel across it.
     """
     embeddings = model.vit.embeddings.position_embeddings  # (1, 1 + g*g, hidden)
     grid = model.config.grid_size
