@@ -4,7 +4,7 @@ own agreement (one rater against the mean of the others: the ceiling).
 The test split is rebuilt deterministically (example i of a split depends only on the split and i), so it is the same
 split the training script held out. Targets (issue 3): every score PLCC and the implausibility heatmap CC at least
 90% of the raters' agreement; misaligned-word F1 >= 0.85 (pooled over words). Below the tables, each model's
-recall of misaligned words per kind of injected misalignment (`word_recall_by_misalignment_kind`): which mistakes
+recall of misaligned words per kind of injected misalignment (`word_recall_by_group`): which mistakes
 the decoder misses.
 """
 
@@ -15,10 +15,9 @@ import tempfile
 from pathlib import Path
 
 from richfeedback.reward_models.rahf.configuration import SCORE_NAMES
-from richfeedback.reward_models.rahf.evaluate import compute_metrics, format_tables, predict_split
+from richfeedback.reward_models.rahf.evaluate import compute_metrics, format_tables, predict_split, word_recall_by_group
 from richfeedback.reward_models.rahf.predict import EMBEDDED_RAHF, load_rahf
 from richfeedback.shapesworld.dataset import load_shapesworld_dataset, make_dataset
-from richfeedback.shapesworld.evaluate import word_recall_by_misalignment_kind
 from richfeedback.shapesworld.raters import agreement_as_rahf_metrics
 
 MODELS = {"multi_head": EMBEDDED_RAHF, "augmented_prompt": EMBEDDED_RAHF.with_name("rahf-shapes-augmented")}
@@ -40,8 +39,8 @@ def run(quick: bool = False) -> dict:
         predictions = predict_split(model, processor, test)
         result = compute_metrics(predictions)
         tables.append(format_tables(result, reference, f"{variant}, ShapesWorld test ({n_test})"))
-        by_kind[variant] = word_recall_by_misalignment_kind(predictions["marked"], predictions["target_marked"],
-                                                            test["misalignment_kinds"])
+        kinds = [k[0] if k else "none" for k in test["misalignment_kinds"]]  # one injected kind per example
+        by_kind[variant] = word_recall_by_group(predictions["marked"], predictions["target_marked"], kinds)
         row = {"model": variant}
         for name in SCORE_NAMES:
             row[f"{name}_plcc/raters"] = result[f"score/{name}/plcc"] / reference[f"score/{name}/plcc"]

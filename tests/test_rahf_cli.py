@@ -100,3 +100,21 @@ def test_the_chosen_marker_bias_is_the_best_f1_on_the_split_and_evaluation_decod
     assert "wrote marker_logit_bias" in capsys.readouterr().out
     assert main(["rahf", "choose-marker-bias", "--model", str(tmp_path / "nowhere"), *data]) == 2
     assert "RAHF folder with config.json" in capsys.readouterr().err
+
+
+def test_misaligned_word_recall_is_counted_per_group_of_examples():
+    from richfeedback.reward_models.rahf.evaluate import word_recall_by_group
+
+    predicted = ["a red_0 circle", "a blue square on_0 the left", "a_0 green square", "two blue circles",
+                 "a red_0 circle"]
+    target = ["a red_0 circle", "a blue square on the left_0", "a_0 green_0 square_0", "two blue circles",
+              "a red circle"]
+    groups = ["wrong_colour", "wrong_position", "missing_object", "none", "none"]
+    result = word_recall_by_group(predicted, target, groups)
+    assert list(result) == ["missing_object", "none", "wrong_colour", "wrong_position"]
+    assert result["wrong_colour"] == {"marked": 1, "found": 1, "false_marks": 0, "examples": 1, "recall": 1.0}
+    assert result["wrong_position"] == {"marked": 1, "found": 0, "false_marks": 1, "examples": 1, "recall": 0.0}
+    assert result["missing_object"]["found"] == 1 and result["missing_object"]["recall"] == 1 / 3
+    assert result["none"] == {"marked": 0, "found": 0, "false_marks": 1, "examples": 2, "recall": None}
+    with pytest.raises(ValueError, match="groups"):
+        word_recall_by_group(predicted, target, groups[:2])

@@ -42,33 +42,6 @@ def diversity(reports: Sequence[OracleReport]) -> dict:
     return out
 
 
-def word_recall_by_misalignment_kind(predicted: Sequence[str], target: Sequence[str],
-                                     kinds: Sequence[Sequence[str]]) -> dict[str, dict]:
-    """Per kind of injected misalignment (a ShapesWorld dataset's `misalignment_kinds` column), the share of the
-    target's misaligned words that the predicted labeled prompts mark too, and the marks on words the target leaves
-    aligned: where a misaligned-word model fails (wrong position, wrong shape, ...) rather than how much.
-
-    `predicted`, `target`: labeled prompts ("a red_0 circle"), one pair per example; a predicted word counts where
-    it matches the target's word at the same place, as the pooled word F1 counts it. An example counts under its
-    first kind ("none" if it has none).
-    """
-    from ..reward_models.rahf.evaluate import word_flags
-    from ..reward_models.rahf.processing import marked_word_flags
-
-    if not len(predicted) == len(target) == len(kinds):
-        raise ValueError(f"got {len(predicted)} predicted, {len(target)} target labeled prompts and {len(kinds)} kinds")
-    counts = defaultdict(lambda: {"marked": 0, "found": 0, "false_marks": 0, "examples": 0})
-    for p, t, k in zip(predicted, target, kinds):
-        p_flags, t_flags = word_flags(p, t), marked_word_flags(t)
-        row = counts[k[0] if len(k) else "none"]
-        row["examples"] += 1
-        row["marked"] += sum(t_flags)
-        row["found"] += sum(a and b for a, b in zip(p_flags, t_flags))
-        row["false_marks"] += sum(a and not b for a, b in zip(p_flags, t_flags))
-    return {kind: {**row, "recall": row["found"] / row["marked"] if row["marked"] else None}
-            for kind, row in sorted(counts.items())}
-
-
 def evaluate_folder(folder: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict:
     """Run the oracle on every image of a generation folder; write oracle.jsonl and oracle_summary.json.
 

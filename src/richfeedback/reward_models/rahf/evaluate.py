@@ -117,6 +117,26 @@ def word_flags(marked: str, target_marked: str) -> list[int]:
     return RAHFProcessor.misaligned_words(marked, " ".join(words))
 
 
+def word_recall_by_group(marked: Sequence[str], target_marked: Sequence[str],
+                         groups: Sequence[str]) -> dict[str, dict]:
+    """Per group of examples (e.g. the kind of misalignment a ShapesWorld example carries), the share of the target's
+    misaligned words that the predictions mark too, and the marks on words the target leaves aligned: where a model
+    misses (wrong position, wrong shape, ...) rather than how much. Words match as in the pooled F1 (`word_flags`)."""
+    if not len(marked) == len(target_marked) == len(groups):
+        raise ValueError(f"got {len(marked)} predicted, {len(target_marked)} target labeled prompts and "
+                         f"{len(groups)} groups")
+    counts = {}
+    for predicted, target, group in zip(marked, target_marked, groups):
+        p_flags, t_flags = word_flags(predicted, target), marked_word_flags(target)
+        row = counts.setdefault(group, {"marked": 0, "found": 0, "false_marks": 0, "examples": 0})
+        row["examples"] += 1
+        row["marked"] += sum(t_flags)
+        row["found"] += sum(a and b for a, b in zip(p_flags, t_flags))
+        row["false_marks"] += sum(a and not b for a, b in zip(p_flags, t_flags))
+    return {group: {**row, "recall": row["found"] / row["marked"] if row["marked"] else None}
+            for group, row in sorted(counts.items())}
+
+
 def selection_metric(result: dict) -> float:
     """The reference's dev-set selection rule: mean score correlation + keyword precision/F1 + heatmap saliency."""
     def get(key):
