@@ -17,20 +17,29 @@ from .modeling import RAHFModel
 from .processing import MISALIGNED_SUFFIX, RAHFProcessor, mark_token_ids, marked_word_flags
 
 
-@torch.no_grad()
-def predict_split(model: RAHFModel, processor: RAHFProcessor, split, batch_size: int = 32,
-                  generate: bool = True, progress: bool = False, device: Optional[torch.device] = None) -> dict:
-    """Predicted and target heatmaps, scores and marked prompts for every example of `split`."""
+def encoded_batches(model: RAHFModel, processor: RAHFProcessor, split, batch_size: int = 32,
+                    outputs: Optional[Sequence[str]] = None, progress: bool = False,
+                    device: Optional[torch.device] = None):
+    """(batch, forward output) for every batch of `split`, in order, in eval mode and without gradients; `outputs`
+    as in `RAHFModel.forward` (None: every head, (): only the fused tokens the decoder reads)."""
     model.eval()
     device = device or next(model.parameters()).device
     loader = DataLoader(RichFeedbackDataset(split, processor), batch_size=batch_size, shuffle=False,
                         collate_fn=Collator(processor))
+    for batch in tqdm(loader, desc="predict", disable=not progress):
+        inputs = {k: v.to(device) for k, v in model_inputs(batch).items() if k != "labels"}
+        with torch.no_grad():
+            output = model(**inputs, outputs=outputs)
+        yield batch, output
+
+
+def predict_split(model: RAHFModel, processor: RAHFProcessor, split, batch_size: int = 32,
+                  generate: bool = True, progress: bool = False, device: Optional[torch.device] = None) -> dict:
+    """Predicted and target heatmaps, scores and marked prompts for every example of `split`."""
     out = {"heatmaps": {n: [] for n in HEATMAP_NAMES}, "target_heatmaps": {n: [] for n in HEATMAP_NAMES},
            "scores": {n: [] for n in SCORE_NAMES}, "target_scores": {n: [] for n in SCORE_NAMES},
            "marked": [], "target_marked": []}
-    for batch in tqdm(loader, desc="predict", disable=not progress):
-        inputs = {k: v.to(device) for k, v in model_inputs(batch).items() if k != "labels"}
-        output = model(**inputs)
+    for batch, output in encoded_batches(model, processor, split, batch_size, progress=progress, device=device):
         for i, name in enumerate(HEATMAP_NAMES):
             out["heatmaps"][name].append(output.heatmaps[name].float().cpu())
             out["target_heatmaps"][name].append(batch["target_heatmaps"][:, i])
@@ -43,6 +52,13 @@ def predict_split(model: RAHFModel, processor: RAHFProcessor, split, batch_size:
     for key in ("heatmaps", "target_heatmaps", "scores", "target_scores"):
         out[key] = {n: torch.cat(v).numpy() for n, v in out[key].items()}
     return out
+
+
+def pooled_word_metrics(marked: Sequence[str], target_marked: Sequence[str]) -> dict:
+    """Misaligned-word precision, recall and F1 pooled over all words of a split (`word_flags` per example)."""
+    prf = metrics.word_prf([word_flags(p, t) for p, t in zip(marked, target_marked)],
+                           [marked_word_flags(t) for t in target_marked])
+    return {k: prf[k] for k in ("precision", "recall", "f1")}
 
 
 def compute_metrics(predictions: dict) -> dict:
@@ -59,11 +75,8 @@ def compute_metrics(predictions: dict) -> dict:
         # Pooled over all words of the split: the reading of keyword F1 that does not score every example without
         # misaligned words as 0 (the reference's per-example class-1 F1 does, which caps it below 1 on any split
         # with clean images).
-        pred_flags = [word_flags(p, t) for p, t in zip(predictions["marked"], predictions["target_marked"])]
-        true_flags = [marked_word_flags(t) for t in predictions["target_marked"]]
-        for k, v in metrics.word_prf(pred_flags, true_flags).items():
-            if k in ("precision", "recall", "f1"):
-                result[f"words/{k}"] = v
+        for k, v in pooled_word_metrics(predictions["marked"], predictions["target_marked"]).items():
+            result[f"words/{k}"] = v
     result["avg_metric"] = selection_metric(result)
     return result
 
@@ -82,23 +95,16 @@ def choose_marker_bias(model: RAHFModel, processor: RAHFProcessor, split,
 
     A decision threshold for the marks, chosen on a dev split and never on the test split. The encoder runs once;
     only the decoding is repeated per bias. Ties go to the bias nearest 0 (plain greedy decoding)."""
-    model.eval()
-    device = device or next(model.parameters()).device
-    loader = DataLoader(RichFeedbackDataset(split, processor), batch_size=batch_size, shuffle=False,
-                        collate_fn=Collator(processor))
     encoded, targets = [], []
-    for batch in loader:
-        inputs = {k: v.to(device) for k, v in model_inputs(batch).items() if k != "labels"}
-        encoded.append(model(**inputs, outputs=()))
+    for batch, output in encoded_batches(model, processor, split, batch_size, outputs=(), device=device):
+        encoded.append(output)
         targets += batch["labeled_prompts"]
-    true_flags = [marked_word_flags(t) for t in targets]
     model.config.marker_token_id = marker_start_token_id(processor.tokenizer)
     table = []
     for bias in biases:
         marked = [text for output in encoded
                   for text in processor.decode(model.generate_marked_prompt(output, marker_logit_bias=bias))]
-        prf = metrics.word_prf([word_flags(p, t) for p, t in zip(marked, targets)], true_flags)
-        table.append({"bias": float(bias), **{k: prf[k] for k in ("precision", "recall", "f1")}})
+        table.append({"bias": float(bias), **pooled_word_metrics(marked, targets)})
     best = max(table, key=lambda row: (row["f1"], -abs(row["bias"])))
     model.config.marker_logit_bias = best["bias"]
     return {"bias": best["bias"], "marker_token_id": model.config.marker_token_id, "table": table}

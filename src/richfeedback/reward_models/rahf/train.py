@@ -127,16 +127,15 @@ def repeat_misaligned(split, times: int, word_times: Optional[dict] = None):
                          f"{word_times}")
     if times == 1 and all(n == 1 for n in word_times.values()):
         return split
-    order = list(range(len(split)))
-    extra = {n: [] for n in range(2, max([times, *word_times.values()]) + 1)}
-    for i, text in enumerate(split["labeled_prompt"]):
+
+    def copies_of(text: str) -> int:
         marked = [w.removesuffix(MISALIGNED_SUFFIX) for w, f in zip(text.split(), marked_word_flags(text)) if f]
-        if marked:
-            n = max([times, *(word_times.get(w, 1) for w in marked)])
-            for k in range(2, n + 1):
-                extra[k].append(i)
-    for k in sorted(extra):  # second copies first, then third copies, ...: the order repeat 3 always had
-        order += extra[k]
+        return max([times, *(word_times.get(w, 1) for w in marked)]) if marked else 1
+
+    copies = [copies_of(text) for text in split["labeled_prompt"]]
+    order = list(range(len(split)))
+    for k in range(2, max(copies, default=1) + 1):  # every second copy first, then every third, ...
+        order += [i for i, n in enumerate(copies) if n >= k]
     return split.select(order)
 
 
