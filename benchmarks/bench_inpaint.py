@@ -28,20 +28,17 @@ the output, whatever reward selected.
 reward (the selector's ceiling). "outside unchanged" = the share of images whose pixels outside the repainted mask
 are bit-identical to the input's.
 
-Last full run (603 s on 2 CPU cores shared with a training job; the six-stage embedded RAHF), fixed / fixed if the
-oracle picked / new misalignment:
-- injected, predicted N=8: 0.83 / 0.87 / 0.13; N=1: 0.80 / 0.80 / 0.13; random masks 0.00; q0.95 masks 0.70 / 0.83 /
-  0.20; the oracle's mask 0.93 / 0.93 / 0.07; blending path 0.77 / 0.90 / 0.10. By kind: stray blob 1.00, texture
-  noise 0.88, ghost 0.83, broken edge 0.80, smear 0.67.
-- generated, predicted N=8: 0.00 (17 of 20 masks empty); q0.95 masks 0.05 / 0.25 / 0.25; the oracle's mask 0.25 /
-  0.50 / 0.10.
-The run before it (268 s; the third-stage embedded RAHF):
-- injected, predicted N=8: 0.90 / 0.93 / 0.10 (no empty mask, artifact coverage 1.00); N=1: 0.87 / 0.87 / 0.10;
-  random masks 0.07; q0.95 masks 0.73 / 0.83 / 0.23; the oracle's mask 0.93 / 0.93 / 0.03; the generator's 4-channel
-  blending path: 0.77 / 0.90 / 0.17. By kind: smear 1.00, stray blob 1.00, texture noise 0.88, ghost 0.83, broken
-  edge 0.80. With the previous RAHF: 0.73 / 0.80 / 0.13 (blending path 0.57 / 0.70 / 0.20; coverage 0.89).
-- generated, predicted N=8: 0.00 (15 of 20 masks empty; the others miss their artifacts); q0.95 masks 0.05 / 0.20 /
-  0.25; the oracle's mask 0.25 / 0.50 / 0.10.
+Last full run (279 s on 2 CPU cores; the six-stage embedded RAHF, the second inpainting model, trained with
+the generator's own flagged images), fixed / fixed if the oracle picked / new misalignment:
+- injected, predicted N=8: 0.87 / 0.93 / 0.10; N=1: 0.83 / 0.83 / 0.10; random masks 0.00; q0.95 masks 0.80 / 0.87 /
+  0.13; the oracle's mask 0.97 / 0.97 / 0.03; blending path 0.77 / 0.90 / 0.10. By kind: stray blob 1.00, texture
+  noise 0.88, smear 0.83, ghost 0.83, broken edge 0.80.
+- generated, predicted N=8: 0.00 (17 of 20 masks empty); q0.95 masks 0.15 / 0.40 / 0.20; the oracle's mask 0.15 /
+  0.55 / 0.05.
+With the first inpainting model (603 s, shared with a training job): injected 0.83 / 0.87 / 0.13, N=1 0.80, q0.95
+0.70, the oracle's mask 0.93, blending path 0.77; generated 0.00, q0.95 0.05 / 0.25, the oracle's mask 0.25 / 0.50.
+With the third-stage RAHF and the first inpainting model: injected 0.90 / 0.93 / 0.10, N=1 0.87, the oracle's mask
+0.93; generated 0.00 (15 of 20 masks empty), the oracle's mask 0.25 / 0.50.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Train the embedded ShapesWorld inpainting model: the embedded generator turned into a 9-channel inpainting checkpoint.
+"""Train the embedded ShapesWorld inpainting model: the embedded generator made into a 9-channel inpainting checkpoint.
 
     python scripts/train_embedded_inpainter.py --config configs/generator/shapes-inpainting.yaml
 
@@ -14,7 +14,12 @@ Training examples (clean renders of *training* prompts only, seeded; never the b
   box); the model sees the damaged image outside the mask and learns the *clean* render inside;
 - box: 1-2 random boxes or ellipses on a clean render (shape completion from the context);
 - object: one object's footprint grown by 2 pixels (the object redrawn from the prompt);
-- full: the whole image (text-to-image, so that the prompt keeps its hold).
+- full: the whole image (text-to-image, so that the prompt keeps its hold);
+- generated: the embedded generator's own failures (`generated_repairs`): its images of training prompts (none of
+  the evaluation protocol's; image seeds from 10,000) that the oracle flags; the mask is the oracle's artifact map
+  grown by 1-3 pixels, the context the generated image, the target the same image with the oracle's crisp re-render
+  of the objects it read pasted inside the mask (`inpaint.examples.oracle_repair`: the deformed corners and ragged
+  edges a text-to-image model leaves, made right, and nothing else changed).
 Every mask is rounded up to whole latent cells, as `inpaint-fix` does.
 
 Stages (each writes into --work-dir and is skipped when its output exists, so a killed run resumes):
@@ -42,12 +47,15 @@ from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from richfeedback.generation import embedded_generator_path  # noqa: E402
+from richfeedback.generation import EMBEDDED_DEFAULTS, embedded_generator_path, generate_images  # noqa: E402
 from richfeedback.inpaint.convert import inpainting_unet  # noqa: E402
+from richfeedback.inpaint.examples import oracle_repair  # noqa: E402
 from richfeedback.inpaint.masks import dilate_mask, round_to_cells  # noqa: E402
+from richfeedback.shapesworld import oracle  # noqa: E402
 from richfeedback.shapesworld.artifacts import inject_artifact  # noqa: E402
+from richfeedback.shapesworld.evaluate import PROTOCOL_PROMPT_SEED  # noqa: E402
 from richfeedback.shapesworld.render import object_mask, pixel_grid, render  # noqa: E402
-from richfeedback.shapesworld.scene import is_heldout_prompt, sample_scene  # noqa: E402
+from richfeedback.shapesworld.scene import is_heldout_prompt, sample_prompts, sample_scene  # noqa: E402
 from richfeedback.training_utils import lr_factor, save_atomically, start_script_run, write_train_stats  # noqa: E402
 
 
@@ -64,8 +72,41 @@ def random_box_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     return mask
 
 
-def make_example(rng: np.random.Generator, cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(context image, mask, target image, prompt) of one training example."""
+GENERATION_SEED = 10_000  # image seeds of the generated examples (the inpainting benchmark samples with seed 0)
+
+
+@torch.no_grad()
+def generated_repairs(pipe: StableDiffusionPipeline, cfg: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, str]]:
+    """(context, mask, target, prompt) from the generator's own flagged images of training prompts.
+
+    Prompts are training prompts that are not among the evaluation protocol's (the inpainting benchmark repairs the
+    generator's images of those); image seeds start at GENERATION_SEED. The target keeps every pixel of the generated
+    image outside the mask and has the oracle's re-render of the objects it read inside it.
+    """
+    spec = cfg["generated"]
+    rng = np.random.default_rng(cfg["seed"] + 2)
+    protocol = set(sample_prompts(2000, seed=PROTOCOL_PROMPT_SEED, split="all"))
+    prompts = [p for p in sample_prompts(spec["num_prompts"] + len(protocol), seed=cfg["seed"], split="train")
+               if p not in protocol][: spec["num_prompts"]]
+    examples = []
+    batch = spec.get("batch_size", 32)
+    pipe.set_progress_bar_config(disable=True)
+    for start in tqdm(range(0, len(prompts), batch), desc="generated examples"):
+        chunk = prompts[start : start + batch]
+        seeds = [GENERATION_SEED + start + i for i in range(len(chunk))]
+        for prompt, image in zip(chunk, generate_images(pipe, chunk, seeds, **EMBEDDED_DEFAULTS)):
+            report = oracle.evaluate(prompt, image)
+            if report.has_artifact:  # the dilation is drawn for flagged images only
+                mask, target = oracle_repair(prompt, image, float(rng.integers(1, 4)), cfg["cell"], report)
+                examples.append((image, mask, target, prompt))
+    tqdm.write(f"{len(examples)} of the generator's {len(prompts)} images are flagged by the oracle: the generated "
+               "examples")
+    return examples
+
+
+def make_example(rng: np.random.Generator, cfg: dict, generated=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(context image, mask, target image, prompt) of one training example; `generated`: the examples of
+    `generated_repairs`, drawn from when the kind is "generated"."""
     size, cell = cfg["resolution"], cfg["cell"]
     while True:
         scene = sample_scene(rng)
@@ -74,6 +115,8 @@ def make_example(rng: np.random.Generator, cfg: dict) -> tuple[np.ndarray, np.nd
     clean = render(scene, size)
     kinds, weights = zip(*cfg["mask_kinds"].items())
     kind = rng.choice(kinds, p=np.asarray(weights) / sum(weights))
+    if kind == "generated":
+        return generated[int(rng.integers(len(generated)))]
     context = clean
     if kind == "artifact":
         result = inject_artifact(clean, scene, rng)
@@ -103,10 +146,11 @@ def make_data(cfg: dict, pipe: StableDiffusionPipeline, work: Path) -> dict:
     path = work / "data.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
+    generated = generated_repairs(pipe, cfg) if cfg["mask_kinds"].get("generated") else None
     rng = np.random.default_rng(cfg["seed"])
     contexts, masks, targets, prompts = [], [], [], []
     for _ in tqdm(range(cfg["num_examples"]), desc="examples"):
-        context, mask, target, prompt = make_example(rng, cfg)
+        context, mask, target, prompt = make_example(rng, cfg, generated)
         contexts.append(context)
         masks.append(mask)
         targets.append(target)
@@ -181,9 +225,8 @@ def train_unet(cfg: dict, pipe: StableDiffusionPipeline, data: dict, work: Path,
         if step % 20 == 0:
             accelerator.log({"inpaint/loss": loss.item(), "inpaint/lr": sched.get_last_lr()[0]}, step=step)
     ema.copy_to(params)
-    unet.eval()
     save_atomically(out, unet.save_pretrained)
-    return unet
+    return UNet2DConditionModel.from_pretrained(out)  # as a resumed run gets it (config names the work dir)
 
 
 def export(pipe: StableDiffusionPipeline, unet: UNet2DConditionModel, out: Path) -> None:

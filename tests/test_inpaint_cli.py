@@ -203,3 +203,21 @@ def test_artifact_folder_for_the_demo_reads_like_a_generate_folder(tmp_path):
     assert len(rows) == 3
     for row in rows:
         assert evaluate(row["prompt"], load_rgb(folder / row["file_name"])).has_artifact
+
+
+def test_oracle_repair_changes_only_the_masked_pixels_and_leaves_nothing_flagged():
+    from richfeedback.inpaint.examples import artifact_examples, oracle_repair
+    from richfeedback.shapesworld.oracle import evaluate
+
+    for example in artifact_examples(6, seed=3):
+        image = example["image"]
+        mask, target = oracle_repair(example["prompt"], image, dilate=2, cell=4)
+        assert mask.dtype == bool and mask.shape == image.shape[:2]
+        assert (mask & example["before"].artifact_map).sum() == example["before"].artifact_map.sum()  # covers it
+        cells = mask.reshape(16, 4, 16, 4).any((1, 3))  # 64x64 images, 4-pixel latent cells
+        assert cells.sum() * 16 == mask.sum()  # whole cells only
+        assert (target[~mask] == image[~mask]).all()
+        assert (target[mask] != image[mask]).any()
+        assert not evaluate(example["prompt"], target).has_artifact
+    scene = sample_scene(np.random.default_rng(0))
+    assert oracle_repair(scene.prompt.text, render(scene)) is None  # a clean render: nothing to repair
