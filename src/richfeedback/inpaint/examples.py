@@ -18,8 +18,8 @@ from ..imaging import save_png
 from ..shapesworld import oracle
 from ..shapesworld.artifacts import inject_artifact
 from ..shapesworld.render import render, render_objects
-from .masks import dilate_mask, round_to_cells
 from ..shapesworld.scene import sample_scene
+from .masks import dilate_mask, round_to_cells
 
 
 def artifact_examples(n: int, seed: int = 0) -> list[dict]:
