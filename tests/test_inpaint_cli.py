@@ -135,6 +135,18 @@ def test_heatmap_file_goes_through_threshold_and_dilation(tmp_path):
     assert mask.sum() % 16 == 0  # rounded to the embedded VAE's 4x4-pixel latent cells
 
 
+def test_a_cold_heatmap_copies_the_image_through_and_says_how_to_repaint_anyway(tmp_path):
+    Image.fromarray(scene(8)).save(tmp_path / "img.png")
+    Image.fromarray(np.full((16, 16), 10, np.uint8)).save(tmp_path / "heat.png")  # 0.04 everywhere, under the floor
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "img.png"), "--prompt", "a blue square", "--heatmap", str(tmp_path / "heat.png"),
+                 "--out", str(out), *FAST]) == 0
+    report = json.loads((out / "reports" / "img.json").read_text())
+    assert report["status"] == "nothing_to_fix"
+    assert "above the threshold" in report["message"] and "--threshold q0.95" in report["message"]
+    assert np.array_equal(load_rgb(out / report["outputs"]["fixed"]), load_rgb(tmp_path / "img.png"))
+
+
 def test_generate_folder_supplies_prompts_and_predicted_heatmaps_make_masks(tmp_path):
     folder = tmp_path / "gen"
     folder.mkdir()

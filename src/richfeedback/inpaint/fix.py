@@ -148,11 +148,15 @@ class InpaintFixer:
             source = heat_source
         seeds = [s.seed + k for k in range(s.n)]
         if not mask.any():
-            why = (f"no pixel of the heatmap is above the threshold {threshold:.3g} (hottest {heatmap.max():.3g})"
-                   if threshold is not None else "the mask file is empty")
+            if threshold is None:
+                why, hint = "the mask file is empty", ""
+            else:
+                why = f"no pixel of the heatmap is above the threshold {threshold:.3g} (hottest {heatmap.max():.3g})"
+                hint = (" (to repaint it anyway: a lower --floor, --threshold q0.95 for its hottest 5%, or your own "
+                        "--mask)")
             score = float(self.reward.score([prompt], [image])[0])
             return FixResult("nothing_to_fix", image.copy(), heatmap, mask, mask.astype(np.float32), source,
-                             threshold, seeds, [], score, [], None, f"{why}: nothing to fix, copied through")
+                             threshold, seeds, [], score, [], None, f"{why}: nothing to fix, copied through{hint}")
         alpha = feather_mask(mask, s.mask.feather)
         raw = inpaint_candidates(self.pipe, image, mask, prompt, seeds, crop_padding=s.crop_padding,
                                  batch_size=s.batch_size, **s.sampling)
