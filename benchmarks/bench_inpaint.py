@@ -3,6 +3,10 @@
 Two sets of images with an artifact the oracle sees:
 - injected: clean renders with one injected artifact (smear, broken edge, stray blob, texture noise, ghost);
 - generated: the embedded generator's own images that the oracle flags (prompts of the evaluation protocol).
+And two sets with nothing to fix, run with the default settings only: clean renders, and the generator's images of
+the same prompts that the oracle does not flag. Their rows give the share masked, changed, and made worse ("harmed":
+a new artifact, a lost prompt word or an added object): what a heatmap that fires on clean images would cost, which
+the artifact sets cannot show.
 
 Conditions (the embedded inpainting model, a 9-channel UNet fine-tuned from the embedded generator by
 scripts/train_embedded_inpainter.py, 25 DDIM steps, CFG 4, strength 1; embedded RAHF; best candidate by
@@ -28,13 +32,15 @@ the output, whatever reward selected.
 reward (the selector's ceiling). "outside unchanged" = the share of images whose pixels outside the repainted mask
 are bit-identical to the input's.
 
-Last full run (279 s on 2 CPU cores; the six-stage embedded RAHF, the second inpainting model, trained with
+Last full run (284 s on 2 CPU cores; the six-stage embedded RAHF, the second inpainting model, trained with
 the generator's own flagged images), fixed / fixed if the oracle picked / new misalignment:
 - injected, predicted N=8: 0.87 / 0.93 / 0.10; N=1: 0.83 / 0.83 / 0.10; random masks 0.00; q0.95 masks 0.80 / 0.87 /
   0.13; the oracle's mask 0.97 / 0.97 / 0.03; blending path 0.77 / 0.90 / 0.10. By kind: stray blob 1.00, texture
   noise 0.88, smear 0.83, ghost 0.83, broken edge 0.80.
 - generated, predicted N=8: 0.00 (17 of 20 masks empty); q0.95 masks 0.15 / 0.40 / 0.20; the oracle's mask 0.15 /
   0.55 / 0.05.
+- nothing to fix (20 + 20 images; masked / changed / harmed): clean renders 0.05 / 0.05 / 0.00; the generator's
+  unflagged images 0.10 / 0.10 / 0.05.
 With the first inpainting model (603 s, shared with a training job): injected 0.83 / 0.87 / 0.13, N=1 0.80, q0.95
 0.70, the oracle's mask 0.93, blending path 0.77; generated 0.00, q0.95 0.05 / 0.25, the oracle's mask 0.25 / 0.50.
 With the third-stage RAHF and the first inpainting model: injected 0.90 / 0.93 / 0.10, N=1 0.87, the oracle's mask
@@ -54,33 +60,57 @@ from richfeedback.inpaint.repair import load_inpaint_pipeline
 from richfeedback.inpaint.selection import select_best
 from richfeedback.shapesworld import oracle
 from richfeedback.shapesworld.evaluate import PROTOCOL_PROMPT_SEED
-from richfeedback.shapesworld.scene import sample_prompts
+from richfeedback.shapesworld.render import render
+from richfeedback.shapesworld.scene import sample_prompts, sample_scene
 
 
 def injected_cases(n: int, seed: int = 0) -> list[dict]:
     return [{"set": "injected", **example} for example in artifact_examples(n, seed)]
 
 
-def generated_cases(pipe, n: int) -> list[dict]:
-    """The first `n` images of the evaluation protocol's prompts that the oracle flags; `pipe`: any pipeline over
-    the embedded generator's components."""
+def generated_cases(pipe, n: int, n_clean: int = 0) -> tuple[list[dict], list[dict]]:
+    """The first `n` images of the evaluation protocol's prompts that the oracle flags, and the first `n_clean` that
+    it does not; `pipe`: any pipeline over the embedded generator's components."""
     from diffusers import AutoPipelineForText2Image
 
     from richfeedback.generation import EMBEDDED_DEFAULTS, generate_images
 
     text2image = AutoPipelineForText2Image.from_pipe(pipe)
-    prompts = sample_prompts(8 * n, seed=PROTOCOL_PROMPT_SEED, split="all")
-    cases = []
+    prompts = sample_prompts(8 * (n + n_clean), seed=PROTOCOL_PROMPT_SEED, split="all")
+    flagged, clean = [], []
     for start in range(0, len(prompts), 16):
         batch = prompts[start : start + 16]
         for prompt, image in zip(batch, generate_images(text2image, batch, [0] * len(batch), **EMBEDDED_DEFAULTS)):
             report = oracle.evaluate(prompt, image)
-            if report.has_artifact:
-                cases.append({"set": "generated", "kind": "generator", "prompt": prompt, "image": image,
-                              "before": report})
-            if len(cases) == n:
-                return cases
+            case = {"set": "generated", "kind": "generator", "prompt": prompt, "image": image, "before": report}
+            if report.has_artifact and len(flagged) < n:
+                flagged.append(case)
+            elif not report.has_artifact and len(clean) < n_clean:
+                clean.append({**case, "set": "generated, nothing to fix", "kind": None})
+            if len(flagged) == n and len(clean) == n_clean:
+                return flagged, clean
+    return flagged, clean
+
+
+def clean_render_cases(n: int, seed: int = 6) -> list[dict]:
+    """`n` clean renders (seed 6: neither the injected cases' scenes nor the dev ones'): images with nothing to fix."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n):
+        scene = sample_scene(rng)
+        image = render(scene)
+        cases.append({"set": "clean renders", "kind": None, "prompt": scene.prompt.text, "image": image,
+                      "before": oracle.evaluate(scene.prompt.text, image)})
     return cases
+
+
+def harm(case: dict, result) -> dict:
+    """What inpaint-fix did to an image with nothing to fix: masked it, changed it, made it worse by the oracle."""
+    after = oracle.evaluate(case["prompt"], result.image)
+    before = case["before"]
+    lost_word = any(b.satisfied and not a.satisfied for b, a in zip(before.words, after.words))
+    return {"masked": bool(result.mask.any()), "changed": not np.array_equal(result.image, case["image"]),
+            "harmed": after.has_artifact or lost_word or after.extra_objects > before.extra_objects}
 
 
 def is_fixed(case: dict, output: np.ndarray) -> tuple[bool, bool, bool]:
@@ -152,7 +182,9 @@ def run(quick: bool = False) -> dict:
                                                 mask=dataclasses.replace(fixer.settings.mask, threshold="q0.95",
                                                                          floor=0.0, grow=None)))
     cell = fixer.settings.mask.round_to_cells
-    cases = injected_cases(10 if quick else 30) + generated_cases(blending.pipe, 6 if quick else 20)
+    flagged, nothing_to_fix = generated_cases(blending.pipe, 6 if quick else 20, 4 if quick else 20)
+    cases = injected_cases(10 if quick else 30) + flagged
+    nothing_to_fix = clean_render_cases(4 if quick else 20) + nothing_to_fix
     rng = np.random.default_rng(0)
     judged: dict[tuple, list] = {}
     by_kind: dict[str, list] = {}
@@ -186,12 +218,21 @@ def run(quick: bool = False) -> dict:
             result = fixer_used.fix(image, prompt, mask=mask)
             add((case["set"], label, 8),
                 judge(case, result.image, result.mask, result.chosen is None, result.candidates))
+    untouched: dict[str, list] = {}
+    for case in tqdm(nothing_to_fix, desc="bench inpaint (nothing to fix)"):
+        untouched.setdefault(case["set"], []).append(harm(case, fixer.fix(case["image"], case["prompt"])))
     rows = [summarize(name, condition, n, values) for (name, condition, n), values in judged.items()]
     order = {"predicted": 0, "random (same area)": 2, "predicted q0.95": 3, "oracle": 4, "generator (4-channel)": 5}
     rows.sort(key=lambda r: (r["set"] != "injected", order[r["mask"]] + (r["N"] == 1) * 0.5))
+    # images with nothing to fix, default settings: the share masked, changed and made worse (a new artifact, a lost
+    # prompt word or an added object): what a heatmap that fires on clean images would cost
+    rows += [{"set": name, "mask": "predicted", "N": 8, "images": len(values),
+              **{k: float(np.mean([h[k] for h in values])) for k in ("masked", "changed", "harmed")}}
+             for name, values in untouched.items()]
     return {
         "rows": rows,
         "fixed_by_artifact_kind_predicted_N8": {k: float(np.mean(v)) for k, v in by_kind.items()},
+
         "settings": {"n": settings.n, "mask": dataclasses.asdict(fixer.settings.mask),
                      "sampling": fixer.settings.sampling, "reward": fixer.reward_name,
                      "inpaint_model": "embedded inpainting model (9-channel)",
