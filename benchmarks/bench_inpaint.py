@@ -104,15 +104,6 @@ def clean_render_cases(n: int, seed: int = 6) -> list[dict]:
     return cases
 
 
-def harm(case: dict, result) -> dict:
-    """What inpaint-fix did to an image with nothing to fix: masked it, changed it, made it worse by the oracle."""
-    after = oracle.evaluate(case["prompt"], result.image)
-    before = case["before"]
-    lost_word = any(b.satisfied and not a.satisfied for b, a in zip(before.words, after.words))
-    return {"masked": bool(result.mask.any()), "changed": not np.array_equal(result.image, case["image"]),
-            "harmed": after.has_artifact or lost_word or after.extra_objects > before.extra_objects}
-
-
 def is_fixed(case: dict, output: np.ndarray) -> tuple[bool, bool, bool]:
     """(fixed, artifact left, new misalignment) by the oracle, against the image before repair."""
     before = case["before"]
@@ -120,6 +111,13 @@ def is_fixed(case: dict, output: np.ndarray) -> tuple[bool, bool, bool]:
     lost_word = any(b.satisfied and not a.satisfied for b, a in zip(before.words, after.words))
     new_misalignment = lost_word or after.extra_objects > before.extra_objects
     return (not after.has_artifact) and not new_misalignment, after.has_artifact, new_misalignment
+
+
+def harm(case: dict, result) -> dict:
+    """What inpaint-fix did to an image with nothing to fix: masked it, changed it, made it worse by the oracle."""
+    _, artifact_after, new_misalignment = is_fixed(case, result.image)
+    return {"masked": bool(result.mask.any()), "changed": not np.array_equal(result.image, case["image"]),
+            "harmed": artifact_after or new_misalignment}
 
 
 def judge(case: dict, output: np.ndarray, mask: np.ndarray, kept: bool, candidates=()) -> dict:
