@@ -53,9 +53,8 @@ import dataclasses
 
 import numpy as np
 
-from richfeedback.inpaint.examples import artifact_examples
+from richfeedback.inpaint.examples import artifact_examples, oracle_repair
 from richfeedback.inpaint.fix import FixSettings, InpaintFixer
-from richfeedback.inpaint.masks import dilate_mask, round_to_cells
 from richfeedback.inpaint.repair import load_inpaint_pipeline
 from richfeedback.inpaint.selection import select_best
 from richfeedback.shapesworld import oracle
@@ -207,8 +206,7 @@ def run(quick: bool = False) -> dict:
         add((case["set"], "random (same area)", 8),
             judge(case, random.image, random.mask, random.chosen is None, random.candidates))
         for label, fixer_used, mask in (("predicted q0.95", quantile, None),
-                                        ("oracle", fixer, round_to_cells(dilate_mask(case["before"].artifact_map,
-                                                                                     2), cell)),
+                                        ("oracle", fixer, oracle_repair(prompt, image, 2, cell, case["before"])[0]),
                                         ("generator (4-channel)", blending, main.mask if main.mask.any() else None)):
             if label.startswith("generator") and mask is None:  # nothing to fix: the same as the main run
                 add((case["set"], label, 8), judge(case, image, main.mask, True))

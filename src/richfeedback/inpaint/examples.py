@@ -17,7 +17,7 @@ import numpy as np
 from ..imaging import save_png
 from ..shapesworld import oracle
 from ..shapesworld.artifacts import inject_artifact
-from ..shapesworld.render import render, render_objects
+from ..shapesworld.render import render
 from ..shapesworld.scene import sample_scene
 from .masks import dilate_mask, round_to_cells
 
@@ -52,8 +52,7 @@ def oracle_repair(prompt: str, image: np.ndarray, dilate: float = 2.0, cell: int
     if not report.has_artifact:
         return None
     mask = round_to_cells(dilate_mask(report.artifact_map, dilate), cell)
-    redrawn = render_objects([o.as_scene_object() for o in report.objects], image.shape[0])
-    return mask, np.where(mask[..., None], redrawn, image)
+    return mask, np.where(mask[..., None], oracle.redraw(report.objects, image.shape[0]), image)
 
 
 def write_artifact_folder(out_dir: str | os.PathLike, n: int = 8, seed: int = 0) -> Path:

@@ -170,11 +170,17 @@ def detect_objects(image, config: OracleConfig = OracleConfig()) -> list[Detecte
     return objects
 
 
+def redraw(objects: Sequence[DetectedObject], size: int) -> np.ndarray:
+    """(size, size, 3) uint8: the objects read from an image, rendered crisply; what `artifact_map` compares the image
+    against, and so what a repaired image should show."""
+    return render_objects([o.as_scene_object() for o in objects], size)
+
+
 def artifact_map(image, objects: Sequence[DetectedObject], config: OracleConfig = OracleConfig()) -> np.ndarray:
     """Bool (H, W): pixels that the objects read from the image do not explain."""
     image = _as_uint8_rgb(image)
     size = image.shape[0]
-    expected = render_objects([o.as_scene_object() for o in objects], size)
+    expected = redraw(objects, size)
     residual = np.abs(image.astype(np.int16) - expected.astype(np.int16)).max(-1)
     wrong_solid = residual > config.residual_threshold
     # The opening drops bands at most 2 pixels thick (soft or shifted edges); the conditional dilation then gives
