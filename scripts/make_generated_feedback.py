@@ -8,7 +8,10 @@
    benchmark ranks); resumable: rerun it, or stop it and go on with what is there (`--stages label train`)
 2. label: the oracle's reading of every image, labelled by the three simulated raters (`shapesworld.generated_feedback`)
    into a ShapesWorld-RichHF dataset split by prompt (train/dev/test share no prompt)
-3. train: `configs/rahf/shapes-generated.yaml`, the embedded RAHF fine-tuned on that dataset plus part of the
+3. twins (optional, not in the default stages): `--twins-out DIR`, the flagged images of the labelled train split
+   with the oracle's repair pasted in and labelled again (`make_repaired_twins`), minimal pairs to add to training
+   with `data.extra_paths` (`configs/rahf/experiments/generated-twins.yaml`)
+4. train: `configs/rahf/shapes-generated.yaml`, the embedded RAHF fine-tuned on that dataset plus part of the
    synthetic one (`data.extra_paths`); resumable; the best dev model is in `<output_dir>/best`
 
 The synthetic dataset (`runs/embedded-rahf/data`) is made by `scripts/train_embedded_rahf.py`, or here if missing.
@@ -27,10 +30,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from richfeedback.finetune.pool import generate_pool, pool_prompts, read_pool  # noqa: E402
 from richfeedback.reward_models.rahf.train import load_config, train  # noqa: E402
 from richfeedback.shapesworld.dataset import make_dataset, split_sizes  # noqa: E402
-from richfeedback.shapesworld.generated_feedback import make_generated_dataset  # noqa: E402
+from richfeedback.shapesworld.generated_feedback import make_generated_dataset, make_repaired_twins  # noqa: E402
 from richfeedback.shapesworld.scene import sample_prompts  # noqa: E402
 
-STAGES = ("generate", "label", "train")
+STAGES = ("generate", "label", "twins", "train")
 
 
 def training_prompts(num_prompts: int, prompt_seed: int, exclude_pool: Path | None) -> list[str]:
@@ -44,7 +47,7 @@ def training_prompts(num_prompts: int, prompt_seed: int, exclude_pool: Path | No
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=["generate", "label", "train"])
     parser.add_argument("--config", default=str(ROOT / "configs/rahf/shapes-generated.yaml"))
     parser.add_argument("--pool", default="runs/rahf-generated/pool", help="where the generated images go")
     parser.add_argument("--num-prompts", type=int, default=1200)
@@ -55,6 +58,10 @@ def main(argv=None) -> int:
     parser.add_argument("--exclude-pool", default="runs/finetune-embedded/pool",
                         help="a pool whose prompts are left out (the benchmark ranks that pool's images)")
     parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--twins-out", default="runs/rahf-generated-twins/data",
+                        help="where the twins stage writes the repaired twins of the labelled images")
+    parser.add_argument("--twins-from", nargs="*", default=None,
+                        help="generated-feedback datasets to make twins of (default: the config's data.path)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: keep it low)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -79,6 +86,10 @@ def main(argv=None) -> int:
         for extra in cfg["data"]["extra_paths"]:
             if not (Path(extra) / "dataset_dict.json").exists():
                 make_dataset(extra, *split_sizes(10000), size=64)  # the embedded RAHF's synthetic data, same seeds
+
+    if "twins" in args.stages:
+        twins = make_repaired_twins(args.twins_from or [data_dir], args.twins_out)
+        print(f"wrote {len(twins['train'])} repaired twins to {args.twins_out}")
 
     if "train" in args.stages:
         best = train(cfg, resume=True)

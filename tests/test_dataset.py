@@ -213,3 +213,32 @@ def test_parallel_workers_build_the_same_examples(tmp_path):
     dataset = D.make_dataset(tmp_path / "parallel", 4, 1, 1, num_proc=2, progress=False)
     assert dataset["train"]["prompt"] == [D.make_example("train", i)["prompt"] for i in range(4)]
     assert dataset["train"]["artifact_points"] == [D.make_example("train", i)["artifact_points"] for i in range(4)]
+
+
+def test_drawn_scene_is_the_scene_make_example_draws_and_words_point_at_their_objects():
+    """drawn_scene re-draws an example's objects from its seeds; word_object_centres gives each word of a phrase the
+    centre of the one object of the phrase's colour and shape (None for plural groups, missing or changed objects)."""
+    from richfeedback.shapesworld.dataset import drawn_scene
+    from richfeedback.shapesworld.scene import POSITIONS, position_holds, prompt_words, word_object_centres
+
+    seen_wrong_position = False
+    for index in range(60):
+        example = D.make_example("dev", index)
+        scene = drawn_scene("dev", index)
+        assert scene.prompt.text == example["prompt"] and scene == drawn_scene(1, index)
+        words, centres = prompt_words(scene.prompt.text), word_object_centres(scene)
+        labels = [int(x) for x in example["true_prompt_misalignment_label"].split()]
+        assert len(centres) == len(words) == len(labels)
+        for word, centre, label in zip(words, centres, labels):
+            if word in POSITIONS and centre is not None:
+                # a position word is wrong exactly where its object's centre breaks it
+                assert position_holds(word, *centre) == bool(label), (index, word, centre)
+                seen_wrong_position |= not label
+        for group_index, group in enumerate(scene.prompt.groups):
+            phrase = [c for (_, _, g), c in zip(scene.prompt.word_roles(), centres) if g == group_index]
+            if group.count > 1:
+                assert phrase == [None] * len(phrase)
+            assert len(set(phrase)) == 1  # every word of a phrase points at the same object
+    assert seen_wrong_position
+    with pytest.raises(ValueError, match="unknown split"):
+        drawn_scene("validation", 0)

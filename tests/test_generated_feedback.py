@@ -145,3 +145,26 @@ def test_rahf_training_refuses_an_extra_dataset_with_other_columns(generated_dat
     with pytest.raises(ValueError, match="same schema"):
         train(cfg)
     assert isinstance(other, datasets.DatasetDict)
+
+
+def test_repaired_twins_differ_from_their_flagged_image_only_where_the_flaw_was(tmp_path):
+    from richfeedback.shapesworld.generated_feedback import TWIN_SEED_OFFSET, make_repaired_twins
+    from richfeedback.shapesworld.oracle import evaluate
+
+    pixels = render(red_circle_scene(), 64).copy()
+    pixels[8:16, 40:50] = (30, 30, 30)  # a smear the oracle flags
+    clean = render(red_circle_scene("blue"), 64)  # misaligned, nothing to repair: no twin
+    import datasets
+
+    rows = [label_generated_image("a red circle", image, "train", seed=k) for k, image in enumerate((pixels, clean))]
+    source = tmp_path / "generated"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows, features=FEATURES)}).save_to_disk(str(source))
+    twins = make_repaired_twins([source], tmp_path / "twins", progress=False)["train"]
+    assert len(twins) == 1
+    twin = np.asarray(twins[0]["image"])
+    changed = (twin != pixels).any(-1)
+    assert changed[8:16, 40:50].all() and changed.sum() < 2 * 80  # the smear, and a cell-rounded margin at most
+    assert not evaluate("a red circle", twin).has_artifact and twins[0]["condition"] == "clean"
+    assert twins[0]["seed_index"] == TWIN_SEED_OFFSET + 0
+    with pytest.raises(FileExistsError):
+        make_repaired_twins([source], tmp_path / "twins", progress=False)

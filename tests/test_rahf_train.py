@@ -55,19 +55,23 @@ def test_resume_after_an_interruption_gives_the_same_next_step_loss(small_datase
     assert (tmp_path / "cut" / "best" / "tokenizer" / "tokenizer_config.json").exists()
 
 
-def test_two_processes_train_on_cpu(small_dataset, tmp_path):
+@pytest.mark.parametrize("object_centres", [0.0, 5.0], ids=["plain", "with-object-centre-probe"])
+def test_two_processes_train_on_cpu(small_dataset, tmp_path, object_centres):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "richfeedback.reward_models.rahf.train", "--config", str(ROOT / "configs/rahf/tiny.yaml"),
            "--set", f"data.path={small_dataset}", "--set", f"output_dir={tmp_path}", "--set", "optim.epochs=1",
-           "--set", "optim.batch_size=4", "--set", "eval_generate=false"]
+           "--set", "optim.batch_size=4", "--set", "eval_generate=false",
+           "--set", f"loss_weights.object_centres={object_centres}"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MULTI_CPU" in (tmp_path / "distributed.txt").read_text()
     # 32 examples / (4 per process x 2 processes) = 4 optimizer steps
     assert list(losses(tmp_path)) == [1, 2, 3, 4]
     assert (tmp_path / "final" / "model.safetensors").exists()
+    logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert all(("loss/object_centres" in r) == bool(object_centres) for r in logged)
 
 
 def test_missing_dataset_is_one_line_naming_the_command_to_make_it(tmp_path, capsys):
@@ -127,3 +131,69 @@ def test_marked_words_to_repeat_come_from_the_yaml_config(tmp_path):
     path.write_text("data: {repeat_misaligned: 2, repeat_marked_words: {left: 6, circle: 4}}\n")
     cfg = load_config(str(path))
     assert cfg["data"]["repeat_marked_words"] == {"left": 6, "circle": 4} and cfg["data"]["repeat_misaligned"] == 2
+
+
+def test_object_centre_targets_follow_the_tokens_of_each_word():
+    """Every token of a word gets that word's centre; special tokens, padding and words without one get NaN."""
+    import torch
+
+    from richfeedback.reward_models.rahf.configuration import RAHFConfig
+    from richfeedback.reward_models.rahf.processing import RAHFProcessor, load_shapesworld_tokenizer
+
+    processor = RAHFProcessor(load_shapesworld_tokenizer(), RAHFConfig.from_size("tiny"))
+    prompts = ["a red circle on the left and two blue squares", "a green triangle"]
+    values = [[(0.25, 0.5)] * 6 + [None] * 4, [(0.5, 0.75), None, (0.5, 0.75)]]
+    targets = processor.token_targets(prompts, values)
+    ids = processor.tokenize(prompts)["input_ids"]
+    assert targets.shape == (*ids.shape, 2)
+    for b, prompt in enumerate(prompts):
+        word_ids = processor.tokenizer(prompt).word_ids()
+        for t in range(ids.shape[1]):
+            w = word_ids[t] if t < len(word_ids) else None
+            expected = values[b][w] if w is not None else None
+            if expected is None:
+                assert torch.isnan(targets[b, t]).all()
+            else:
+                assert targets[b, t].tolist() == list(expected)
+    with pytest.raises(ValueError, match="word values"):
+        processor.token_targets(["a red circle"], [[(0.1, 0.1)]])
+
+
+def test_object_centre_loss_trains_a_probe_and_the_saved_model_keeps_the_public_layout(small_dataset, tmp_path):
+    """loss_weights.object_centres > 0 trains a probe beside the model (logged, checkpointed, resumable); the saved
+    model has exactly the keys of a model trained without it; data without ShapesWorld seeds is refused."""
+    from safetensors import safe_open
+
+    from richfeedback.reward_models.rahf.data import RichFeedbackDataset
+    from richfeedback.reward_models.rahf.train import ObjectCentreProbe, object_centre_loss
+
+    weights = {"heatmap": 1.0, "score": 1.0, "seq": 1.0, "marked_tokens": 1.0, "object_centres": 5.0}
+    train(config(small_dataset, tmp_path / "cut", loss_weights=weights, stop_after_steps=3))
+    train(config(small_dataset, tmp_path / "cut", loss_weights=weights), resume=True)
+    log = [json.loads(line) for line in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 9)) and all(0 < r["loss/object_centres"] < 1 for r in log)
+    train(config(small_dataset, tmp_path / "plain"))
+    keys = {}
+    for name in ("cut", "plain"):
+        with safe_open(str(tmp_path / name / "best" / "model.safetensors"), "pt") as f:
+            keys[name] = set(f.keys())
+    assert keys["cut"] == keys["plain"]
+
+    import torch
+
+    from richfeedback.shapesworld.dataset import load_shapesworld_dataset
+
+    split = load_shapesworld_dataset(small_dataset)["train"].remove_columns(["seed_split", "seed_index"])
+    with pytest.raises(ValueError, match="object_centres"):
+        RichFeedbackDataset(split, processor=None, word_centres=True)
+    generated = load_shapesworld_dataset(small_dataset)["train"].map(lambda row: {"seed_split": 100})
+    with pytest.raises(ValueError, match="seed_split \\[100\\]"):
+        RichFeedbackDataset(generated, processor=None, word_centres=True)
+    # the loss is the mean squared error over the tokens that have a target
+    probe = ObjectCentreProbe(4)
+    hidden = torch.randn(1, 3, 4)
+    targets = torch.tensor([[[0.2, 0.4], [float("nan")] * 2, [0.6, 0.8]]])
+    output = type("Output", (), {"text_hidden_states": hidden})()
+    predicted = probe(hidden)
+    expected = ((predicted[0, [0, 2]] - targets[0, [0, 2]]) ** 2).mean()
+    assert torch.allclose(object_centre_loss(probe, output, targets), expected)

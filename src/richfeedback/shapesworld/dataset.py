@@ -34,7 +34,7 @@ from .misalign import MISALIGNMENT_KINDS, inject_misalignment
 from .raters import (RATER_FIELDS, RaterConfig, annotations_to_record, consolidate, ground_truth,
                      rater_agreement, simulate_raters)
 from .render import render
-from .scene import prompt_words, sample_scene
+from .scene import Scene, prompt_words, sample_scene
 
 SPLIT_IDS: dict[str, int] = {"train": 0, "dev": 1, "test": 2}
 # What is wrong with an image, and how often. RichHF-18K's Pick-a-Pic images are mostly flawed somehow; a quarter
@@ -104,6 +104,30 @@ def richhf_columns(pixels: np.ndarray, prompt: str, filename: str, labels) -> di
     }
 
 
+def _drawn_scene(rng: np.random.Generator, size: int):
+    """(scene as drawn, its misalignments, the condition wanted): the first draws of an example's generator."""
+    scene = sample_scene(rng)
+    wanted = str(rng.choice(list(CONDITION_PROBABILITIES), p=list(CONDITION_PROBABILITIES.values())))
+    misalignments = []
+    if wanted in ("misaligned", "both"):
+        for kind in rng.permutation(MISALIGNMENT_KINDS):
+            result = inject_misalignment(scene, rng, str(kind), size)
+            if result is not None and (wanted == "misaligned" or result[0].objects):
+                scene, misalignment = result
+                misalignments.append(misalignment)
+                break
+    return scene, misalignments, wanted
+
+
+def drawn_scene(split: str | int, index: int, size: int = 64) -> Scene:
+    """The scene example (`split`, `index`) draws: its objects after any misalignment, before artifacts; the same
+    draws as `make_example`, without rendering. `split` is a name or the `seed_split` column's number."""
+    split_id = split if isinstance(split, int) else SPLIT_IDS.get(split)
+    if split_id not in SPLIT_IDS.values():
+        raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLIT_IDS)} or {tuple(SPLIT_IDS.values())}")
+    return _drawn_scene(np.random.default_rng([split_id, index]), size)[0]
+
+
 def make_example(split: str, index: int, size: int = 64, rater_config: RaterConfig = RaterConfig()) -> dict:
     """One labelled example, a pure function of (split, index, size, rater_config); see `FEATURES` for its fields.
 
@@ -114,18 +138,7 @@ def make_example(split: str, index: int, size: int = 64, rater_config: RaterConf
     if split not in SPLIT_IDS:
         raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLIT_IDS)}")
     rng = np.random.default_rng([SPLIT_IDS[split], index])
-    scene = sample_scene(rng)
-    wanted = str(rng.choice(list(CONDITION_PROBABILITIES), p=list(CONDITION_PROBABILITIES.values())))
-
-    misalignments = []
-    if wanted in ("misaligned", "both"):
-        for kind in rng.permutation(MISALIGNMENT_KINDS):
-            result = inject_misalignment(scene, rng, str(kind), size)
-            if result is not None and (wanted == "misaligned" or result[0].objects):
-                scene, misalignment = result
-                misalignments.append(misalignment)
-                break
-
+    scene, misalignments, wanted = _drawn_scene(rng, size)
     pixels = render(scene, size)
     artifacts = []
     if wanted in ("artifacts", "both"):

@@ -159,3 +159,41 @@ def make_generated_dataset(rows: Sequence[dict], out_dir, dev_fraction: float = 
         "agreement.json": json.dumps(agreement, indent=2, allow_nan=False) + "\n",
         "generated.json": json.dumps(summary, indent=2) + "\n"})
     return datasets.load_from_disk(str(out))
+
+
+def make_repaired_twins(sources: Sequence, out_dir, split: str = "train", progress: bool = True,
+                        rater_config: RaterConfig = RaterConfig()) -> datasets.DatasetDict:
+    """Minimal pairs for a heatmap that must see the generator's deformations: for every image of `split` in the
+    generated-feedback datasets at `sources` that the oracle flags, the same image with what it flags repaired
+    (`inpaint.examples.oracle_repair`: the crisp re-render pasted inside the dilated artifact map, every other pixel
+    kept) and labelled again, so it differs from its twin only where the flaw was. Repairs the oracle still flags are
+    left out. Saved (atomically) as a DatasetDict with one `split`, to add to RAHF training with `data.extra_paths`.
+    Image seeds are the source's plus 5,000,000, a rater-noise stream no source image uses.
+    """
+    from ..inpaint.examples import oracle_repair
+    from .dataset import load_shapesworld_dataset
+
+    out = Path(out_dir)
+    refuse_non_empty(out)
+    rows = []
+    for source in sources:
+        data = load_shapesworld_dataset(source)
+        if split not in data:
+            raise ValueError(f"{source} has no split {split!r}; it has {list(data)}")
+        part = data[split].select_columns(["image", "prompt", "seed_index"])
+        for row in tqdm(part, desc=f"repaired twins of {source}", disable=not progress):
+            pixels = np.asarray(row["image"].convert("RGB"))
+            repair = oracle_repair(row["prompt"], pixels)
+            if repair is None or evaluate(row["prompt"], repair[1]).has_artifact:
+                continue
+            seed = TWIN_SEED_OFFSET + int(row["seed_index"])
+            rows.append(label_generated_image(row["prompt"], repair[1], split, seed, f"repaired-{seed}.png",
+                                              rater_config))
+    if not rows:
+        raise ValueError(f"no image of {list(map(str, sources))} is flagged by the oracle and repaired: no twins")
+    save_dataset_atomically(datasets.DatasetDict({split: datasets.Dataset.from_list(rows, features=FEATURES)}), out,
+                            progress=progress)
+    return datasets.load_from_disk(str(out))
+
+
+TWIN_SEED_OFFSET = 5_000_000

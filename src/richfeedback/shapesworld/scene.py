@@ -226,6 +226,18 @@ class Scene:
         return Scene(self.prompt, tuple(objects))
 
 
+def word_object_centres(scene: Scene) -> list[Optional[tuple[float, float]]]:
+    """Per word of the prompt (`prompt_words(scene.prompt.text)`), the centre (cx, cy) of the object its phrase
+    names, or None: for words outside any phrase ("and"), for groups of 2 or 3, and where the scene does not hold
+    exactly one object of the group's colour and shape (missing, recoloured or reshaped). Where a misplaced object
+    is, whatever its position word says: what a model must read from the image to judge that word."""
+    centres = []
+    for group in scene.prompt.groups:
+        found = [(o.cx, o.cy) for o in scene.objects if (o.colour, o.shape) == (group.colour, group.shape)]
+        centres.append(found[0] if group.count == 1 and len(found) == 1 else None)
+    return [centres[g] if g >= 0 else None for _, _, g in scene.prompt.word_roles()]
+
+
 def _boxes_apart(a: SceneObject, b: SceneObject, gap: float) -> bool:
     ax0, ay0, ax1, ay1 = a.bbox()
     bx0, by0, bx1, by1 = b.bbox()

@@ -28,16 +28,38 @@ def check_columns(split, where: str = "the dataset") -> None:
                          "`richfeedback shapesworld make-dataset` or join RichHF-18K with `richhf18k.py`")
 
 
-class RichFeedbackDataset(Dataset):
-    """Per item: preprocessed image, the two target heatmaps, the four target scores, and the two texts."""
+SCENE_SEED_COLUMNS = ("seed_split", "seed_index")
 
-    def __init__(self, split, processor: RAHFProcessor):
+
+class RichFeedbackDataset(Dataset):
+    """Per item: preprocessed image, the two target heatmaps, the four target scores, and the two texts.
+
+    `word_centres=True` (ShapesWorld datasets only) adds, per word of the prompt, the centre of the object its phrase
+    names in the drawn scene (`scene.word_object_centres`), for the training-only object-centre loss (train.py)."""
+
+    def __init__(self, split, processor: RAHFProcessor, word_centres: bool = False):
         check_columns(split)
+        if word_centres:
+            from ...shapesworld.dataset import SPLIT_IDS
+
+            if not set(SCENE_SEED_COLUMNS) <= set(split.column_names):
+                raise ValueError(f"loss_weights.object_centres needs the ShapesWorld columns {SCENE_SEED_COLUMNS} "
+                                 "(where each object is drawn); this dataset has none: set loss_weights.object_centres "
+                                 "to 0")
+            others = set(split.unique("seed_split")) - set(SPLIT_IDS.values())
+            if others:
+                raise ValueError(f"loss_weights.object_centres re-draws each example's scene from its seeds, which only "
+                                 f"`richfeedback shapesworld make-dataset` examples have (seed_split in "
+                                 f"{sorted(SPLIT_IDS.values())}); this data has seed_split {sorted(others)} (e.g. "
+                                 "feedback on generated images): leave it out of data.extra_paths or set "
+                                 "loss_weights.object_centres to 0")
         # Only the columns training reads: a row access decodes every image column it holds, and the ShapesWorld
         # dataset has two more (the true regions) that RAHF never sees.
         prompt = "clean_prompt" if "clean_prompt" in split.column_names else "prompt"
-        self.split = split.select_columns(list(dict.fromkeys([*REQUIRED_COLUMNS, prompt])))
+        extra = list(SCENE_SEED_COLUMNS) if word_centres else []
+        self.split = split.select_columns(list(dict.fromkeys([*REQUIRED_COLUMNS, prompt, *extra])))
         self.processor = processor
+        self.word_centres = word_centres
 
     def __len__(self) -> int:
         return len(self.split)
@@ -45,13 +67,23 @@ class RichFeedbackDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self.split[index]
         prompt = row.get("clean_prompt") or clean_prompt(row["prompt"])
-        return {
+        item = {
             "pixel_values": self.processor.preprocess_images([row["image"]])[0],
             "heatmaps": self.processor.preprocess_heatmaps([row[HEATMAP_COLUMNS[n]] for n in HEATMAP_NAMES]),
             "scores": torch.tensor([float(row[SCORE_COLUMNS[n]]) for n in SCORE_NAMES]),
             "prompt": prompt,
             "labeled_prompt": row["labeled_prompt"],
         }
+        if self.word_centres:
+            from ...shapesworld.dataset import drawn_scene
+            from ...shapesworld.scene import word_object_centres
+
+            scene = drawn_scene(int(row["seed_split"]), int(row["seed_index"]), size=row["image"].size[0])
+            if clean_prompt(scene.prompt.text) != clean_prompt(prompt):
+                raise ValueError(f"example {index}'s seeds draw another prompt ({scene.prompt.text!r}, not "
+                                 f"{prompt!r}): the dataset was not made by this version's make_example")
+            item["word_centres"] = word_object_centres(scene)
+        return item
 
 
 class Collator:
@@ -69,6 +101,9 @@ class Collator:
             "labeled_prompts": [i["labeled_prompt"] for i in items],
         }
         batch.update(self.processor.text_inputs(batch["prompts"], batch["labeled_prompts"]))
+        if "word_centres" in items[0]:
+            batch["target_token_centres"] = self.processor.token_targets(batch["prompts"],
+                                                                         [i["word_centres"] for i in items])
         return batch
 
 

@@ -172,6 +172,22 @@ class RAHFProcessor:
                              return_tensors="pt")
         return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask}
 
+    def token_targets(self, prompts: Sequence[str], word_values: Sequence[Sequence]) -> torch.Tensor:
+        """(B, L, 2): per token of `tokenize(prompts)`, the pair `word_values[b][w]` of the word it belongs to, NaN
+        for special tokens, padding and words whose value is None."""
+        prompts = [clean_prompt(p) for p in prompts]
+        enc = self.tokenizer(list(prompts), padding="longest", truncation=True,
+                             max_length=self.config.max_prompt_tokens)
+        length = len(enc["input_ids"][0])
+        out = torch.full((len(prompts), length, 2), float("nan"))
+        for b, values in enumerate(word_values):
+            if len(values) != len(prompts[b].split()):
+                raise ValueError(f"{len(values)} word values for the {len(prompts[b].split())} words of {prompts[b]!r}")
+            for t, w in enumerate(enc.word_ids(b)):
+                if w is not None and values[w] is not None:
+                    out[b, t] = torch.tensor(values[w], dtype=torch.float32)
+        return out
+
     def text_inputs(self, prompts: Sequence[str], labeled_prompts: Optional[Sequence[str]] = None) -> dict:
         prompts = [clean_prompt(p) for p in prompts]
         inputs = self.tokenize(prompts)

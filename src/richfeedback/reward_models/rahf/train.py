@@ -5,7 +5,8 @@
     # two processes on CPU (tests the distributed path; no speed-up on 2 cores):
     accelerate launch --multi_gpu --num_processes 2 -m richfeedback.reward_models.rahf.train --config ...
 
-Loss: heatmap MSE + score MSE + teacher-forced cross-entropy of the marked prompt (padding ignored), each weighted.
+Loss: heatmap MSE + score MSE + teacher-forced cross-entropy of the marked prompt (padding ignored), each weighted
+(and, on ShapesWorld data, optionally a training-only object-centre loss: `loss_weights.object_centres`).
 AdamW with warm-up then cosine decay per step; gradient accumulation; mixed precision; checkpoints every N steps
 (written atomically) and `--resume` from the latest; the dev split is evaluated after each epoch with the paper's
 metrics, and the best model by the reference's selection rule is kept in `OUTPUT/best` (a `from_pretrained`
@@ -57,7 +58,11 @@ DEFAULTS = {
     # marked_tokens: the weight, inside the sequence loss, of the target tokens that mark a word misaligned (the "_0"
     # suffix's tokens). They are a few percent of the target tokens (the rest copy the prompt), so the plain mean
     # (1.0, the reference) spends almost all of the sequence loss on copying.
-    "loss_weights": {"heatmap": 1.0, "score": 1.0, "seq": 1.0, "marked_tokens": 1.0},
+    # object_centres: the weight of a training-only loss (not in the paper; 0 = off): a linear probe on each fused text
+    # token predicts where the object its phrase names is drawn (ShapesWorld data only; ObjectCentreProbe). The
+    # sequence loss alone asks the encoder to bind a word to its object through a few marked words; this asks it on
+    # every word of every phrase. The probe is dropped when the model is saved.
+    "loss_weights": {"heatmap": 1.0, "score": 1.0, "seq": 1.0, "marked_tokens": 1.0, "object_centres": 0.0},
     # "mse" as the reference. "bce" (binary cross-entropy on the same [0, 1] maps) keeps a useful gradient where a
     # sigmoid output sits near 0 over mostly-empty maps, which MSE loses; models trained from scratch need it.
     "heatmap_loss": "mse",
@@ -139,9 +144,35 @@ def repeat_misaligned(split, times: int, word_times: Optional[dict] = None):
     return split.select(order)
 
 
+class ObjectCentreProbe(torch.nn.Module):
+    """Training only: fused text token (d_model) -> (x, y) in [0, 1], where the object its phrase names is drawn.
+
+    A linear probe, so what it reads must already be in the encoder's text token: its loss makes the encoder carry,
+    on each word of a phrase, the place of that phrase's object in the image, the binding that judging a position
+    (or shape) word needs."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(d_model, 2)
+
+    def forward(self, text_hidden: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.linear(text_hidden.float()))
+
+
+def object_centre_loss(probe: ObjectCentreProbe, output, targets: torch.Tensor) -> torch.Tensor:
+    """MSE between the probe's (x, y) and `targets` (B, L, 2) over the tokens that have one (others are NaN)."""
+    predicted = probe(output.text_hidden_states)
+    valid = ~torch.isnan(targets[..., 0])
+    if not valid.any():  # a batch of plural groups only: still a graph through the probe, as DDP expects
+        return predicted.sum() * 0.0
+    return F.mse_loss(predicted[valid], targets[valid])
+
+
 def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse",
-                 marker_ids: Optional[list[int]] = None) -> tuple[torch.Tensor, dict]:
-    """The weighted sum of the heatmap, score and sequence losses, and each part (the sequence part unweighted)."""
+                 marker_ids: Optional[list[int]] = None, probe: Optional[ObjectCentreProbe] = None
+                 ) -> tuple[torch.Tensor, dict]:
+    """The weighted sum of the heatmap, score and sequence losses (and the object-centre loss when `probe` is given),
+    and each part (the sequence part unweighted)."""
     if heatmap_loss not in ("mse", "bce"):
         raise ValueError(f"heatmap_loss must be 'mse' or 'bce', got {heatmap_loss!r}")
 
@@ -157,8 +188,12 @@ def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse",
         raise ValueError("loss_weights.marked_tokens needs the marker token ids (marker_token_ids(tokenizer))")
     seq = sequence_loss(output, batch["labels"], marker_ids or [], marked_weight)
     total = weights["heatmap"] * heatmap + weights["score"] * score + weights["seq"] * seq
-    return total, {"loss/heatmap": heatmap.item(), "loss/score": score.item(), "loss/seq": output.seq_loss.item(),
-                   "loss/total": total.item()}
+    parts = {"loss/heatmap": heatmap.item(), "loss/score": score.item(), "loss/seq": output.seq_loss.item()}
+    if probe is not None:
+        centres = object_centre_loss(probe, output, batch["target_token_centres"])
+        total = total + float(weights["object_centres"]) * centres
+        parts["loss/object_centres"] = centres.item()
+    return total, {**parts, "loss/total": total.item()}
 
 
 def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
@@ -209,7 +244,10 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     model, processor = build_model(cfg)
     marker_ids = marker_token_ids(processor.tokenizer) if cfg["loss_weights"].get("marked_tokens", 1.0) != 1.0 \
         else None
-    loader = DataLoader(RichFeedbackDataset(train_data, processor), batch_size=o["batch_size"],
+    centre_weight = float(cfg["loss_weights"].get("object_centres") or 0.0)
+    probe = ObjectCentreProbe(model.config.t5["d_model"]) if centre_weight else None
+    loader = DataLoader(RichFeedbackDataset(train_data, processor, word_centres=probe is not None),
+                        batch_size=o["batch_size"],
                         shuffle=True, drop_last=True, collate_fn=Collator(processor),
                         num_workers=cfg["data"]["num_workers"], generator=torch.Generator().manual_seed(cfg["seed"]))
     # The loader is prepared first: under several processes each gets a shard, and an epoch is that many batches.
@@ -217,6 +255,8 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     decoder = [p for n, p in model.named_parameters() if n.startswith("t5.decoder.") and p.requires_grad]
     decoder_ids = {id(p) for p in decoder}
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in decoder_ids]
+    if probe is not None:
+        others += list(probe.parameters())
     optimizer = torch.optim.AdamW([{"params": others, "lr": o["lr"]},
                                    {"params": decoder, "lr": o["lr"] * o["decoder_lr_scale"]}],
                                   lr=o["lr"], weight_decay=o["weight_decay"])
@@ -228,7 +268,10 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, o["warmup_steps"], o["min_lr_ratio"]))
     # The scheduler is stepped by hand once per optimizer step (a prepared one would step once per process).
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if probe is None:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:  # the probe is a second model to accelerate: synced under DDP, saved in checkpoints
+        model, optimizer, probe = accelerator.prepare(model, optimizer, probe)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.init_trackers("rahf", config={"config": json.dumps(cfg)})
     if accelerator.is_main_process:
@@ -270,9 +313,10 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         step_at_epoch_start = step
         for batch in epoch_loader:
-            with accelerator.accumulate(model):
+            with accelerator.accumulate(*[m for m in (model, probe) if m is not None]):
                 output = model(**model_inputs(batch))
-                loss, parts = compute_loss(output, batch, cfg["loss_weights"], cfg["heatmap_loss"], marker_ids)
+                loss, parts = compute_loss(output, batch, cfg["loss_weights"], cfg["heatmap_loss"], marker_ids,
+                                           probe)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), o["max_grad_norm"])
