@@ -2,7 +2,8 @@
 
     python scripts/train_embedded_rahf.py [--n 10000] [--configs configs/rahf/shapes.yaml configs/rahf/shapes-continue.yaml \
         configs/rahf/shapes-more-data.yaml configs/rahf/shapes-marked-words.yaml configs/rahf/shapes-misaligned-repeat.yaml \
-        configs/rahf/shapes-misaligned-repeat-2.yaml]
+        configs/rahf/shapes-misaligned-repeat-2.yaml configs/rahf/shapes-object-centres.yaml \
+        configs/rahf/shapes-object-centres-2.yaml configs/rahf/shapes-object-centres-3.yaml]
     python scripts/train_embedded_rahf.py --configs configs/rahf/shapes-augmented.yaml \
         --out src/richfeedback/embedded/rahf-shapes-augmented        # the augmented-prompt variant
 
@@ -45,7 +46,10 @@ def main(argv=None):
                                                          str(ROOT / "configs/rahf/shapes-more-data.yaml"),
                                                          str(ROOT / "configs/rahf/shapes-marked-words.yaml"),
                                                          str(ROOT / "configs/rahf/shapes-misaligned-repeat.yaml"),
-                                                         str(ROOT / "configs/rahf/shapes-misaligned-repeat-2.yaml")])
+                                                         str(ROOT / "configs/rahf/shapes-misaligned-repeat-2.yaml"),
+                                                         str(ROOT / "configs/rahf/shapes-object-centres.yaml"),
+                                                         str(ROOT / "configs/rahf/shapes-object-centres-2.yaml"),
+                                                         str(ROOT / "configs/rahf/shapes-object-centres-3.yaml")])
     parser.add_argument("--n", type=int, default=10000, help="dataset size over the three splits")
     parser.add_argument("--out", default=str(EMBEDDED_RAHF))
     args = parser.parse_args(argv)
@@ -120,6 +124,10 @@ def main(argv=None):
                          "(\"implausibility heatmap: PROMPT\", ...), so the encoder runs once per task")
     marked = cfg["loss_weights"].get("marked_tokens", 1.0)
     marked_text = f"; the tokens of the \"_0\" marks weighted {marked:g}" if marked != 1.0 else ""
+    centres = float(cfg["loss_weights"].get("object_centres") or 0.0)
+    if centres:
+        marked_text += (f") + {centres:g} x the object-centre loss (training only: a linear probe on each fused word "
+                        "token predicts where its phrase's object is drawn; `loss_weights.object_centres`")
     default = out.resolve() == EMBEDDED_RAHF.resolve()
     usage = "load_rahf()          # this folder" if default else f'load_rahf(EMBEDDED_RAHF.with_name("{out.name}"))'
 
