@@ -43,6 +43,8 @@ from .scene import Scene, parse_prompt
 
 # Rater-noise streams of generated images start here; the synthetic dataset uses SPLIT_IDS (0, 1, 2).
 SEED_STREAM = 100
+# A repaired twin's image seed is its source image's plus this (make_repaired_twins): a rater-noise stream of its own.
+TWIN_SEED_OFFSET = 5_000_000
 
 
 def artifact_regions(artifact_map: np.ndarray) -> list[np.ndarray]:
@@ -168,7 +170,7 @@ def make_repaired_twins(sources: Sequence, out_dir, split: str = "train", progre
     (`inpaint.examples.oracle_repair`: the crisp re-render pasted inside the dilated artifact map, every other pixel
     kept) and labelled again, so it differs from its twin only where the flaw was. Repairs the oracle still flags are
     left out. Saved (atomically) as a DatasetDict with one `split`, to add to RAHF training with `data.extra_paths`.
-    Image seeds are the source's plus 5,000,000, a rater-noise stream no source image uses.
+    Image seeds are the source's plus `TWIN_SEED_OFFSET`, a rater-noise stream no source image uses.
     """
     from ..inpaint.examples import oracle_repair
     from .dataset import load_shapesworld_dataset
@@ -195,5 +197,3 @@ def make_repaired_twins(sources: Sequence, out_dir, split: str = "train", progre
                             progress=progress)
     return datasets.load_from_disk(str(out))
 
-
-TWIN_SEED_OFFSET = 5_000_000
