@@ -125,9 +125,8 @@ def main(argv=None):
     marked = cfg["loss_weights"].get("marked_tokens", 1.0)
     marked_text = f"; the tokens of the \"_0\" marks weighted {marked:g}" if marked != 1.0 else ""
     centres = float(cfg["loss_weights"].get("object_centres") or 0.0)
-    if centres:
-        marked_text += (f") + {centres:g} x the object-centre loss (training only: a linear probe on each fused word "
-                        "token predicts where its phrase's object is drawn; `loss_weights.object_centres`")
+    centres_text = (f" + {centres:g} x the object-centre loss (training only: a linear probe on each fused word "
+                    "token predicts where its phrase's object is drawn; `loss_weights.object_centres`)" if centres else "")
     default = out.resolve() == EMBEDDED_RAHF.resolve()
     usage = "load_rahf()          # this folder" if default else f'load_rahf(EMBEDDED_RAHF.with_name("{out.name}"))'
 
@@ -154,7 +153,7 @@ results = predict(model, processor, images, prompts)
   heatmaps, 5-point Likert scores averaged, misaligned words by majority vote). An example depends only on its
   split and index, so a smaller dataset is the first examples of a larger one and every stage has the same test split.
 - Loss: {cfg['loss_weights']['heatmap']} x heatmap {cfg['heatmap_loss'].upper()} + {cfg['loss_weights']['score']} x score MSE +
-  {cfg['loss_weights']['seq']} x teacher-forced cross-entropy of the marked prompt (padding ignored{marked_text}). Where this
+  {cfg['loss_weights']['seq']} x teacher-forced cross-entropy of the marked prompt (padding ignored{marked_text}){centres_text}. Where this
   differs from the reference (MSE heatmaps, all weights 1): MSE on mostly-empty maps leaves the sigmoid output stuck
   near 0 for a model trained from scratch (measured: implausibility CC stayed at 0 for two epochs), and the score
   MSE is small next to the cross-entropy.

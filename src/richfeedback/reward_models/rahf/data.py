@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from ...shapesworld.dataset import SPLIT_IDS, drawn_scene
+from ...shapesworld.scene import word_object_centres
 from .configuration import HEATMAP_NAMES, SCORE_NAMES
 from .processing import RAHFProcessor, clean_prompt
 
@@ -40,8 +42,6 @@ class RichFeedbackDataset(Dataset):
     def __init__(self, split, processor: RAHFProcessor, word_centres: bool = False):
         check_columns(split)
         if word_centres:
-            from ...shapesworld.dataset import SPLIT_IDS
-
             if not set(SCENE_SEED_COLUMNS) <= set(split.column_names):
                 raise ValueError(f"loss_weights.object_centres needs the ShapesWorld columns {SCENE_SEED_COLUMNS} "
                                  "(where each object is drawn); this dataset has none: set loss_weights.object_centres "
@@ -75,9 +75,6 @@ class RichFeedbackDataset(Dataset):
             "labeled_prompt": row["labeled_prompt"],
         }
         if self.word_centres:
-            from ...shapesworld.dataset import drawn_scene
-            from ...shapesworld.scene import word_object_centres
-
             scene = drawn_scene(int(row["seed_split"]), int(row["seed_index"]), size=row["image"].size[0])
             if clean_prompt(scene.prompt.text) != clean_prompt(prompt):
                 raise ValueError(f"example {index}'s seeds draw another prompt ({scene.prompt.text!r}, not "
@@ -100,10 +97,8 @@ class Collator:
             "prompts": [i["prompt"] for i in items],
             "labeled_prompts": [i["labeled_prompt"] for i in items],
         }
-        batch.update(self.processor.text_inputs(batch["prompts"], batch["labeled_prompts"]))
-        if "word_centres" in items[0]:
-            batch["target_token_centres"] = self.processor.token_targets(batch["prompts"],
-                                                                         [i["word_centres"] for i in items])
+        centres = [i["word_centres"] for i in items] if "word_centres" in items[0] else None
+        batch.update(self.processor.text_inputs(batch["prompts"], batch["labeled_prompts"], centres))
         return batch
 
 
