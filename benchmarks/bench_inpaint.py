@@ -32,15 +32,17 @@ the output, whatever reward selected.
 reward (the selector's ceiling). "outside unchanged" = the share of images whose pixels outside the repainted mask
 are bit-identical to the input's.
 
-Last full run (280 s on 2 CPU cores; the nine-stage embedded RAHF, the second inpainting model, trained with
-the generator's own flagged images), fixed / fixed if the oracle picked / new misalignment:
-- injected, predicted N=8: 0.83 / 0.90 / 0.10; N=1: 0.90 / 0.90 / 0.07; random masks 0.03; q0.95 masks 0.80 / 0.87 /
-  0.10; the oracle's mask 0.97 / 0.97 / 0.03; blending path 0.77 / 0.90 / 0.10. By kind: smear 1.00, stray blob
-  1.00, ghost 0.83, texture noise 0.75, broken edge 0.60.
-- generated, predicted N=8: 0.00 (18 of 20 masks empty); q0.95 masks 0.05 / 0.25 / 0.25; the oracle's mask 0.25 /
-  0.55 / 0.10.
+Last full run (450 s on 2 CPU cores beside a training job; the twelve-stage embedded RAHF, the second inpainting
+model, trained with the generator's own flagged images), fixed / fixed if the oracle picked / new misalignment:
+- injected, predicted N=8: 0.90 / 0.93 / 0.07; N=1: 0.93 / 0.93 / 0.03; random masks 0.03; q0.95 masks 0.77 / 0.83 /
+  0.07; the oracle's mask 0.97 / 0.97 / 0.03; blending path 0.83 / 0.87 / 0.07.
+- generated, predicted N=8: 0.00 (19 of 20 masks empty); q0.95 masks 0.10 / 0.25 / 0.25; the oracle's mask 0.10 /
+  0.55 / 0.15.
 - nothing to fix (20 + 20 images; masked / changed / harmed): clean renders 0.00 / 0.00 / 0.00; the generator's
-  unflagged images 0.05 / 0.05 / 0.00.
+  unflagged images 0.10 / 0.10 / 0.10.
+With the nine-stage RAHF (280 s): injected N=8 0.83 / 0.90 / 0.10, N=1 0.90, q0.95 0.80, the oracle's mask 0.97,
+blending path 0.77; generated 0.00 (18 of 20 masks empty), q0.95 0.05 / 0.25, the oracle's mask 0.25 / 0.55; nothing to
+fix 0.00 / 0.00 / 0.00 and 0.05 / 0.05 / 0.00.
 With the six-stage RAHF (284 s): injected N=8 0.87 / 0.93 / 0.10, N=1 0.83; generated q0.95 0.15 / 0.40, the oracle's
 mask 0.15 / 0.55; nothing to fix 0.05 / 0.05 / 0.00 and 0.10 / 0.10 / 0.05.
 With the first inpainting model (603 s, shared with a training job): injected 0.83 / 0.87 / 0.13, N=1 0.80, q0.95

@@ -3,7 +3,9 @@
     python scripts/train_embedded_rahf.py [--n 10000] [--configs configs/rahf/shapes.yaml configs/rahf/shapes-continue.yaml \
         configs/rahf/shapes-more-data.yaml configs/rahf/shapes-marked-words.yaml configs/rahf/shapes-misaligned-repeat.yaml \
         configs/rahf/shapes-misaligned-repeat-2.yaml configs/rahf/shapes-object-centres.yaml \
-        configs/rahf/shapes-object-centres-2.yaml configs/rahf/shapes-object-centres-3.yaml]
+        configs/rahf/shapes-object-centres-2.yaml configs/rahf/shapes-object-centres-3.yaml \
+        configs/rahf/shapes-object-attributes.yaml configs/rahf/shapes-object-attributes-2.yaml \
+        configs/rahf/shapes-patch-shapes.yaml]
     python scripts/train_embedded_rahf.py --configs configs/rahf/shapes-augmented.yaml \
         --out src/richfeedback/embedded/rahf-shapes-augmented        # the augmented-prompt variant
 
@@ -49,7 +51,10 @@ def main(argv=None):
                                                          str(ROOT / "configs/rahf/shapes-misaligned-repeat-2.yaml"),
                                                          str(ROOT / "configs/rahf/shapes-object-centres.yaml"),
                                                          str(ROOT / "configs/rahf/shapes-object-centres-2.yaml"),
-                                                         str(ROOT / "configs/rahf/shapes-object-centres-3.yaml")])
+                                                         str(ROOT / "configs/rahf/shapes-object-centres-3.yaml"),
+                                                         str(ROOT / "configs/rahf/shapes-object-attributes.yaml"),
+                                                         str(ROOT / "configs/rahf/shapes-object-attributes-2.yaml"),
+                                                         str(ROOT / "configs/rahf/shapes-patch-shapes.yaml")])
     parser.add_argument("--n", type=int, default=10000, help="dataset size over the three splits")
     parser.add_argument("--out", default=str(EMBEDDED_RAHF))
     args = parser.parse_args(argv)
@@ -113,10 +118,30 @@ def main(argv=None):
         times = int(stage["data"].get("repeat_misaligned", 1))
         return f" (those with a misaligned word {times} times each)" if times > 1 else ""
 
+    def recipe(stage: dict) -> str:  # what a stage adds to the model or the loss
+        added = []
+        if stage["model"].get("add_sincos_positions"):
+            added.append(f"a sine-cosine position table x {stage['model']['add_sincos_positions']:g} added to the "
+                         "ViT's position embeddings")
+        probe = [f"{k} {stage['loss_weights'][k]:g}" for k in ("object_centres", "object_attributes", "patch_shapes")
+                 if stage["loss_weights"].get(k)]
+        if stage["loss_weights"].get("object_attributes") and stage["loss_weights"].get("object_attribute_changes",
+                                                                                      1.0) != 1.0:
+            probe.append(f"object_attribute_changes {stage['loss_weights']['object_attribute_changes']:g}")
+        if probe:
+            added.append("object probe " + ", ".join(probe))
+        return f" ({'; '.join(added)})" if added else ""
+
+    def length(stage: dict) -> str:  # optim.max_steps, when set, ends a stage before its epochs do
+        o = stage["optim"]
+        if o.get("max_steps"):
+            return f"{o['max_steps']} steps of {o['batch_size']} from"
+        return f"{o['epochs']} epoch{'s' if o['epochs'] != 1 else ''} over"
+
     stage_lines = "\n".join(
-        f"  {i + 1}. `{Path(c).name}`: lr {st['optim']['lr']}, {st['optim']['epochs']} "
-        f"epoch{'s' if st['optim']['epochs'] != 1 else ''} over "
-        f"{train_size(st):,} examples" + repeated(st) + f", {stage_seconds[i] / 60:.0f} min" + origin(i, st)
+        f"  {i + 1}. `{Path(c).name}`: lr {st['optim']['lr']}, {length(st)} "
+        f"{train_size(st):,} examples" + repeated(st) + recipe(st) + f", {stage_seconds[i] / 60:.0f} min"
+        + origin(i, st)
         for i, (c, st) in enumerate(zip(args.configs, stages)))
     variant = cfg["model"]["variant"]
     variant_text = ("one head per heatmap and per score (the released checkpoint's layout)" if variant == "multi_head"
@@ -125,8 +150,20 @@ def main(argv=None):
     marked = cfg["loss_weights"].get("marked_tokens", 1.0)
     marked_text = f"; the tokens of the \"_0\" marks weighted {marked:g}" if marked != 1.0 else ""
     centres = float(cfg["loss_weights"].get("object_centres") or 0.0)
-    centres_text = (f" + {centres:g} x the object-centre loss (training only: a linear probe on each fused word "
+    attributes = float(cfg["loss_weights"].get("object_attributes") or 0.0)
+    probe_text = (f" + {centres:g} x the object-centre loss (training only: a linear probe on each fused word "
                     "token predicts where its phrase's object is drawn; `loss_weights.object_centres`)" if centres else "")
+    changed = float(cfg["loss_weights"].get("object_attribute_changes", 1.0))
+    if attributes:
+        probe_text += (f" + {attributes:g} x the object-attribute loss (training only: linear probes on the same "
+                       "tokens predict the shape and colour its phrase's object was drawn with; "
+                       "`loss_weights.object_attributes`"
+                       + (f"; the tokens whose object was drawn other than its words say weighted {changed:g}"
+                          if changed != 1.0 else "") + ")")
+    patches = float(cfg["loss_weights"].get("patch_shapes") or 0.0)
+    if patches:
+        probe_text += (f" + {patches:g} x the patch-shape loss (training only: a linear probe on each fused image "
+                       "patch token predicts the shape drawn on it, or background; `loss_weights.patch_shapes`)")
     default = out.resolve() == EMBEDDED_RAHF.resolve()
     usage = "load_rahf()          # this folder" if default else f'load_rahf(EMBEDDED_RAHF.with_name("{out.name}"))'
 
@@ -153,7 +190,7 @@ results = predict(model, processor, images, prompts)
   heatmaps, 5-point Likert scores averaged, misaligned words by majority vote). An example depends only on its
   split and index, so a smaller dataset is the first examples of a larger one and every stage has the same test split.
 - Loss: {cfg['loss_weights']['heatmap']} x heatmap {cfg['heatmap_loss'].upper()} + {cfg['loss_weights']['score']} x score MSE +
-  {cfg['loss_weights']['seq']} x teacher-forced cross-entropy of the marked prompt (padding ignored{marked_text}){centres_text}. Where this
+  {cfg['loss_weights']['seq']} x teacher-forced cross-entropy of the marked prompt (padding ignored{marked_text}){probe_text}. Where this
   differs from the reference (MSE heatmaps, all weights 1): MSE on mostly-empty maps leaves the sigmoid output stuck
   near 0 for a model trained from scratch (measured: implausibility CC stayed at 0 for two epochs), and the score
   MSE is small next to the cross-entropy.

@@ -242,3 +242,28 @@ def test_drawn_scene_is_the_scene_make_example_draws_and_words_point_at_their_ob
     assert seen_wrong_position
     with pytest.raises(ValueError, match="unknown split"):
         drawn_scene("validation", 0)
+
+
+def test_word_object_attributes_read_what_was_drawn_for_each_phrase():
+    """word_object_attributes gives each word of a phrase the shape and colour drawn for it and the ones it names: a
+    shape or colour word is marked misaligned exactly where the drawn object's attribute differs from it."""
+    from richfeedback.shapesworld.dataset import drawn_scene
+    from richfeedback.shapesworld.scene import COLORS, SHAPES, word_object_attributes
+
+    seen = set()
+    for index in range(150):
+        example = D.make_example("dev", index)
+        scene = drawn_scene("dev", index)
+        attributes = word_object_attributes(scene)
+        labels = [int(x) for x in example["true_prompt_misalignment_label"].split()]
+        assert len(attributes) == len(labels)
+        for (word, kind, group), drawn, label in zip(scene.prompt.word_roles(), attributes, labels):
+            if group < 0 or scene.prompt.groups[group].count > 1:
+                assert drawn is None
+            elif drawn is not None and kind in ("shape", "colour"):
+                named = SHAPES.index(word) if kind == "shape" else list(COLORS).index(word)
+                column = 0 if kind == "shape" else 1
+                assert drawn[column + 2] == named  # what the phrase names
+                assert (drawn[column] == named) == bool(label), (index, word, drawn)  # what was drawn
+                seen.add((kind, label))
+    assert {("shape", 0), ("colour", 0), ("shape", 1), ("colour", 1)} <= seen

@@ -55,15 +55,17 @@ def test_resume_after_an_interruption_gives_the_same_next_step_loss(small_datase
     assert (tmp_path / "cut" / "best" / "tokenizer" / "tokenizer_config.json").exists()
 
 
-@pytest.mark.parametrize("object_centres", [0.0, 5.0], ids=["plain", "with-object-centre-probe"])
-def test_two_processes_train_on_cpu(small_dataset, tmp_path, object_centres):
+@pytest.mark.parametrize("object_probe", [0.0, 5.0], ids=["plain", "with-object-probe"])
+def test_two_processes_train_on_cpu(small_dataset, tmp_path, object_probe):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "richfeedback.reward_models.rahf.train", "--config", str(ROOT / "configs/rahf/tiny.yaml"),
            "--set", f"data.path={small_dataset}", "--set", f"output_dir={tmp_path}", "--set", "optim.epochs=1",
            "--set", "optim.batch_size=4", "--set", "eval_generate=false",
-           "--set", f"loss_weights.object_centres={object_centres}"]
+           "--set", f"loss_weights.object_centres={object_probe}",
+           "--set", f"loss_weights.object_attributes={object_probe}",
+           "--set", f"loss_weights.patch_shapes={object_probe}"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MULTI_CPU" in (tmp_path / "distributed.txt").read_text()
@@ -71,7 +73,8 @@ def test_two_processes_train_on_cpu(small_dataset, tmp_path, object_centres):
     assert list(losses(tmp_path)) == [1, 2, 3, 4]
     assert (tmp_path / "final" / "model.safetensors").exists()
     logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
-    assert all(("loss/object_centres" in r) == bool(object_centres) for r in logged)
+    assert all(("loss/object_centres" in r) == ("loss/object_attributes" in r) == ("loss/patch_shapes" in r)
+               == bool(object_probe) for r in logged)
 
 
 def test_missing_dataset_is_one_line_naming_the_command_to_make_it(tmp_path, capsys):
@@ -157,21 +160,27 @@ def test_object_centre_targets_follow_the_tokens_of_each_word():
                 assert targets[b, t].tolist() == list(expected)
     with pytest.raises(ValueError, match="word values"):
         processor.token_targets(["a red circle"], [[(0.1, 0.1)]])
+    wide = processor.token_targets(["a red circle"], [[(2, 0, 2, 0), None, (2, 0, 2, 0)]])  # as wide as the values
+    assert wide.shape[-1] == 4 and wide[0, 0].tolist() == [2, 0, 2, 0]
 
 
-def test_object_centre_loss_trains_a_probe_and_the_saved_model_keeps_the_public_layout(small_dataset, tmp_path):
-    """loss_weights.object_centres > 0 trains a probe beside the model (logged, checkpointed, resumable); the saved
-    model has exactly the keys of a model trained without it; data without ShapesWorld seeds is refused."""
+def test_object_probe_losses_train_a_probe_and_the_saved_model_keeps_the_public_layout(small_dataset, tmp_path):
+    """loss_weights.object_centres and object_attributes > 0 train a probe beside the model (logged, checkpointed,
+    resumable); the saved model has exactly the keys of a model trained without it; data without ShapesWorld seeds
+    is refused; each loss is its formula over the tokens that have a target."""
     from safetensors import safe_open
 
     from richfeedback.reward_models.rahf.data import RichFeedbackDataset
-    from richfeedback.reward_models.rahf.train import ObjectCentreProbe, object_centre_loss
+    from richfeedback.reward_models.rahf.train import ObjectProbe, object_probe_losses
 
-    weights = {"heatmap": 1.0, "score": 1.0, "seq": 1.0, "marked_tokens": 1.0, "object_centres": 5.0}
+    weights = {"heatmap": 1.0, "score": 1.0, "seq": 1.0, "marked_tokens": 1.0, "object_centres": 5.0,
+               "object_attributes": 1.0, "patch_shapes": 1.0}
     train(config(small_dataset, tmp_path / "cut", loss_weights=weights, stop_after_steps=3))
     train(config(small_dataset, tmp_path / "cut", loss_weights=weights), resume=True)
     log = [json.loads(line) for line in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 9)) and all(0 < r["loss/object_centres"] < 1 for r in log)
+    # cross-entropy over 3 shapes and 5 colours starts near the mean of log 3 and log 5
+    assert all(0 < r["loss/object_attributes"] < 3 and 0 < r["loss/patch_shapes"] < 3 for r in log)
     train(config(small_dataset, tmp_path / "plain"))
     keys = {}
     for name in ("cut", "plain"):
@@ -185,15 +194,33 @@ def test_object_centre_loss_trains_a_probe_and_the_saved_model_keeps_the_public_
 
     split = load_shapesworld_dataset(small_dataset)["train"].remove_columns(["seed_split", "seed_index"])
     with pytest.raises(ValueError, match="object_centres"):
-        RichFeedbackDataset(split, processor=None, word_centres=True)
+        RichFeedbackDataset(split, processor=None, object_targets=True)
     generated = load_shapesworld_dataset(small_dataset)["train"].map(lambda row: {"seed_split": 100})
     with pytest.raises(ValueError, match="seed_split \\[100\\]"):
-        RichFeedbackDataset(generated, processor=None, word_centres=True)
+        RichFeedbackDataset(generated, processor=None, object_targets=True)
     # the loss is the mean squared error over the tokens that have a target
-    probe = ObjectCentreProbe(4)
+    probe = ObjectProbe(4, centres=True, attributes=True, patch_shapes=True)
     hidden = torch.randn(1, 3, 4)
-    targets = torch.tensor([[[0.2, 0.4], [float("nan")] * 2, [0.6, 0.8]]])
-    output = type("Output", (), {"text_hidden_states": hidden})()
-    predicted = probe(hidden)
-    expected = ((predicted[0, [0, 2]] - targets[0, [0, 2]]) ** 2).mean()
-    assert torch.allclose(object_centre_loss(probe, output, targets), expected)
+    nan = float("nan")
+    batch = {"target_token_centres": torch.tensor([[[0.2, 0.4], [nan, nan], [0.6, 0.8]]]),
+             # drawn shape, drawn colour, named shape, named colour: token 0's object was drawn a triangle, not a circle
+             "target_token_attributes": torch.tensor([[[2.0, 4.0, 0.0, 4.0], [nan] * 4, [0.0, 1.0, 0.0, 1.0]]])}
+    patches = torch.randn(1, 4, 4)
+    batch["target_patch_shapes"] = torch.tensor([[3, 3, 3, 1]])  # three background patches, one square
+    output = type("Output", (), {"text_hidden_states": hidden, "image_hidden_states": patches})()
+    predicted = probe(hidden, patches)
+    losses = object_probe_losses(probe, output, batch)
+    expected = ((predicted["centres"][0, [0, 2]] - batch["target_token_centres"][0, [0, 2]]) ** 2).mean()
+    assert torch.allclose(losses["object_centres"], expected)
+    shape_nll = [-predicted["shape_logits"][0, 0].log_softmax(-1)[2], -predicted["shape_logits"][0, 2].log_softmax(-1)[0]]
+    colour_nll = -(predicted["colour_logits"][0, 0].log_softmax(-1)[4] + predicted["colour_logits"][0, 2].log_softmax(-1)[1])
+    assert torch.allclose(losses["object_attributes"], ((shape_nll[0] + shape_nll[1]) / 2 + colour_nll / 2) / 2)
+    # a changed attribute weighs more in its own cross-entropy only (the colours were drawn as named)
+    weighted = object_probe_losses(probe, output, batch, changed_weight=10.0)["object_attributes"]
+    assert torch.allclose(weighted, ((10 * shape_nll[0] + shape_nll[1]) / 11 + colour_nll / 2) / 2)
+    patch_nll = -predicted["patch_shape_logits"][0].log_softmax(-1)[[0, 1, 2, 3], [3, 3, 3, 1]]
+    # the object patch and the mean of the background patches weigh half each
+    assert torch.allclose(losses["patch_shapes"], (patch_nll[3] + patch_nll[:3].mean()) / 2)
+    assert set(object_probe_losses(ObjectProbe(4), output, batch)) == {"object_centres"}
+    with pytest.raises(ValueError, match="centres, attributes, patch shapes or several"):
+        ObjectProbe(4, centres=False)

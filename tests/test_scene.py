@@ -60,3 +60,25 @@ def test_heldout_split_is_stable_and_about_a_fifth():
     assert held == [is_heldout_prompt(p) for p in prompts]
     assert all(is_heldout_prompt(p) for p in sample_prompts(20, seed=4, split="heldout"))
     assert not any(is_heldout_prompt(p) for p in sample_prompts(20, seed=4, split="train"))
+
+
+def test_patch_object_shapes_label_each_patch_with_the_shape_covering_most_of_it():
+    """A 64 px image in 8 x 8 patches: patches a square fills are "square", a small circle's patches "circle" where it
+    covers at least a quarter, the rest background (len(SHAPES))."""
+    from richfeedback.shapesworld.render import patch_object_shapes
+    from richfeedback.shapesworld.scene import SHAPES, SceneObject
+
+    square = SceneObject("red", "square", cx=0.25, cy=0.25, h=0.125)  # pixels 8..24: patches 1-2 x 1-2, fully
+    circle = SceneObject("blue", "circle", cx=0.75, cy=0.75, h=0.0625)  # pixels 44..52: patch 5-6 x 5-6, partly
+    labels = patch_object_shapes([square, circle], size=64, grid=8)
+    assert labels.shape == (8, 8)
+    expected = np.full((8, 8), len(SHAPES))
+    expected[1:3, 1:3] = SHAPES.index("square")
+    # the circle's centre is the corner of four patches; each holds a quarter disk of radius 4 px: 12.6 of 64 pixels
+    # (0.20) is below min_cover 0.25 at the default, above it at 0.15
+    assert (labels == expected).all()
+    low = patch_object_shapes([square, circle], size=64, grid=8, min_cover=0.15)
+    expected[5:7, 5:7] = SHAPES.index("circle")
+    assert (low == expected).all()
+    with pytest.raises(ValueError, match="does not split"):
+        patch_object_shapes([square], size=60, grid=8)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .scene import BACKGROUND, COLORS, Scene, SceneObject
+from .scene import BACKGROUND, COLORS, SHAPES, Scene, SceneObject
 
 DEFAULT_SIZE = 64
 
@@ -34,6 +34,22 @@ def object_mask(obj: SceneObject, size: int = DEFAULT_SIZE) -> np.ndarray:
         depth = (dy + obj.h) / 2.0  # 0 at the apex, h at the base
         return (dy <= obj.h) & (depth >= 0) & (np.abs(dx) <= depth)
     raise ValueError(f"unknown shape {obj.shape!r}")
+
+
+def patch_object_shapes(objects: Sequence[SceneObject], size: int, grid: int, min_cover: float = 0.25) -> np.ndarray:
+    """(grid, grid) ints: per image patch (a `size // grid` pixel square), the index in SHAPES of the object that
+    covers the largest share of it, if that share is at least `min_cover`, else len(SHAPES) (background). What a
+    model's patch tokens must tell apart to read an object's shape."""
+    if size % grid:
+        raise ValueError(f"an image of {size} px does not split into {grid} x {grid} patches")
+    patch = size // grid
+    cover = np.zeros((len(objects) + 1, grid, grid))
+    cover[0] = min_cover  # background wins where no object covers min_cover
+    for i, obj in enumerate(objects, start=1):
+        cover[i] = object_mask(obj, size).reshape(grid, patch, grid, patch).mean(axis=(1, 3))
+    shapes = np.array([len(SHAPES)] + [SHAPES.index(o.shape) for o in objects])
+    # ties (an object covering exactly min_cover) go to the background, the first row
+    return shapes[cover.argmax(axis=0)]
 
 
 def render_objects(objects: Sequence[SceneObject], size: int = DEFAULT_SIZE) -> np.ndarray:

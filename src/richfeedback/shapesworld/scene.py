@@ -238,6 +238,21 @@ def word_object_centres(scene: Scene) -> list[Optional[tuple[float, float]]]:
     return [centres[g] if g >= 0 else None for _, _, g in scene.prompt.word_roles()]
 
 
+def word_object_attributes(scene: Scene) -> list[Optional[tuple[int, int, int, int]]]:
+    """Per word of the prompt (`prompt_words(scene.prompt.text)`), what was drawn for its phrase and what the phrase
+    names: (drawn shape, drawn colour, named shape, named colour) as indices in SHAPES and COLORS, for the one object
+    the scene placed for the phrase's group (`SceneObject.group`), whatever shape and colour it was given; None for
+    words outside any phrase, for groups of 2 or 3, and for a missing object. Where a reshaped or recoloured object
+    reads other than its words: what a model must read to judge a shape or colour word."""
+    colours = list(COLORS)
+    attributes = []
+    for index, group in enumerate(scene.prompt.groups):
+        drawn = [(SHAPES.index(o.shape), colours.index(o.colour)) for o in scene.objects if o.group == index]
+        named = (SHAPES.index(group.shape), colours.index(group.colour))
+        attributes.append((*drawn[0], *named) if group.count == 1 and len(drawn) == 1 else None)
+    return [attributes[g] if g >= 0 else None for _, _, g in scene.prompt.word_roles()]
+
+
 def _boxes_apart(a: SceneObject, b: SceneObject, gap: float) -> bool:
     ax0, ay0, ax1, ay1 = a.bbox()
     bx0, by0, bx1, by1 = b.bbox()

@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ...shapesworld.dataset import SPLIT_IDS, drawn_scene
-from ...shapesworld.scene import word_object_centres
+from ...shapesworld.render import patch_object_shapes
+from ...shapesworld.scene import word_object_attributes, word_object_centres
 from .configuration import HEATMAP_NAMES, SCORE_NAMES
 from .processing import RAHFProcessor, clean_prompt
 
@@ -36,30 +37,31 @@ SCENE_SEED_COLUMNS = ("seed_split", "seed_index")
 class RichFeedbackDataset(Dataset):
     """Per item: preprocessed image, the two target heatmaps, the four target scores, and the two texts.
 
-    `word_centres=True` (ShapesWorld datasets only) adds, per word of the prompt, the centre of the object its phrase
-    names in the drawn scene (`scene.word_object_centres`), for the training-only object-centre loss (train.py)."""
+    `object_targets=True` (ShapesWorld datasets only) adds, per word of the prompt, where the object its phrase names
+    is drawn (`scene.word_object_centres`) and what shape and colour it was drawn with
+    (`scene.word_object_attributes`), and per image patch the shape drawn there (`render.patch_object_shapes`), for
+    the training-only object probe (train.py)."""
 
-    def __init__(self, split, processor: RAHFProcessor, word_centres: bool = False):
+    def __init__(self, split, processor: RAHFProcessor, object_targets: bool = False):
         check_columns(split)
-        if word_centres:
+        if object_targets:
+            probe = "the object probe (loss_weights.object_centres, object_attributes, patch_shapes)"
             if not set(SCENE_SEED_COLUMNS) <= set(split.column_names):
-                raise ValueError(f"loss_weights.object_centres needs the ShapesWorld columns {SCENE_SEED_COLUMNS} "
-                                 "(where each object is drawn); this dataset has none: set loss_weights.object_centres "
-                                 "to 0")
+                raise ValueError(f"{probe} needs the ShapesWorld columns {SCENE_SEED_COLUMNS} (where each object is "
+                                 "drawn); this dataset has none: set those weights to 0")
             others = set(split.unique("seed_split")) - set(SPLIT_IDS.values())
             if others:
-                raise ValueError(f"loss_weights.object_centres re-draws each example's scene from its seeds, which only "
-                                 f"`richfeedback shapesworld make-dataset` examples have (seed_split in "
-                                 f"{sorted(SPLIT_IDS.values())}); this data has seed_split {sorted(others)} (e.g. "
-                                 "feedback on generated images): leave it out of data.extra_paths or set "
-                                 "loss_weights.object_centres to 0")
+                raise ValueError(f"{probe} re-draws each example's scene from its seeds, which only `richfeedback "
+                                 f"shapesworld make-dataset` examples have (seed_split in {sorted(SPLIT_IDS.values())}); "
+                                 f"this data has seed_split {sorted(others)} (e.g. feedback on generated images): leave "
+                                 "it out of data.extra_paths or set those weights to 0")
         # Only the columns training reads: a row access decodes every image column it holds, and the ShapesWorld
         # dataset has two more (the true regions) that RAHF never sees.
         prompt = "clean_prompt" if "clean_prompt" in split.column_names else "prompt"
-        extra = list(SCENE_SEED_COLUMNS) if word_centres else []
+        extra = list(SCENE_SEED_COLUMNS) if object_targets else []
         self.split = split.select_columns(list(dict.fromkeys([*REQUIRED_COLUMNS, prompt, *extra])))
         self.processor = processor
-        self.word_centres = word_centres
+        self.object_targets = object_targets
 
     def __len__(self) -> int:
         return len(self.split)
@@ -74,12 +76,15 @@ class RichFeedbackDataset(Dataset):
             "prompt": prompt,
             "labeled_prompt": row["labeled_prompt"],
         }
-        if self.word_centres:
+        if self.object_targets:
             scene = drawn_scene(int(row["seed_split"]), int(row["seed_index"]), size=row["image"].size[0])
             if clean_prompt(scene.prompt.text) != clean_prompt(prompt):
                 raise ValueError(f"example {index}'s seeds draw another prompt ({scene.prompt.text!r}, not "
                                  f"{prompt!r}): the dataset was not made by this version's make_example")
-            item["word_centres"] = word_object_centres(scene)
+            item["word_targets"] = {"centres": word_object_centres(scene), "attributes": word_object_attributes(scene)}
+            grid = self.processor.config.grid_size
+            item["patch_shapes"] = torch.from_numpy(patch_object_shapes(scene.objects, row["image"].size[0], grid)
+                                                    ).flatten()
         return item
 
 
@@ -97,8 +102,12 @@ class Collator:
             "prompts": [i["prompt"] for i in items],
             "labeled_prompts": [i["labeled_prompt"] for i in items],
         }
-        centres = [i["word_centres"] for i in items] if "word_centres" in items[0] else None
-        batch.update(self.processor.text_inputs(batch["prompts"], batch["labeled_prompts"], centres))
+        word_targets = None
+        if "word_targets" in items[0]:  # {name: per item, per word}
+            word_targets = {name: [i["word_targets"][name] for i in items] for name in items[0]["word_targets"]}
+        batch.update(self.processor.text_inputs(batch["prompts"], batch["labeled_prompts"], word_targets))
+        if "patch_shapes" in items[0]:
+            batch["target_patch_shapes"] = torch.stack([i["patch_shapes"] for i in items])  # (B, g*g)
         return batch
 
 

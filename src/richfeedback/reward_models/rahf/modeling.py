@@ -110,6 +110,7 @@ class RAHFOutput:
     text_hidden_states: Optional[torch.Tensor] = None  # fused text tokens, what the decoder reads
     text_attention_mask: Optional[torch.Tensor] = None
     seq_logits: Optional[torch.Tensor] = None  # (B, L, vocab) decoder logits behind seq_loss (with labels only)
+    image_hidden_states: Optional[torch.Tensor] = None  # (B, g*g, d_model) fused patch tokens of the prompt's pass
 
 
 class RAHFPreTrainedModel(PreTrainedModel):
@@ -212,7 +213,8 @@ class RAHFModel(RAHFPreTrainedModel):
             decoded = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=text_hidden),
                               attention_mask=text_mask, labels=labels)
             seq_loss, seq_logits = decoded.loss, decoded.logits
-        return RAHFOutput(heatmaps, scores, seq_loss, text_hidden, text_mask, seq_logits)
+        g = self.config.grid_size
+        return RAHFOutput(heatmaps, scores, seq_loss, text_hidden, text_mask, seq_logits, hidden[:, 1 : 1 + g * g])
 
     @torch.no_grad()
     def generate_marked_prompt(self, output: RAHFOutput, max_new_tokens: Optional[int] = None,

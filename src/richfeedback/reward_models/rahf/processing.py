@@ -176,14 +176,15 @@ class RAHFProcessor:
         return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask}
 
     def token_targets(self, prompts: Sequence[str], word_values: Sequence[Sequence], encoding=None) -> torch.Tensor:
-        """(B, L, 2): per token of `tokenize(prompts)`, the pair `word_values[b][w]` of the word it belongs to, NaN
-        for special tokens, padding and words whose value is None. `encoding`: the prompts' `_encode` result, if
-        already computed (`text_inputs` passes the one its input ids come from)."""
+        """(B, L, D): per token of `tokenize(prompts)`, the tuple `word_values[b][w]` (D numbers) of the word it
+        belongs to, NaN for special tokens, padding and words whose value is None. `encoding`: the prompts' `_encode`
+        result, if already computed (`text_inputs` passes the one its input ids come from)."""
         prompts = [clean_prompt(p) for p in prompts]
         enc = encoding if encoding is not None else self._encode(prompts)
         n_words = [len(p.split()) for p in prompts]
+        width = next((len(v) for values in word_values for v in values if v is not None), 1)
         # a table per prompt of its words' values, with a last all-NaN row that tokens of no word (or no value) read
-        table = torch.full((len(prompts), max(n_words) + 1, 2), float("nan"))
+        table = torch.full((len(prompts), max(n_words) + 1, width), float("nan"))
         for b, values in enumerate(word_values):
             if len(values) != n_words[b]:
                 raise ValueError(f"{len(values)} word values for the {n_words[b]} words of {prompts[b]!r}")
@@ -192,13 +193,13 @@ class RAHFProcessor:
                     table[b, w] = torch.tensor(value, dtype=torch.float32)
         nan_row = table.shape[1] - 1
         index = torch.tensor([[nan_row if w is None else w for w in enc.word_ids(b)] for b in range(len(prompts))])
-        return table.gather(1, index.unsqueeze(-1).expand(-1, -1, 2))
+        return table.gather(1, index.unsqueeze(-1).expand(-1, -1, width))
 
     def text_inputs(self, prompts: Sequence[str], labeled_prompts: Optional[Sequence[str]] = None,
-                    word_values: Optional[Sequence[Sequence]] = None) -> dict:
+                    word_targets: Optional[dict[str, Sequence[Sequence]]] = None) -> dict:
         """Input ids and attention mask of the prompts (and the augmented variant's task prompts); with
-        `labeled_prompts` the decoder's `labels`; with `word_values` (per word of each prompt, a pair or None)
-        `target_token_centres` per token (`token_targets`), from the same tokenization as the input ids."""
+        `labeled_prompts` the decoder's `labels`; with `word_targets` ({name: per word of each prompt, a tuple or
+        None}) `target_token_<name>` per token (`token_targets`), from the same tokenization as the input ids."""
         prompts = [clean_prompt(p) for p in prompts]
         encoding = self._encode(prompts)
         inputs = {"input_ids": encoding.input_ids, "attention_mask": encoding.attention_mask}
@@ -210,8 +211,8 @@ class RAHFProcessor:
         if labeled_prompts is not None:
             labels = self.tokenize(list(labeled_prompts))
             inputs["labels"] = labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100)
-        if word_values is not None:
-            inputs["target_token_centres"] = self.token_targets(prompts, word_values, encoding)
+        for name, word_values in (word_targets or {}).items():
+            inputs[f"target_token_{name}"] = self.token_targets(prompts, word_values, encoding)
         return inputs
 
     def __call__(self, images, prompts: Sequence[str], labeled_prompts: Optional[Sequence[str]] = None) -> dict:

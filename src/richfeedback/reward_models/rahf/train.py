@@ -6,7 +6,8 @@
     accelerate launch --multi_gpu --num_processes 2 -m richfeedback.reward_models.rahf.train --config ...
 
 Loss: heatmap MSE + score MSE + teacher-forced cross-entropy of the marked prompt (padding ignored), each weighted
-(and, on ShapesWorld data, optionally a training-only object-centre loss: `loss_weights.object_centres`).
+(and, on ShapesWorld data, optionally the training-only losses of an object probe: `loss_weights.object_centres`,
+`object_attributes`, `patch_shapes`).
 AdamW with warm-up then cosine decay per step; gradient accumulation; mixed precision; checkpoints every N steps
 (written atomically) and `--resume` from the latest; the dev split is evaluated after each epoch with the paper's
 metrics, and the best model by the reference's selection rule is kept in `OUTPUT/best` (a `from_pretrained`
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from ...training_utils import latest_checkpoint, load_config as load_yaml_config, lr_factor, save_atomically
 from ...training_utils import add_training_arguments, training_main
 from ...training_utils import save_checkpoint as save_training_state
+from ...shapesworld.scene import COLORS, SHAPES
 from .configuration import HEATMAP_NAMES, SCORE_NAMES, RAHFConfig
 from .modeling import RAHFModel, add_sincos_position_embeddings, grow_encoder, with_variant
 
@@ -58,11 +60,16 @@ DEFAULTS = {
     # marked_tokens: the weight, inside the sequence loss, of the target tokens that mark a word misaligned (the "_0"
     # suffix's tokens). They are a few percent of the target tokens (the rest copy the prompt), so the plain mean
     # (1.0, the reference) spends almost all of the sequence loss on copying.
-    # object_centres: the weight of a training-only loss (not in the paper; 0 = off): a linear probe on each fused text
-    # token predicts where the object its phrase names is drawn (ShapesWorld data only; ObjectCentreProbe). The
-    # sequence loss alone asks the encoder to bind a word to its object through a few marked words; this asks it on
-    # every word of every phrase. The probe is dropped when the model is saved.
-    "loss_weights": {"heatmap": 1.0, "score": 1.0, "seq": 1.0, "marked_tokens": 1.0, "object_centres": 0.0},
+    # object_centres, object_attributes: the weights of training-only losses (not in the paper; 0 = off): linear
+    # probes on each fused text token predict where the object its phrase names is drawn (MSE), and what shape and
+    # colour it was drawn with (cross-entropy) (ShapesWorld data only; ObjectProbe). The sequence loss alone asks the
+    # encoder to bind a word to its object through a few marked words; these ask it on every word of every phrase.
+    # The probe is dropped when the model is saved. object_attribute_changes: inside the attribute loss, the weight of
+    # the tokens whose phrase's object was drawn with another shape or colour than the phrase names (on the others
+    # the prompt alone gives the answer), as marked_tokens for the sequence loss. patch_shapes: the weight of a third
+    # probe loss, on the fused image patch tokens: the shape drawn on each patch, or background.
+    "loss_weights": {"heatmap": 1.0, "score": 1.0, "seq": 1.0, "marked_tokens": 1.0, "object_centres": 0.0,
+                     "object_attributes": 0.0, "object_attribute_changes": 1.0, "patch_shapes": 0.0},
     # "mse" as the reference. "bce" (binary cross-entropy on the same [0, 1] maps) keeps a useful gradient where a
     # sigmoid output sits near 0 over mostly-empty maps, which MSE loses; models trained from scratch need it.
     "heatmap_loss": "mse",
@@ -144,34 +151,84 @@ def repeat_misaligned(split, times: int, word_times: Optional[dict] = None):
     return split.select(order)
 
 
-class ObjectCentreProbe(torch.nn.Module):
-    """Training only: fused text token (d_model) -> (x, y) in [0, 1], where the object its phrase names is drawn.
+class ObjectProbe(torch.nn.Module):
+    """Training only: linear probes on each fused text token (d_model) for the object its phrase names: where it is
+    drawn, (x, y) in [0, 1] (`centres`), and what shape and colour it was drawn with, as logits over SHAPES and
+    COLORS (`attributes`); and on each fused image patch token, the shape drawn there, as logits over SHAPES and
+    background (`patch_shapes`).
 
-    A linear probe, so what it reads must already be in the encoder's text token: its loss makes the encoder carry,
-    on each word of a phrase, the place of that phrase's object in the image, the binding that judging a position
-    (or shape) word needs."""
+    Linear, so what they read must already be in the encoder's tokens: their losses make the encoder carry, on each
+    word of a phrase, the place and look of that phrase's object in the image, the binding that judging a position,
+    shape or colour word needs, and on each patch what is drawn there."""
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, centres: bool = True, attributes: bool = False, patch_shapes: bool = False):
         super().__init__()
-        self.linear = torch.nn.Linear(d_model, 2)
+        if not (centres or attributes or patch_shapes):
+            raise ValueError("an ObjectProbe predicts centres, attributes, patch shapes or several")
+        # made in this order so that a centres-only probe starts from the same draws whether or not the others exist
+        self.centre = torch.nn.Linear(d_model, 2) if centres else None
+        self.shape = torch.nn.Linear(d_model, len(SHAPES)) if attributes else None
+        self.colour = torch.nn.Linear(d_model, len(COLORS)) if attributes else None
+        self.patch_shape = torch.nn.Linear(d_model, len(SHAPES) + 1) if patch_shapes else None
 
-    def forward(self, text_hidden: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.linear(text_hidden.float()))
+    def forward(self, text_hidden: torch.Tensor, image_hidden: Optional[torch.Tensor] = None
+                ) -> dict[str, torch.Tensor]:
+        hidden = text_hidden.float()
+        out = {}
+        if self.centre is not None:
+            out["centres"] = torch.sigmoid(self.centre(hidden))
+        if self.shape is not None:
+            out["shape_logits"], out["colour_logits"] = self.shape(hidden), self.colour(hidden)
+        if self.patch_shape is not None:
+            out["patch_shape_logits"] = self.patch_shape(image_hidden.float())
+        return out
 
 
-def object_centre_loss(probe: ObjectCentreProbe, output, targets: torch.Tensor) -> torch.Tensor:
-    """MSE between the probe's (x, y) and `targets` (B, L, 2) over the tokens that have one (others are NaN)."""
-    predicted = probe(output.text_hidden_states)
-    valid = ~torch.isnan(targets[..., 0])
-    if not valid.any():  # a batch of plural groups only: still a graph through the probe, as DDP expects
-        return predicted.sum() * 0.0
-    return F.mse_loss(predicted[valid], targets[valid])
+def object_probe_losses(probe: ObjectProbe, output, batch: dict, changed_weight: float = 1.0
+                        ) -> dict[str, torch.Tensor]:
+    """Per part of the probe, its loss over the tokens that have a target (others are NaN): "object_centres", the
+    mean squared error of (x, y) against `target_token_centres` (B, L, 2); "object_attributes", the mean of the shape
+    and colour cross-entropies against `target_token_attributes` (B, L, 4: drawn shape, drawn colour, named shape,
+    named colour; `scene.word_object_attributes`), each a weighted mean over tokens where an attribute drawn other
+    than named weighs `changed_weight`: on every other token the prompt alone gives the answer; "patch_shapes", the
+    cross-entropy of each image patch token's shape (or background) against `target_patch_shapes` (B, g*g), its
+    means over object patches and over background patches weighing half each."""
+    predicted = probe(output.text_hidden_states, output.image_hidden_states)
+    losses = {}
+    if "centres" in predicted:
+        targets = batch["target_token_centres"]
+        valid = ~torch.isnan(targets[..., 0])
+        # a batch of plural groups only: still a graph through the probe, as DDP expects
+        losses["object_centres"] = (F.mse_loss(predicted["centres"][valid], targets[valid]) if valid.any()
+                                    else predicted["centres"].sum() * 0.0)
+    if "shape_logits" in predicted:
+        targets = batch["target_token_attributes"]
+        valid = ~torch.isnan(targets[..., 0])
+        if valid.any():
+            classes = targets[valid].long()
+            parts = []
+            for i, logits in enumerate((predicted["shape_logits"][valid], predicted["colour_logits"][valid])):
+                drawn, named = classes[:, i], classes[:, i + 2]
+                weight = 1.0 + (changed_weight - 1.0) * (drawn != named).float()
+                parts.append((F.cross_entropy(logits, drawn, reduction="none") * weight).sum() / weight.sum())
+            losses["object_attributes"] = (parts[0] + parts[1]) / 2
+        else:
+            losses["object_attributes"] = (predicted["shape_logits"].sum() + predicted["colour_logits"].sum()) * 0.0
+    if "patch_shape_logits" in predicted:
+        logits = predicted["patch_shape_logits"]
+        logits, targets = logits.reshape(-1, logits.shape[-1]), batch["target_patch_shapes"].reshape(-1).long()
+        each = F.cross_entropy(logits, targets, reduction="none")
+        # most patches are background: the mean over object patches and the mean over background weigh half each
+        on_object = targets < len(SHAPES)
+        losses["patch_shapes"] = sum(each[part].mean() if part.any() else each.sum() * 0.0
+                                     for part in (on_object, ~on_object)) / 2
+    return losses
 
 
 def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse",
-                 marker_ids: Optional[list[int]] = None, probe: Optional[ObjectCentreProbe] = None
+                 marker_ids: Optional[list[int]] = None, probe: Optional[ObjectProbe] = None
                  ) -> tuple[torch.Tensor, dict]:
-    """The weighted sum of the heatmap, score and sequence losses (and the object-centre loss when `probe` is given),
+    """The weighted sum of the heatmap, score and sequence losses (and the object probe's when `probe` is given),
     and each part (the sequence part unweighted)."""
     if heatmap_loss not in ("mse", "bce"):
         raise ValueError(f"heatmap_loss must be 'mse' or 'bce', got {heatmap_loss!r}")
@@ -190,9 +247,10 @@ def compute_loss(output, batch: dict, weights: dict, heatmap_loss: str = "mse",
     total = weights["heatmap"] * heatmap + weights["score"] * score + weights["seq"] * seq
     parts = {"loss/heatmap": heatmap.item(), "loss/score": score.item(), "loss/seq": output.seq_loss.item()}
     if probe is not None:
-        centres = object_centre_loss(probe, output, batch["target_token_centres"])
-        total = total + float(weights["object_centres"]) * centres
-        parts["loss/object_centres"] = centres.item()
+        changed_weight = float(weights.get("object_attribute_changes", 1.0))
+        for name, loss in object_probe_losses(probe, output, batch, changed_weight).items():
+            total = total + float(weights[name]) * loss
+            parts[f"loss/{name}"] = loss.item()
     return total, {**parts, "loss/total": total.item()}
 
 
@@ -244,9 +302,10 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     model, processor = build_model(cfg)
     marker_ids = marker_token_ids(processor.tokenizer) if cfg["loss_weights"].get("marked_tokens", 1.0) != 1.0 \
         else None
-    centre_weight = float(cfg["loss_weights"].get("object_centres") or 0.0)
-    probe = ObjectCentreProbe(model.config.t5["d_model"]) if centre_weight else None
-    loader = DataLoader(RichFeedbackDataset(train_data, processor, word_centres=probe is not None),
+    probe_parts = [bool(float(cfg["loss_weights"].get(k) or 0.0)) for k in ("object_centres", "object_attributes",
+                                                                            "patch_shapes")]
+    probe = ObjectProbe(model.config.t5["d_model"], *probe_parts) if any(probe_parts) else None
+    loader = DataLoader(RichFeedbackDataset(train_data, processor, object_targets=probe is not None),
                         batch_size=o["batch_size"],
                         shuffle=True, drop_last=True, collate_fn=Collator(processor),
                         num_workers=cfg["data"]["num_workers"], generator=torch.Generator().manual_seed(cfg["seed"]))
