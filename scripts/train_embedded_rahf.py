@@ -36,9 +36,31 @@ sys.path.insert(0, str(ROOT / "src"))
 from richfeedback.reward_models.rahf.evaluate import (choose_marker_bias, compute_metrics,  # noqa: E402
                                                      format_marker_table, format_tables, predict_split)
 from richfeedback.reward_models.rahf.predict import EMBEDDED_RAHF, load_rahf  # noqa: E402
-from richfeedback.reward_models.rahf.train import load_config, train  # noqa: E402
+from richfeedback.reward_models.rahf.train import PROBE_LOSSES, load_config, train  # noqa: E402
 from richfeedback.shapesworld.dataset import load_shapesworld_dataset, make_dataset, split_sizes  # noqa: E402
 from richfeedback.shapesworld.raters import agreement_as_rahf_metrics  # noqa: E402
+
+
+# What each of the object probe's losses asks, for the model card (rahf.train.PROBE_LOSSES).
+PROBE_LOSS_TEXTS = {
+    "object_centres": "the object-centre loss (training only: a linear probe on each fused word token predicts where "
+                      "its phrase's object is drawn",
+    "object_attributes": "the object-attribute loss (training only: linear probes on the same tokens predict the shape "
+                         "and colour its phrase's object was drawn with",
+    "patch_shapes": "the patch-shape loss (training only: a linear probe on each fused image patch token predicts the "
+                    "shape drawn on it, or background",
+}
+
+
+def probe_weights(stage: dict) -> dict[str, float]:
+    """The stage's object-probe loss weights that are on, in PROBE_LOSSES order."""
+    return {k: float(stage["loss_weights"][k]) for k in PROBE_LOSSES if stage["loss_weights"].get(k)}
+
+
+def changed_attribute_weight(stage: dict) -> float:
+    """loss_weights.object_attribute_changes where the attribute loss is on and it is not 1, else 1."""
+    weight = float(stage["loss_weights"].get("object_attribute_changes", 1.0))
+    return weight if stage["loss_weights"].get("object_attributes") else 1.0
 
 
 def main(argv=None):
@@ -123,11 +145,9 @@ def main(argv=None):
         if stage["model"].get("add_sincos_positions"):
             added.append(f"a sine-cosine position table x {stage['model']['add_sincos_positions']:g} added to the "
                          "ViT's position embeddings")
-        probe = [f"{k} {stage['loss_weights'][k]:g}" for k in ("object_centres", "object_attributes", "patch_shapes")
-                 if stage["loss_weights"].get(k)]
-        if stage["loss_weights"].get("object_attributes") and stage["loss_weights"].get("object_attribute_changes",
-                                                                                      1.0) != 1.0:
-            probe.append(f"object_attribute_changes {stage['loss_weights']['object_attribute_changes']:g}")
+        probe = [f"{k} {w:g}" for k, w in probe_weights(stage).items()]
+        if changed_attribute_weight(stage) != 1.0:
+            probe.append(f"object_attribute_changes {changed_attribute_weight(stage):g}")
         if probe:
             added.append("object probe " + ", ".join(probe))
         return f" ({'; '.join(added)})" if added else ""
@@ -149,21 +169,12 @@ def main(argv=None):
                          "(\"implausibility heatmap: PROMPT\", ...), so the encoder runs once per task")
     marked = cfg["loss_weights"].get("marked_tokens", 1.0)
     marked_text = f"; the tokens of the \"_0\" marks weighted {marked:g}" if marked != 1.0 else ""
-    centres = float(cfg["loss_weights"].get("object_centres") or 0.0)
-    attributes = float(cfg["loss_weights"].get("object_attributes") or 0.0)
-    probe_text = (f" + {centres:g} x the object-centre loss (training only: a linear probe on each fused word "
-                    "token predicts where its phrase's object is drawn; `loss_weights.object_centres`)" if centres else "")
-    changed = float(cfg["loss_weights"].get("object_attribute_changes", 1.0))
-    if attributes:
-        probe_text += (f" + {attributes:g} x the object-attribute loss (training only: linear probes on the same "
-                       "tokens predict the shape and colour its phrase's object was drawn with; "
-                       "`loss_weights.object_attributes`"
-                       + (f"; the tokens whose object was drawn other than its words say weighted {changed:g}"
-                          if changed != 1.0 else "") + ")")
-    patches = float(cfg["loss_weights"].get("patch_shapes") or 0.0)
-    if patches:
-        probe_text += (f" + {patches:g} x the patch-shape loss (training only: a linear probe on each fused image "
-                       "patch token predicts the shape drawn on it, or background; `loss_weights.patch_shapes`)")
+    changed = changed_attribute_weight(cfg)
+    probe_text = "".join(
+        f" + {w:g} x {PROBE_LOSS_TEXTS[k]}; `loss_weights.{k}`"
+        + (f"; the tokens whose object was drawn other than its words say weighted {changed:g}"
+           if k == "object_attributes" and changed != 1.0 else "") + ")"
+        for k, w in probe_weights(cfg).items())
     default = out.resolve() == EMBEDDED_RAHF.resolve()
     usage = "load_rahf()          # this folder" if default else f'load_rahf(EMBEDDED_RAHF.with_name("{out.name}"))'
 

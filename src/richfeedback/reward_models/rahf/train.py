@@ -151,6 +151,10 @@ def repeat_misaligned(split, times: int, word_times: Optional[dict] = None):
     return split.select(order)
 
 
+# The object probe's losses, each named by its loss weight (and the ObjectProbe part it needs, in this order).
+PROBE_LOSSES = ("object_centres", "object_attributes", "patch_shapes")
+
+
 class ObjectProbe(torch.nn.Module):
     """Training only: linear probes on each fused text token (d_model) for the object its phrase names: where it is
     drawn, (x, y) in [0, 1] (`centres`), and what shape and colour it was drawn with, as logits over SHAPES and
@@ -302,8 +306,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     model, processor = build_model(cfg)
     marker_ids = marker_token_ids(processor.tokenizer) if cfg["loss_weights"].get("marked_tokens", 1.0) != 1.0 \
         else None
-    probe_parts = [bool(float(cfg["loss_weights"].get(k) or 0.0)) for k in ("object_centres", "object_attributes",
-                                                                            "patch_shapes")]
+    probe_parts = [bool(float(cfg["loss_weights"].get(k) or 0.0)) for k in PROBE_LOSSES]
     probe = ObjectProbe(model.config.t5["d_model"], *probe_parts) if any(probe_parts) else None
     loader = DataLoader(RichFeedbackDataset(train_data, processor, object_targets=probe is not None),
                         batch_size=o["batch_size"],
