@@ -5,17 +5,19 @@ BIN := $(VENV)/bin
 # Our CPU machines need this pair (torch 2.13.0+cpu breaks `import torchvision`, and with it open_clip).
 # On a GPU machine, install your own torch first and run `make install TORCH_SPEC=`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Upper bounds for releases that break each other on our package index (see the file).
+CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install demo test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(strip $(TORCH_SPEC)),$(BIN)/python -m pip install -q $(TORCH_SPEC))
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" $(if $(strip $(CONSTRAINTS)),-c $(CONSTRAINTS))
 	@touch $(STAMP)
 
 install: $(STAMP)
