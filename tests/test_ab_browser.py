@@ -110,9 +110,14 @@ def test_rate_with_clicks_and_keys_export_and_read_back(tmp_path, browser):
 
     # Ratings survive a reload (localStorage under the comparison's id); the arrow keys go back to a rated pair.
     # Chrome hands a page's localStorage writes to its browser process asynchronously, and a reload starts a new
-    # renderer that reads from there: without a pause an immediate reload can race the last writes (seen once in CI).
-    time.sleep(1.0)
-    browser.refresh()
+    # renderer that reads from there: an immediate reload can race the last writes (seen in CI, and locally under
+    # load even after a 1 s pause). So reload until the ratings are back, for at most 20 s: lost writes still fail.
+    deadline = time.monotonic() + 20.0
+    while True:
+        time.sleep(0.5)
+        browser.refresh()
+        if text("progress-text") == "6 of 6 pairs rated" or time.monotonic() > deadline:
+            break
     assert text("progress-text") == "6 of 6 pairs rated"
     press(Keys.ARROW_LEFT)
     assert len(browser.find_elements(By.CSS_SELECTOR, ".choices button.chosen")) == 2

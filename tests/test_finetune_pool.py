@@ -134,6 +134,22 @@ def test_topk_and_threshold():
     assert [(r["prompt_index"], r["seed"]) for r in threshold] == [(0, 1), (1, 2)]
 
 
+def test_a_quantile_threshold_keeps_the_best_share_of_the_whole_pool_whatever_their_prompts():
+    rows = rows_with({0: [0.1, 0.9, 0.5, 0.95], 1: [0.7, 0.2, 0.8, 0.3]})
+    # the 0.75 quantile of the eight scores is 0.825 (numpy's linear interpolation between 0.8 and 0.9): the best
+    # two images are kept, both of prompt 0, and none of prompt 1
+    kept = select(rows, FilterPolicy(policy="threshold", score="s", min_score="q0.75", min_prompts=0))
+    assert [(r["prompt_index"], r["seed"]) for r in kept] == [(0, 1), (0, 3)]
+    assert FilterPolicy(policy="threshold", score="s", min_score="Q0.75").quantile == 0.75
+    floor = select(rows, FilterPolicy(policy="topk", score="s", k=1, min_score="q0.5", min_prompts=0))
+    assert [(r["prompt_index"], r["seed"]) for r in floor] == [(0, 3), (1, 2)]  # the median is 0.6
+    above = select(rows, FilterPolicy(policy="topk", score="s", k=1, min_score="q0.75", min_prompts=0))
+    assert [(r["prompt_index"], r["seed"]) for r in above] == [(0, 3)]  # prompt 1's best, 0.8, is below 0.825
+    for bad in ("q1.5", "qx", "0.5", "best"):
+        with pytest.raises(UsageError, match=r"q0.9 keeps the best 10%"):
+            FilterPolicy(policy="threshold", score="s", min_score=bad)
+
+
 def test_weighted_combination_with_zscores():
     rows = [{**r, "scores": {"a": r["scores"]["s"], "b": 100.0 * (1 - r["scores"]["s"])}}
             for r in rows_with({0: [0.0, 1.0, 0.5, 0.25]})]

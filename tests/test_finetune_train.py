@@ -115,6 +115,40 @@ def test_two_processes_train_on_cpu(dataset, tmp_path):
     assert (tmp_path / LORA_WEIGHTS).exists()
 
 
+def test_a_share_of_the_examples_trains_with_the_empty_prompt(dataset, tmp_path, monkeypatch):
+    import richfeedback.finetune.train as module
+    from richfeedback.errors import UsageError
+    from richfeedback.generation import load_pipeline
+
+    conditionings, captions = [], []
+    denoising_loss, encode_text = module.denoising_loss, module.encode_text
+
+    def record_conditioning(unet, scheduler, latents, conditioning, *args, **kwargs):
+        conditionings.append(conditioning["encoder_hidden_states"].detach().clone())
+        return denoising_loss(unet, scheduler, latents, conditioning, *args, **kwargs)
+
+    def record_captions(pipe, batch_captions, device):
+        captions.append(list(batch_captions))
+        return encode_text(pipe, batch_captions, device)
+
+    monkeypatch.setattr(module, "denoising_loss", record_conditioning)
+    monkeypatch.setattr(module, "encode_text", record_captions)
+    train(config(dataset, tmp_path / "cached", proportion_empty_prompts=0.5))
+    empty = encode_text(load_pipeline("embedded"), [""], "cpu")["encoder_hidden_states"][0]
+    rows = torch.cat(conditionings)  # 6 steps x 4 examples, from the cached text embeddings
+    dropped = [torch.allclose(row, empty, atol=1e-6) for row in rows]
+    assert len(rows) == 24 and 6 <= sum(dropped) <= 18, sum(dropped)
+    # trained text encoder: nothing cached, the dropped captions are encoded as ""
+    captions.clear()
+    cfg = config(dataset, tmp_path / "encoder", proportion_empty_prompts=0.5)
+    cfg["lora"]["train_text_encoder"] = True
+    train(cfg)
+    batches = [c for c in captions if len(c) == 4]
+    assert len(batches) == 6 and 6 <= sum(c == "" for b in batches for c in b) <= 18
+    with pytest.raises(UsageError, match=r"proportion_empty_prompts must be in \[0, 1\)"):
+        train(config(dataset, tmp_path / "bad", proportion_empty_prompts=1.0))
+
+
 def test_bad_dataset_is_one_line_naming_the_command_that_makes_one(tmp_path, capsys):
     assert main(["--config", str(ROOT / "configs/finetune/embedded.yaml"), "--set", f"data.path={tmp_path}",
                  "--set", f"output_dir={tmp_path / 'o'}"]) == 2
@@ -203,3 +237,18 @@ def test_regularisation_renders_are_appended_to_the_training_data(dataset, tmp_p
     cfg["optim"]["max_steps"] = 1
     train(cfg)
     assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["num_examples"] == 16 + 8
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "finetune").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_finetune_config_reads_and_its_filter_policy_is_valid(path):
+    from richfeedback.finetune.filtering import FilterPolicy
+    from richfeedback.finetune.loop import is_loop_config, load_loop_config
+
+    raw = yaml.safe_load(path.read_text())
+    cfg = load_config(path)  # refuses unknown training keys
+    assert cfg["optim"]["max_steps"] >= 1 and cfg["lora"]["rank"] >= 1
+    if is_loop_config(raw):
+        loop = load_loop_config(path)
+        policy = FilterPolicy(**loop["filter"])
+        assert policy.policy in ("threshold", "topk", "align_sd")
+        assert loop["score"]["models"], "a loop config scores its pool with at least one model"

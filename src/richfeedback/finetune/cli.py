@@ -18,6 +18,11 @@ from pathlib import Path
 from ..errors import UsageError
 
 
+def _number_or_quantile(text: str):
+    """--min-score: 0.5, or q0.9 (a quantile of the pool's scores)."""
+    return text if text.strip().lower().startswith("q") else float(text)
+
+
 def cmd_pool_generate(args) -> None:
     from ..cli import read_prompts
     from .pool import count_missing, generate_pool
@@ -118,7 +123,9 @@ def add_pool_command(subparsers) -> None:
                    help="a score name or a weighted sum: '1.0*rahf:alignment + 0.5*rahf:plausibility'")
     p.add_argument("--normalize", choices=("none", "zscore"), default="none",
                    help="z-score each model's scores over the pool before weighting")
-    p.add_argument("--min-score", type=float, default=None, help="threshold (and optional floor for topk)")
+    p.add_argument("--min-score", type=_number_or_quantile, default=None,
+                   help="threshold (and optional floor for topk): a number, or q0.9 for the 0.9 quantile of the "
+                        "pool's scores")
     p.add_argument("--k", type=int, default=1, help="topk: images kept per prompt")
     p.add_argument("--temperature", type=float, default=1.0, help="align_sd: softmax temperature of the scores")
     p.add_argument("--min-candidates", type=int, default=4, help="align_sd: prompts with fewer images are skipped")

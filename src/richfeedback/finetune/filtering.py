@@ -6,7 +6,8 @@ The score a policy ranks by is one reward model's or a weighted sum, `"1.0*rahf:
 optionally z-scored per model over the pool first (`normalize="zscore"`), so that models on different scales can be
 mixed. Policies:
 
-- threshold: every image whose score is at least `min_score`.
+- threshold: every image whose score is at least `min_score`: a number, or `"q0.9"`, the 0.9 quantile of the score
+  over the whole pool (keep its best 10%, whichever prompts they belong to: a judge is surest of its extremes).
 - topk: the `k` best images of each prompt (optionally also at least `min_score`).
 - align_sd: the recipe of HPS v1's align_sd (`select_training_images.py`): prompts with at least `min_candidates`
   (4) images; p = softmax(score / temperature) over a prompt's N images; the best image is kept as a positive when
@@ -67,7 +68,7 @@ class FilterPolicy:
     policy: str = "align_sd"
     score: str = "rahf:overall"
     normalize: str = "none"  # none | zscore
-    min_score: Optional[float] = None
+    min_score: Optional[float | str] = None  # a number, or "q0.9": that quantile of the score over the pool
     k: int = 1
     temperature: float = 1.0
     min_candidates: int = 4
@@ -84,7 +85,30 @@ class FilterPolicy:
             raise UsageError("the threshold policy needs min_score (--min-score)")
         if self.k < 1 or self.temperature <= 0 or self.min_candidates < 2:
             raise UsageError("k must be >= 1, temperature > 0 and min_candidates >= 2")
+        self.quantile = parse_quantile(self.min_score)
         self.weights = parse_score_expression(self.score)
+
+    def threshold(self, scores: np.ndarray) -> Optional[float]:
+        """`min_score` as a number: itself, or its quantile of `scores` (the whole pool's)."""
+        if self.quantile is None:
+            return self.min_score
+        return float(np.quantile(scores, self.quantile))
+
+
+def parse_quantile(min_score) -> Optional[float]:
+    """0.9 for "q0.9"; None for a number or None; anything else is refused with the two forms it can take."""
+    if min_score is None or isinstance(min_score, (int, float)):
+        return None
+    text = str(min_score).strip().lower()
+    if text.startswith("q"):
+        try:
+            quantile = float(text[1:])
+        except ValueError:
+            quantile = -1.0
+        if 0.0 <= quantile < 1.0:
+            return quantile
+    raise UsageError(f"cannot read min_score {min_score!r}: write a number (0.5) or a quantile of the pool's scores "
+                     "in [0, 1) after a q (q0.9 keeps the best 10%)")
 
 
 def combined_scores(rows: list[dict], policy: FilterPolicy) -> np.ndarray:
@@ -112,6 +136,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def select(rows: list[dict], policy: FilterPolicy) -> list[dict]:
     """The kept rows, each with `type` (positive|negative), `text` (the caption to train on) and `score`."""
     scores = combined_scores(rows, policy)
+    min_score = policy.threshold(scores)
     by_prompt: dict[int, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         by_prompt[row["prompt_index"]].append(i)
@@ -120,10 +145,10 @@ def select(rows: list[dict], policy: FilterPolicy) -> list[dict]:
         s = scores[indices]
         order = [indices[j] for j in np.argsort(-s, kind="stable")]
         if policy.policy == "threshold":
-            kept += [(i, "positive", None) for i in order if scores[i] >= policy.min_score]
+            kept += [(i, "positive", None) for i in order if scores[i] >= min_score]
         elif policy.policy == "topk":
             kept += [(i, "positive", None) for i in order[:policy.k]
-                     if policy.min_score is None or scores[i] >= policy.min_score]
+                     if min_score is None or scores[i] >= min_score]
         else:
             n = len(indices)
             if n < policy.min_candidates:
@@ -171,6 +196,7 @@ def filter_pool(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, policy:
         positives = [r for r in chosen if r["type"] == "positive"]
         report = {
             "pool": str(pool_dir), "policy": dataclasses.asdict(policy), "score_weights": score_weights(pool_dir),
+            "min_score_value": policy.threshold(combined_scores(rows, policy)),  # a quantile, resolved
             "pool_images": len(rows), "pool_prompts": len({r["prompt_index"] for r in rows}),
             "kept_positive": len(positives), "kept_negative": len(chosen) - len(positives),
             "kept_prompts": len({r["prompt_index"] for r in positives}),

@@ -57,6 +57,9 @@ DEFAULTS = {
     "optim": {"lr": 1.0e-4, "text_encoder_lr": None, "weight_decay": 1.0e-2, "batch_size": 16, "grad_accum": 1,
               "max_steps": 1000, "lr_scheduler": "constant", "warmup_steps": 0, "max_grad_norm": 1.0},
     "loss": {"prediction_type": None, "snr_gamma": None, "noise_offset": 0.0},
+    # Share of examples trained with the empty prompt (diffusers' --proportion_empty_prompts), so that the
+    # unconditional prediction that classifier-free guidance subtracts learns the new images too.
+    "proportion_empty_prompts": 0.0,
     "mixed_precision": "no",  # no | fp16 | bf16
     "gradient_checkpointing": False,
     "cache_latents": True,
@@ -392,7 +395,9 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     latent_mean = latent_std = None
     if cfg["cache_latents"]:
         latent_mean, latent_std = encode_latent_distribution(pipe.vae, pixels)
-    text_cache = None
+    text_cache = empty_text = None
+    if not 0.0 <= cfg["proportion_empty_prompts"] < 1.0:
+        raise UsageError(f"proportion_empty_prompts must be in [0, 1), got {cfg['proportion_empty_prompts']}")
     if cache_text:
         with torch.no_grad():
             unique = sorted(set(captions))
@@ -401,6 +406,8 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
             row = {c: i for i, c in enumerate(unique)}
             index = torch.tensor([row[c] for c in captions])
             text_cache = {k: v[index] for k, v in stacked.items()}
+            if cfg["proportion_empty_prompts"]:
+                empty_text = {k: v.cpu() for k, v in encode_text(pipe, [""], accelerator.device).items()}
     cache_seconds = time.perf_counter() - started
 
     te_lr = o["text_encoder_lr"] or o["lr"]
@@ -474,11 +481,19 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
                         mean, std = encode_latent_distribution(pipe.vae, pixels[index])
                 sample = mean + std * torch.randn(mean.shape, generator=generator)
                 latents = scale_latents(pipe.vae, sample).to(accelerator.device)
+                dropped = torch.zeros(len(index), dtype=torch.bool)
+                if cfg["proportion_empty_prompts"]:  # drawn only when asked, so other runs keep their noise
+                    dropped = torch.rand(len(index), generator=generator) < cfg["proportion_empty_prompts"]
                 if text_cache is not None:
-                    conditioning = {k: v[index].to(accelerator.device) for k, v in text_cache.items()}
+                    conditioning = {k: v[index] for k, v in text_cache.items()}
+                    if empty_text is not None:
+                        conditioning = {k: torch.where(dropped.view(-1, *[1] * (v.dim() - 1)), empty_text[k], v)
+                                        for k, v in conditioning.items()}
+                    conditioning = {k: v.to(accelerator.device) for k, v in conditioning.items()}
                 else:
+                    batch_captions = ["" if d else captions[i] for i, d in zip(index.tolist(), dropped.tolist())]
                     with torch.set_grad_enabled(cfg["lora"]["train_text_encoder"]):
-                        conditioning = encode_text(pipe, [captions[i] for i in index], accelerator.device)
+                        conditioning = encode_text(pipe, batch_captions, accelerator.device)
                 time_ids = None
                 if "text_embeds" in conditioning:
                     time_ids = sdxl_time_ids(resolution, len(index), accelerator.device,
