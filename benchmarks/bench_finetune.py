@@ -41,8 +41,8 @@ def quick_overrides(name: str) -> list[str]:
     out = ROOT / "runs" / f"bench-finetune-quick-{name}"
     return [f"output_dir={out}", f"pool.path={ROOT / 'runs' / 'bench-finetune-quick-pool'}",
             "pool.prompts={shapesworld: {n: 16, seed: 7, split: train}}", "pool.n=4", "pool.shard_size=8",
-            "pool.sampling={num_inference_steps: 10}", "filter.min_prompts=4", "train.optim.max_steps=20",
-            "train.optim.batch_size=8", "train.validation.every_steps=20", "train.checkpoint_every_steps=20"]
+            "pool.sampling={num_inference_steps: 10}", "filter.min_prompts=2", "train.optim.max_steps=20",
+            "train.optim.batch_size=4", "train.validation.every_steps=20", "train.checkpoint_every_steps=20"]
 
 
 def evaluate_system(pipe, prompts: list[str], seeds: int, rahf, negative_prompt: str | None = None) -> dict:

@@ -10,7 +10,7 @@ train on them. So on generated images of prompts neither RAHF was trained on, fo
   * `srcc_in_prompt`: Spearman correlation of the score with the oracle's word accuracy among one prompt's images,
     averaged over prompts where neither is constant.
 Ranking sets: `pool` is the fine-tuning pool of the embedded generator (runs/finetune-embedded/pool, 8 images per
-prompt; its prompts were left out of the fine-tuned RAHF's data); `gen-test` is the test split of the generated
+prompt; its first 256 prompts, which were left out of the fine-tuned RAHF's data); `gen-test` is the test split of the generated
 feedback dataset (prompts held out by the split). Beside them the paper's metrics (score PLCC, heatmap CC, misaligned
 word F1 pooled) on the synthetic ShapesWorld test split (rebuilt by seed, as `bench_rahf_shapesworld`) and on
 `gen-test`: the fine-tuned model should not lose what it knew on the synthetic data.
@@ -37,6 +37,7 @@ from richfeedback.shapesworld.dataset import load_shapesworld_dataset, make_data
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = Path(os.environ.get("RICHFEEDBACK_BENCH_POOL", ROOT / "runs/finetune-embedded/pool"))
+POOL_PROMPTS = 256
 GENERATED_DATA = Path(os.environ.get("RICHFEEDBACK_BENCH_GENERATED_DATA", ROOT / "runs/rahf-generated/data"))
 MODELS = {"embedded": EMBEDDED_RAHF,
           "generated-ft": Path(os.environ.get("RICHFEEDBACK_RAHF_GENERATED", ROOT / "runs/rahf-shapes-generated/best"))}
@@ -139,9 +140,10 @@ def run(quick: bool = False) -> dict:
         from richfeedback.finetune.pool import read_pool
 
         pool = read_pool(POOL)
-        if quick:
-            keep = sorted({r["prompt_index"] for r in pool})[:32]
-            pool = [r for r in pool if r["prompt_index"] in set(keep)]
+        # The first POOL_PROMPTS prompts: the fine-tuning pool grew from 256 to 1,024 prompts (the first 256 are the
+        # same), and only those 256 were left out of the fine-tuned RAHF's data.
+        keep = set(sorted({r["prompt_index"] for r in pool})[:32 if quick else POOL_PROMPTS])
+        pool = [r for r in pool if r["prompt_index"] in keep]
         rows += ranking_rows("pool", [r["prompt"] for r in pool], [np.asarray(load_rgb(r["path"])) for r in pool],
                              models)
     else:
