@@ -82,11 +82,11 @@ def run(quick: bool = False) -> dict:
         if lora is not None:
             pipe.load_lora_weights(str(lora))
             negative = json.loads((Path(lora) / LORA_INFO).read_text()).get("negative_prompt")
-        for split, n, prompt_seed in (("train", n_prompts, PROTOCOL_PROMPT_SEED),
-                                      ("heldout", n_prompts, PROTOCOL_PROMPT_SEED),
-                                      ("heldout-fresh", 2 * n_prompts, FRESH_PROMPT_SEED)):
-            prompts = sample_prompts(n, seed=prompt_seed, split=split.split("-")[0])
-            results[f"{system}/{split}"] = evaluate_system(pipe, prompts, n_seeds, rahf, negative)
+        for name, split, n, prompt_seed in (("train", "train", n_prompts, PROTOCOL_PROMPT_SEED),
+                                            ("heldout", "heldout", n_prompts, PROTOCOL_PROMPT_SEED),
+                                            ("heldout-fresh", "heldout", 2 * n_prompts, FRESH_PROMPT_SEED)):
+            prompts = sample_prompts(n, seed=prompt_seed, split=split)
+            results[f"{system}/{name}"] = evaluate_system(pipe, prompts, n_seeds, rahf, negative)
     rows = []
     for key, r in results.items():
         system, split = key.split("/")

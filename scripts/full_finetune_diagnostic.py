@@ -17,7 +17,7 @@ every 1,000 steps and at the end (`OUT/step-N`), which `richfeedback generate --
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from PIL import Image
 
+from richfeedback.errors import UsageError
+from richfeedback.finetune.train import encode_latent_distribution, read_imagefolder, scale_latents
 from richfeedback.generation import load_pipeline
 
 
@@ -41,22 +42,20 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
-    data, out = Path(args.data), Path(args.out)
-    metadata = data / "metadata.jsonl"
-    if not metadata.is_file():
-        parser.error(f"{metadata} is missing: make a dataset with `richfeedback pool filter` or "
-                     "`richfeedback shapesworld renders`")
+    out = Path(args.out)
+    try:
+        data = read_imagefolder(Path(args.data), "image", "text")  # says what is missing and which command makes it
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     pipe = load_pipeline(args.model)
-    rows = [json.loads(line) for line in metadata.read_text().splitlines() if line.strip()]
-    pixels = np.stack([np.asarray(Image.open(data / r["file_name"]).convert("RGB")) for r in rows])
+    pixels = np.stack([np.asarray(image.convert("RGB")) for image in data["image"]])
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with torch.no_grad():
-        latents = torch.cat([pipe.vae.encode(x[i:i + 256]).latent_dist.mean for i in range(0, len(x), 256)])
-    latents = latents * pipe.vae.config.scaling_factor
+    latents = scale_latents(pipe.vae, encode_latent_distribution(pipe.vae, x)[0])  # the distributions' means
     tokenizer = pipe.tokenizer
-    ids = tokenizer([r["text"] for r in rows], padding="max_length", max_length=tokenizer.model_max_length,
+    ids = tokenizer([str(t) for t in data["text"]], padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
 

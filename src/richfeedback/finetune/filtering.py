@@ -133,9 +133,11 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def select(rows: list[dict], policy: FilterPolicy) -> list[dict]:
-    """The kept rows, each with `type` (positive|negative), `text` (the caption to train on) and `score`."""
-    scores = combined_scores(rows, policy)
+def select(rows: list[dict], policy: FilterPolicy, scores: Optional[np.ndarray] = None) -> list[dict]:
+    """The kept rows, each with `type` (positive|negative), `text` (the caption to train on) and `score`; `scores`
+    is `combined_scores(rows, policy)` when the caller already has it."""
+    if scores is None:
+        scores = combined_scores(rows, policy)
     min_score = policy.threshold(scores)
     by_prompt: dict[int, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
@@ -184,7 +186,8 @@ def filter_pool(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, policy:
     rows = read_pool(pool_dir)
     if not rows:
         raise UsageError(f"{pool_dir} has no images; run `richfeedback pool generate` first")
-    chosen = select(rows, policy)
+    scores = combined_scores(rows, policy)
+    chosen = select(rows, policy, scores)
     with folder_written_atomically(Path(out_dir)) as tmp:
         with open(tmp / METADATA, "w") as f:
             for row in chosen:
@@ -196,7 +199,7 @@ def filter_pool(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, policy:
         positives = [r for r in chosen if r["type"] == "positive"]
         report = {
             "pool": str(pool_dir), "policy": dataclasses.asdict(policy), "score_weights": score_weights(pool_dir),
-            "min_score_value": policy.threshold(combined_scores(rows, policy)),  # a quantile, resolved
+            "min_score_value": policy.threshold(scores),  # a quantile, resolved
             "pool_images": len(rows), "pool_prompts": len({r["prompt_index"] for r in rows}),
             "kept_positive": len(positives), "kept_negative": len(chosen) - len(positives),
             "kept_prompts": len({r["prompt_index"] for r in positives}),

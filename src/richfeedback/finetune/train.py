@@ -362,6 +362,8 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
 
+    if not 0.0 <= cfg["proportion_empty_prompts"] < 1.0:
+        raise UsageError(f"proportion_empty_prompts must be in [0, 1), got {cfg['proportion_empty_prompts']}")
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     o = cfg["optim"]
@@ -395,19 +397,17 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     latent_mean = latent_std = None
     if cfg["cache_latents"]:
         latent_mean, latent_std = encode_latent_distribution(pipe.vae, pixels)
-    text_cache = empty_text = None
-    if not 0.0 <= cfg["proportion_empty_prompts"] < 1.0:
-        raise UsageError(f"proportion_empty_prompts must be in [0, 1), got {cfg['proportion_empty_prompts']}")
+    # The cache holds each distinct caption once (the empty one too when examples are dropped to it); an example
+    # looks its caption's row up in it.
+    text_cache = caption_rows = empty_row = None
     if cache_text:
         with torch.no_grad():
-            unique = sorted(set(captions))
+            unique = sorted(set(captions) | ({""} if cfg["proportion_empty_prompts"] else set()))
             encoded = [encode_text(pipe, unique[i:i + 64], accelerator.device) for i in range(0, len(unique), 64)]
-            stacked = {k: torch.cat([e[k] for e in encoded]).cpu() for k in encoded[0]}
+            text_cache = {k: torch.cat([e[k] for e in encoded]).cpu() for k in encoded[0]}
             row = {c: i for i, c in enumerate(unique)}
-            index = torch.tensor([row[c] for c in captions])
-            text_cache = {k: v[index] for k, v in stacked.items()}
-            if cfg["proportion_empty_prompts"]:
-                empty_text = {k: v.cpu() for k, v in encode_text(pipe, [""], accelerator.device).items()}
+            caption_rows = torch.tensor([row[c] for c in captions])
+            empty_row = row.get("")
     cache_seconds = time.perf_counter() - started
 
     te_lr = o["text_encoder_lr"] or o["lr"]
@@ -485,11 +485,10 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
                 if cfg["proportion_empty_prompts"]:  # drawn only when asked, so other runs keep their noise
                     dropped = torch.rand(len(index), generator=generator) < cfg["proportion_empty_prompts"]
                 if text_cache is not None:
-                    conditioning = {k: v[index] for k, v in text_cache.items()}
-                    if empty_text is not None:
-                        conditioning = {k: torch.where(dropped.view(-1, *[1] * (v.dim() - 1)), empty_text[k], v)
-                                        for k, v in conditioning.items()}
-                    conditioning = {k: v.to(accelerator.device) for k, v in conditioning.items()}
+                    rows = caption_rows[index]
+                    if dropped.any():
+                        rows = torch.where(dropped, empty_row, rows)
+                    conditioning = {k: v[rows].to(accelerator.device) for k, v in text_cache.items()}
                 else:
                     batch_captions = ["" if d else captions[i] for i, d in zip(index.tolist(), dropped.tolist())]
                     with torch.set_grad_enabled(cfg["lora"]["train_text_encoder"]):
