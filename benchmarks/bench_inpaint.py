@@ -20,6 +20,10 @@ candidate beats it; composites with a hard edge, the default):
 - random, N=8: the predicted mask shifted to a random place (same shape and area);
 - predicted q0.95, N=8: the hottest 5% of each heatmap (no floor, no growth), so every image gets a mask;
 - oracle mask, N=8: the oracle's own artifact map, dilated the same way: the ceiling for a perfect heatmap;
+- misalignment heatmap, N=8: RAHF's *misalignment* heatmap instead of the implausibility one (`--heatmap-kind
+  misalignment`), default mask settings: the generator's flagged images are nearly all misdrawn objects too (a rounded
+  square read as a circle leaves its corners as the artifact), which that heatmap does see; run on the images with
+  nothing to fix as well, since it also fires there;
 - generator (4-channel), N=8: the predicted masks repainted by the embedded *generator* through diffusers' blending
   path (re-noised original latents outside the mask at every step), the default before the inpainting model.
 
@@ -37,9 +41,10 @@ model, trained with the generator's own flagged images), fixed / fixed if the or
 - injected, predicted N=8: 0.90 / 0.93 / 0.07; N=1: 0.93 / 0.93 / 0.03; random masks 0.03; q0.95 masks 0.77 / 0.83 /
   0.07; the oracle's mask 0.97 / 0.97 / 0.03; blending path 0.83 / 0.87 / 0.07.
 - generated, predicted N=8: 0.00 (19 of 20 masks empty); q0.95 masks 0.10 / 0.25 / 0.25; the oracle's mask 0.10 /
-  0.55 / 0.15.
+  0.55 / 0.15; the misalignment heatmap 0.10 / 0.30 / 0.30 (5 of 20 masks empty; on injected images 29 of 30 empty).
 - nothing to fix (20 + 20 images; masked / changed / harmed): clean renders 0.00 / 0.00 / 0.00; the generator's
-  unflagged images 0.10 / 0.10 / 0.10.
+  unflagged images 0.10 / 0.10 / 0.10; with the misalignment heatmap 0.35 / 0.35 / 0.15 and 0.70 / 0.70 / 0.05
+  (346 s with that condition added, same numbers for the others).
 With the nine-stage RAHF (280 s): injected N=8 0.83 / 0.90 / 0.10, N=1 0.90, q0.95 0.80, the oracle's mask 0.97,
 blending path 0.77; generated 0.00 (18 of 20 masks empty), q0.95 0.05 / 0.25, the oracle's mask 0.25 / 0.55; nothing to
 fix 0.00 / 0.00 / 0.00 and 0.05 / 0.05 / 0.00.
@@ -182,6 +187,8 @@ def run(quick: bool = False) -> dict:
                             dataclasses.replace(fixer.settings,
                                                 mask=dataclasses.replace(fixer.settings.mask, threshold="q0.95",
                                                                          floor=0.0, grow=None)))
+    misalignment = InpaintFixer(fixer.pipe, fixer.heatmap_model, fixer.reward,
+                                dataclasses.replace(fixer.settings, heatmap="misalignment"))
     cell = fixer.settings.mask.round_to_cells
     flagged, nothing_to_fix = generated_cases(blending.pipe, 6 if quick else 20, 4 if quick else 20)
     cases = injected_cases(10 if quick else 30) + flagged
@@ -210,6 +217,7 @@ def run(quick: bool = False) -> dict:
         add((case["set"], "random (same area)", 8),
             judge(case, random.image, random.mask, random.chosen is None, random.candidates))
         for label, fixer_used, mask in (("predicted q0.95", quantile, None),
+                                        ("misalignment heatmap", misalignment, None),
                                         ("oracle", fixer, oracle_repair(prompt, image, 2, cell, case["before"])[0]),
                                         ("generator (4-channel)", blending, main.mask if main.mask.any() else None)):
             if label.startswith("generator") and mask is None:  # nothing to fix: the same as the main run
@@ -218,17 +226,21 @@ def run(quick: bool = False) -> dict:
             result = fixer_used.fix(image, prompt, mask=mask)
             add((case["set"], label, 8),
                 judge(case, result.image, result.mask, result.chosen is None, result.candidates))
-    untouched: dict[str, list] = {}
+    untouched: dict[tuple, list] = {}
     for case in tqdm(nothing_to_fix, desc="bench inpaint (nothing to fix)"):
-        untouched.setdefault(case["set"], []).append(harm(case, fixer.fix(case["image"], case["prompt"])))
+        for label, fixer_used in (("predicted", fixer), ("misalignment heatmap", misalignment)):
+            result = fixer_used.fix(case["image"], case["prompt"])
+            untouched.setdefault((case["set"], label), []).append(harm(case, result))
     rows = [summarize(name, condition, n, values) for (name, condition, n), values in judged.items()]
-    order = {"predicted": 0, "random (same area)": 2, "predicted q0.95": 3, "oracle": 4, "generator (4-channel)": 5}
+    order = {"predicted": 0, "random (same area)": 2, "predicted q0.95": 3, "misalignment heatmap": 3.7, "oracle": 4,
+             "generator (4-channel)": 5}
     rows.sort(key=lambda r: (r["set"] != "injected", order[r["mask"]] + (r["N"] == 1) * 0.5))
-    # images with nothing to fix, default settings: the share masked, changed and made worse (a new artifact, a lost
-    # prompt word or an added object): what a heatmap that fires on clean images would cost
-    rows += [{"set": name, "mask": "predicted", "N": 8, "images": len(values),
+    # images with nothing to fix (default settings, and the misalignment heatmap's masks): the share masked, changed
+    # and made worse (a new artifact, a lost prompt word or an added object): what a heatmap that fires on clean
+    # images would cost
+    rows += [{"set": name, "mask": label, "N": 8, "images": len(values),
               **{k: float(np.mean([h[k] for h in values])) for k in ("masked", "changed", "harmed")}}
-             for name, values in untouched.items()]
+             for (name, label), values in untouched.items()]
     return {
         "rows": rows,
         "fixed_by_artifact_kind_predicted_N8": {k: float(np.mean(v)) for k, v in by_kind.items()},

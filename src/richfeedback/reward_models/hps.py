@@ -12,7 +12,10 @@ with `create_model(..., pretrained=None)`, which has the same keys and features 
 Preprocessing is HPSv2's own (`light_augmentation=True`): ToTensor first, the longer side to 224 on the float tensor
 (bicubic, antialiased), zero padding to a centred square, CLIP mean/std. Two deliberate differences: RGBA inputs are
 composited on white here (HPSv2 keeps 4 channels and fails), and an image whose longer side is already 224 is padded
-(HPSv2 skips the padding and fails on non-square ones).
+(HPSv2 skips the padding and fails on non-square ones). The resize passes no `antialias` flag in HPSv2, so it follows
+torchvision's default: antialiased since torchvision 0.17 (what `pip install hpsv2` computes today, and what we match
+bit for bit), not antialiased for tensors up to 0.16, which is likely what HPSv2.0 was trained and benchmarked with in
+2023; downscaled photos can then score slightly differently from the published tables.
 """
 
 from __future__ import annotations
