@@ -220,3 +220,26 @@ def test_scores_from_other_weights_under_the_same_name_are_refused(pool, tmp_pat
     scores_file(mine, "rahf:alignment").unlink()
     record.unlink()
     assert score_pool(mine, [f"rahf:alignment={other}"], progress=False) == {"rahf:alignment": 12}
+
+
+def test_the_fingerprint_of_rahf_weights_does_not_change_with_the_last_conv1_rename():
+    """Pools scored while RAHF's heatmap heads named their last conv `last_conv1.0` keep matching the same weights."""
+    import torch
+
+    from richfeedback.finetune.pool import weights_fingerprint
+
+    class Weights:
+        def __init__(self, state):
+            self.state = state
+
+        def state_dict(self):
+            return self.state
+
+    new = {"model.heatmap_predictor.implausibility.last_conv1.weight": torch.ones(2, 2),
+           "model.heatmap_predictor.implausibility.last_conv1.bias": torch.zeros(2),
+           "model.heatmap_predictor.last_conv1.weight": torch.full((2,), 3.0),
+           "model.vit.layernorm.weight": torch.ones(3)}
+    old = {k.replace("last_conv1.", "last_conv1.0."): v for k, v in new.items()}
+    assert weights_fingerprint(Weights(new)) == weights_fingerprint(Weights(old))
+    changed = dict(new, **{"model.heatmap_predictor.last_conv1.weight": torch.full((2,), 4.0)})
+    assert weights_fingerprint(Weights(changed)) != weights_fingerprint(Weights(new))

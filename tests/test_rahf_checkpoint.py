@@ -40,7 +40,7 @@ def public_multi_head_keys(vit_layers=24, t5_layers=12, up_stages=4, score_convs
             keys += [f"{h}.deconv_layers.{s}.0.weight", f"{h}.deconv_layers.{s}.0.bias", f"{h}.deconv_layers.{s}.1.scale"]
             keys += [f"{h}.conv_layers2.{s}.{j}.{p}" for j, p in ((0, "weight"), (0, "bias"), (1, "scale"),
                                                                  (3, "weight"), (3, "bias"), (4, "scale"))]
-        keys += [f"{h}.last_conv1.0.weight", f"{h}.last_conv1.0.bias", f"{h}.last_conv2.weight", f"{h}.last_conv2.bias"]
+        keys += [f"{h}.last_conv1.weight", f"{h}.last_conv1.bias", f"{h}.last_conv2.weight", f"{h}.last_conv2.bias"]
     for name in ("plausibility", "alignment", "aesthetics", "overall"):
         s = f"score_predictor.{name}"
         for j in range(score_convs):

@@ -220,3 +220,26 @@ def test_the_training_config_adds_sincos_positions_once_when_it_builds_the_model
     grid = model.config.grid_size
     added = built.vit.embeddings.position_embeddings - plain.vit.embeddings.position_embeddings
     torch.testing.assert_close(added[0, 1:].detach(), 0.25 * sincos_2d_table(grid, added.shape[-1], base=grid))
+
+
+def test_folders_and_states_with_the_old_last_conv1_names_still_load(tmp_path, tokenizer):
+    """Before it took the public checkpoint's name (`last_conv1.weight`), the heatmap head's last conv was saved as
+    `last_conv1.0.weight`; such folders (from_pretrained) and training states (load_state_dict) load the same."""
+    from safetensors.torch import load_file, save_file
+
+    model, processor = make("multi_head", tokenizer)
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    assert "heatmap_predictor.implausibility.last_conv1.weight" in state
+    old = {k.replace("last_conv1.", "last_conv1.0."): v for k, v in state.items()}
+    assert sum("last_conv1.0." in k for k in old) == 4  # weight and bias of both heatmap heads
+    save_file(old, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    inputs = processor(torch.rand(2, 3, 32, 32), ["a red circle", "two blue squares"])
+    expected = model(**inputs).heatmaps
+    loaded = RAHFModel.from_pretrained(tmp_path).eval()
+    fresh, _ = make("multi_head", tokenizer)
+    old_state = {k.replace("last_conv1.", "last_conv1.0."): v for k, v in model.state_dict().items()}
+    fresh.load_state_dict(old_state, strict=True)  # what accelerate's load_state does with an old training state
+    for name in ("implausibility", "misalignment"):
+        assert torch.equal(loaded(**inputs).heatmaps[name], expected[name])
+        assert torch.equal(fresh.eval()(**inputs).heatmaps[name], expected[name])

@@ -76,7 +76,7 @@ def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
 
 
 def auc_judd(pred, gt, rng=None, jitter: bool = True, reference_fp_offset: bool = False) -> float:
-    """AUC-Judd, vectorised (O(N log N)); equals the reference's per-threshold loop.
+    """AUC-Judd, vectorised (O(N log N)); the per-threshold loop of the reference, but for its fp offset (below).
 
     S = pred + U[0,1) * 1e-7 (``rng``: numpy Generator, seed or None), min-max normalised.
     Fixations are the pixels with gt > 0; thresholds are S at the fixations, descending. For

@@ -64,8 +64,8 @@ def load_aesthetic(weights=None, *, device="cpu", dtype="fp32", max_batch_size: 
 
     state = read_state_dict(mlp_path, model="aesthetic")
     if "layers.0.weight" not in state:
-        raise CheckpointError(f"aesthetic: {mlp_path} has no layers.0.weight; expected the linearMSE layout "
-                              "layers.{0,2,4,6,7} (the reluMSE files use layers.{0,3,6,9,11} and are not supported)")
+        raise CheckpointError(f"aesthetic: {mlp_path} has no layers.0.weight: not an improved-aesthetic-predictor MLP "
+                              "(expected sac+logos+ava1-l14-linearMSE.pth, keys layers.{0,2,4,6,7})")
     input_size = state["layers.0.weight"].shape[1]
     if input_size != vision.config.projection_dim:
         raise CheckpointError(f"aesthetic: the MLP in {mlp_path} takes {input_size}-d embeddings but the backbone "

@@ -1,8 +1,11 @@
 """The interface every reward model shares: `score(prompts, images)` and a `differentiable` path.
 
 Images may be PIL images, file paths, uint8 arrays (H, W, 3) or (H, W), uint8 tensors (3, H, W), or float tensors in
-[0, 1] shaped (3, H, W) or (B, 3, H, W). 8-bit inputs are preprocessed exactly as the model's reference does
-(`ImageTransform.from_pixels`); float tensors go through the tensor version of the same recipe
+[0, 1] shaped (3, H, W) or (B, 3, H, W). 8-bit RGB and grayscale inputs are preprocessed exactly as the model's
+reference does (`ImageTransform.from_pixels`). Other modes are made RGB first (`imaging.to_rgb_array`: transparency
+composited on white, palettes expanded, 16 bits scaled), then resized; the references resize in the image's own mode
+and convert after (PIL resizes palette images nearest-neighbour, and dropping alpha shows whatever colour transparent
+pixels hold), so scores of transparent or palette images differ from theirs, by choice. Float tensors go through the tensor version of the same recipe
 (`ImageTransform.from_tensor`), which `differentiable` also uses so gradients reach the pixels.
 
 Scores do not depend on batch composition: every model pads text with an attention mask (or a causal mask that

@@ -34,7 +34,7 @@ class RAHFConfig(PretrainedConfig):
     def __init__(self, vit: dict | None = None, t5: dict | None = None, variant: str = "multi_head",
                  heatmap_conv_channels=(768, 384), heatmap_up_channels=(768, 384, 384, 192),
                  score_conv_channels=(768, 384, 192, 96, 48, 12), score_hidden_sizes=(512, 128),
-                 tokenizer: str = "t5-base", max_prompt_tokens: int = 128, max_new_tokens: int = 100,
+                 tokenizer: str = "t5-base", max_prompt_tokens: int = 512, max_new_tokens: int = 100,
                  marker_logit_bias: float = 0.0, marker_token_id: int | None = None, **kwargs):
         kwargs.pop("_comment", None)
         super().__init__(**kwargs)

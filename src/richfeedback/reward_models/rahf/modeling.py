@@ -70,15 +70,29 @@ class HeatmapPredictor(nn.Module):
                 nn.Conv2d(out, out, 3, padding="same"), ChannelRMSNorm(out), nn.ReLU(),
                 nn.Conv2d(out, out, 3, padding="same"), ChannelRMSNorm(out)))
             previous = out
-        self.last_conv1 = nn.Sequential(nn.Conv2d(previous, previous, 3, padding="same"), nn.ReLU())
+        # A bare conv with the ReLU in forward, as the public checkpoint stores it (`last_conv1.weight`).
+        self.last_conv1 = nn.Conv2d(previous, previous, 3, padding="same")
         self.last_conv2 = nn.Conv2d(previous, 1, 3, padding="same")
+        self._register_load_state_dict_pre_hook(_rename_legacy_last_conv1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_layers(x)
         for deconv, block in zip(self.deconv_layers, self.conv_layers2):
             x = deconv(x)
             x = F.relu(block(x) + x)
-        return torch.sigmoid(self.last_conv2(self.last_conv1(x))).squeeze(1)
+        return torch.sigmoid(self.last_conv2(F.relu(self.last_conv1(x)))).squeeze(1)
+
+
+# richfeedback up to 0.1 wrapped the heatmap head's `last_conv1` in a Sequential with its ReLU, so checkpoints it wrote
+# (folders and training states) name it `last_conv1.0.*`; the public checkpoint, and this module since, `last_conv1.*`.
+LEGACY_KEY_MAPPING = {r"^(.*heatmap_predictor\.(?:[a-z_]+\.)?last_conv1)\.0\.": r"\1."}
+
+
+def _rename_legacy_last_conv1(state_dict, prefix, *args, **kwargs):
+    for name in ("weight", "bias"):
+        old = f"{prefix}last_conv1.0.{name}"
+        if old in state_dict:
+            state_dict[f"{prefix}last_conv1.{name}"] = state_dict.pop(old)
 
 
 class ScorePredictor(nn.Module):
@@ -117,6 +131,13 @@ class RAHFPreTrainedModel(PreTrainedModel):
     config_class = RAHFConfig
     base_model_prefix = "rahf"
     main_input_name = "pixel_values"
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' `from_pretrained`, which also reads folders written before `last_conv1` took the public
+        checkpoint's name (`LEGACY_KEY_MAPPING`)."""
+        kwargs.setdefault("key_mapping", LEGACY_KEY_MAPPING)
+        return super().from_pretrained(*args, **kwargs)
 
     def _init_weights(self, module):
         # ViT and T5 initialise their own modules; the heads keep PyTorch's default initialisation as the reference.
