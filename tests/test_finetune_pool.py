@@ -121,6 +121,26 @@ def test_align_sd_negatives_are_the_worst_image_with_the_weird_image_prefix():
     assert [(r["seed"], r["type"], r["text"]) for r in kept] == [(3, "negative", "Weird image. prompt 0")]
 
 
+def test_negative_ratio_keeps_a_seeded_random_share_of_the_negatives_and_every_positive():
+    rows = rows_with({p: [3.0, 0.0, 0.0, -3.0] for p in range(10)})  # a clear best and worst in every prompt
+    every = select(rows, FilterPolicy(policy="align_sd", score="s", negatives=True, min_prompts=0))
+    assert sum(r["type"] == "negative" for r in every) == sum(r["type"] == "positive" for r in every) == 10
+    half = select(rows, FilterPolicy(policy="align_sd", score="s", negatives=True, negative_ratio=0.5, min_prompts=0))
+    negatives = [r["file_name"] for r in half if r["type"] == "negative"]
+    assert sum(r["type"] == "positive" for r in half) == 10 and len(negatives) == 5
+    assert set(negatives) < {r["file_name"] for r in every if r["type"] == "negative"}
+    again = select(rows, FilterPolicy(policy="align_sd", score="s", negatives=True, negative_ratio=0.5, min_prompts=0))
+    assert [r["file_name"] for r in again if r["type"] == "negative"] == negatives  # seeded: the same subset
+    with pytest.raises(UsageError, match="negative_ratio"):
+        FilterPolicy(policy="align_sd", negatives=True, negative_ratio=-1)
+
+
+def test_the_first_of_tied_worst_images_is_the_negative_as_in_align_sd():
+    rows = rows_with({0: [2.0, 0.0, -4.0, -4.0, 0.0]})
+    kept = select(rows, FilterPolicy(policy="align_sd", score="s", negatives=True, min_prompts=0, temperature=0.5))
+    assert [(r["seed"], r["type"]) for r in kept] == [(0, "positive"), (2, "negative")]
+
+
 def test_align_sd_skips_prompts_with_fewer_than_four_candidates():
     rows = rows_with({0: [0.0, 9.0, 0.0]})
     assert select(rows, FilterPolicy(policy="align_sd", score="s", min_prompts=0)) == []
@@ -243,3 +263,27 @@ def test_the_fingerprint_of_rahf_weights_does_not_change_with_the_last_conv1_ren
     assert weights_fingerprint(Weights(new)) == weights_fingerprint(Weights(old))
     changed = dict(new, **{"model.heatmap_predictor.last_conv1.weight": torch.full((2,), 4.0)})
     assert weights_fingerprint(Weights(changed)) != weights_fingerprint(Weights(new))
+
+
+def test_a_dataset_filtered_with_negatives_names_its_negative_prompt(pool, tmp_path):
+    import shutil
+
+    from richfeedback.finetune.filtering import negative_prompt_of
+
+    mine = tmp_path / "pool"
+    shutil.copytree(pool, mine)
+    # a score column with one clear best and one clear worst image per prompt (seed order: 0, 1, 1, -5)
+    rows = read_pool(mine)
+    ranks = {}
+    lines = []
+    for row in rows:
+        k = ranks[row["prompt"]] = ranks.get(row["prompt"], -1) + 1
+        lines.append(json.dumps({"file_name": row["file_name"], "scores": {"made": [5.0, 1.0, 1.0, -5.0][k]}}))
+    (mine / "scores").mkdir(exist_ok=True)
+    (mine / "scores" / "made.jsonl").write_text("\n".join(lines) + "\n")
+    policy = FilterPolicy(policy="align_sd", score="made", negatives=True, min_prompts=0)
+    report = filter_pool(mine, tmp_path / "data", policy)
+    assert report["kept_positive"] == report["kept_negative"] == len(PROMPTS)
+    assert negative_prompt_of(tmp_path / "data") == "Weird image."
+    filter_pool(mine, tmp_path / "plain", FilterPolicy(policy="topk", score="made", k=1))
+    assert negative_prompt_of(tmp_path / "plain") is None

@@ -252,3 +252,24 @@ def test_every_shipped_finetune_config_reads_and_its_filter_policy_is_valid(path
         policy = FilterPolicy(**loop["filter"])
         assert policy.policy in ("threshold", "topk", "align_sd")
         assert loop["score"]["models"], "a loop config scores its pool with at least one model"
+
+
+def test_a_dataset_with_align_sd_negatives_gives_the_lora_its_negative_prompt(dataset, tmp_path):
+    """`pool filter --negatives` then training with a config that does not name the negative prompt (the README's
+    steps): the prefix comes from the dataset's filter report, so the LoRA records it and validation samples with it."""
+    import shutil
+
+    from richfeedback.finetune.filtering import REPORT
+    from richfeedback.finetune.train import LORA_INFO
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    (data / REPORT).write_text(json.dumps({"policy": {"negative_prefix": "Weird image. "}, "kept_negative": 2}))
+    cfg = config(data, tmp_path / "out")
+    cfg["optim"]["max_steps"] = 1
+    train(cfg)
+    assert json.loads((tmp_path / "out" / LORA_INFO).read_text())["negative_prompt"] == "Weird image."
+    cfg = config(dataset, tmp_path / "plain")  # no filter report: no negative prompt
+    cfg["optim"]["max_steps"] = 1
+    train(cfg)
+    assert json.loads((tmp_path / "plain" / LORA_INFO).read_text())["negative_prompt"] is None

@@ -14,7 +14,9 @@ mixed. Policies:
   max p > 2/N, i.e. at least twice the uniform probability. With `negatives=True` the worst image is also kept when
   max softmax(-score / temperature) > 2/N, captioned with `negative_prefix` ("Weird image. "), which then serves as
   the negative prompt at inference. align_sd's HPS scores are 100 x cosine similarities (temperature 1); scores in
-  [0, 1] such as RAHF's need a temperature near 0.05 for the same selectivity.
+  [0, 1] such as RAHF's need a temperature near 0.05 for the same selectivity. `negative_ratio` keeps at most that
+  many negatives per kept positive, drawn at random (seeded): align_sd's authors trained on 37K positives and 21K
+  negatives (0.57) and report that all the negatives train worse (tgxs002/align_sd#9).
 
 Every policy can require `min_prompts` prompts in the result, so that a too-strict filter fails loudly rather than
 training on a handful of images.
@@ -74,6 +76,7 @@ class FilterPolicy:
     min_candidates: int = 4
     negatives: bool = False
     negative_prefix: str = "Weird image. "
+    negative_ratio: Optional[float] = None  # at most this many negatives per kept positive, a seeded random subset
     min_prompts: int = 1
 
     def __post_init__(self):
@@ -85,6 +88,8 @@ class FilterPolicy:
             raise UsageError("the threshold policy needs min_score (--min-score)")
         if self.k < 1 or self.temperature <= 0 or self.min_candidates < 2:
             raise UsageError("k must be >= 1, temperature > 0 and min_candidates >= 2")
+        if self.negative_ratio is not None and not self.negative_ratio >= 0:
+            raise UsageError(f"negative_ratio must be >= 0 (negatives per kept positive), got {self.negative_ratio}")
         self.quantile = parse_quantile(self.min_score)
         self.weights = parse_score_expression(self.score)
 
@@ -160,7 +165,15 @@ def select(rows: list[dict], policy: FilterPolicy, scores: Optional[np.ndarray] 
                 kept.append((order[0], "positive", float(p_best.max())))
             p_worst = _softmax(-s / policy.temperature)
             if policy.negatives and p_worst.max() > 2.0 / n:
-                kept.append((order[-1], "negative", float(p_worst.max())))
+                # the first of tied worst images, as align_sd's argmax over the negated scores takes
+                kept.append((indices[int(np.argmin(s))], "negative", float(p_worst.max())))
+    if policy.negative_ratio is not None:
+        negatives = [entry for entry in kept if entry[1] == "negative"]
+        allowed = int(round(policy.negative_ratio * (len(kept) - len(negatives))))
+        if len(negatives) > allowed:
+            drop = np.random.default_rng(0).choice(len(negatives), len(negatives) - allowed, replace=False)
+            dropped = {negatives[j][0] for j in drop}
+            kept = [entry for entry in kept if entry[1] == "positive" or entry[0] not in dropped]
     kept.sort()
     out = []
     for i, kind, confidence in kept:

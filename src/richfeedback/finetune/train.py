@@ -69,7 +69,8 @@ DEFAULTS = {
     "stop_after_steps": None,  # checkpoint and exit at this step (time-sliced or preemptible jobs); --resume goes on
     "validation": {"prompts": [], "seeds": [0, 1], "every_steps": 500, "num_inference_steps": None,
                    "guidance_scale": None, "negative_prompt": None},
-    "negative_prompt": None,  # recorded with the LoRA: the prompt to pass as negative_prompt (align_sd negatives)
+    "negative_prompt": None,  # recorded with the LoRA: the prompt to pass as negative_prompt (None: the prefix of the
+    # align_sd negatives when data.path was filtered with them, from its filter_report.json)
 }
 
 
@@ -364,6 +365,12 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
 
     if not 0.0 <= cfg["proportion_empty_prompts"] < 1.0:
         raise UsageError(f"proportion_empty_prompts must be in [0, 1), got {cfg['proportion_empty_prompts']}")
+    if cfg["negative_prompt"] is None and cfg["data"]["path"]:
+        # a dataset filtered with align_sd's negatives ("Weird image. " + prompt) says so in its filter report: record
+        # the prefix as the LoRA's negative prompt, for validation and for whoever samples from it
+        from .filtering import negative_prompt_of
+
+        cfg = {**cfg, "negative_prompt": negative_prompt_of(cfg["data"]["path"])}
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     o = cfg["optim"]
