@@ -273,3 +273,21 @@ def test_a_dataset_with_align_sd_negatives_gives_the_lora_its_negative_prompt(da
     cfg["optim"]["max_steps"] = 1
     train(cfg)
     assert json.loads((tmp_path / "plain" / LORA_INFO).read_text())["negative_prompt"] is None
+
+
+def test_a_lora_with_alpha_other_than_rank_loads_in_diffusers_at_its_own_scale(dataset, tmp_path):
+    """diffusers takes alpha = rank when a LoRA file carries no adapter metadata; ours carries it."""
+    from diffusers import StableDiffusionPipeline
+
+    from richfeedback.generation import embedded_generator_path
+
+    cfg = config(dataset, tmp_path / "lora")
+    cfg["lora"] = {**cfg["lora"], "rank": 4, "alpha": 16, "train_text_encoder": True}
+    cfg["optim"]["max_steps"] = 1
+    out = train(cfg)
+    pipe = StableDiffusionPipeline.from_pretrained(embedded_generator_path(), local_files_only=True)
+    pipe.load_lora_weights(str(out))
+    for model in (pipe.unet, pipe.text_encoder):
+        scalings = {v for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)
+                    for v in m.scaling.values()}
+        assert scalings == {4.0}, scalings  # alpha / rank

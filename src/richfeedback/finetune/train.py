@@ -8,7 +8,7 @@
 The recipe of diffusers' `train_text_to_image_lora.py` (and its SDXL sibling), in one straight loop:
 - peft LoRA on the UNet attention projections (`to_q`, `to_k`, `to_v`, `to_out.0`), rank and alpha from the config;
   optionally on the text encoder(s) too (`q_proj`, `k_proj`, `v_proj`, `out_proj`). Frozen weights run in the
-  mixed-precision dtype, the LoRA weights stay in float32.
+  mixed-precision dtype, the LoRA weights stay in float32 (under bf16 too, where diffusers' scripts keep them bf16).
 - the denoising loss the noise scheduler's prediction type calls for (epsilon, v_prediction or sample), with optional
   min-SNR-gamma weighting and noise offset.
 - VAE latents (the mean and std of each image's latent distribution; a fresh sample is drawn every step, as when
@@ -206,16 +206,22 @@ def trained_modules(pipe, cfg: dict) -> list:
 
 
 def lora_layers(pipe, modules: list) -> dict:
-    """Keyword arguments of `save_lora_weights` for the LoRA state of `modules` (unwrapped), in diffusers' format."""
+    """Keyword arguments of `save_lora_weights` for the LoRA state of `modules` (unwrapped), in diffusers' format,
+    with each adapter's peft config as its metadata: without it `load_lora_weights` takes alpha = rank, so a LoRA
+    trained with another alpha would load at the wrong scale (diffusers' own LoRA scripts force alpha = rank)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    names = {id(pipe.unet): "unet_lora_layers"}
+    names = {id(pipe.unet): "unet"}
     if getattr(pipe, "text_encoder", None) is not None:
-        names[id(pipe.text_encoder)] = "text_encoder_lora_layers"
+        names[id(pipe.text_encoder)] = "text_encoder"
     if getattr(pipe, "text_encoder_2", None) is not None:
-        names[id(pipe.text_encoder_2)] = "text_encoder_2_lora_layers"
-    return {names[id(m)]: convert_state_dict_to_diffusers(get_peft_model_state_dict(m)) for m in modules}
+        names[id(pipe.text_encoder_2)] = "text_encoder_2"
+    kwargs = {}
+    for m in modules:
+        kwargs[f"{names[id(m)]}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(m))
+        kwargs[f"{names[id(m)]}_lora_adapter_metadata"] = m.peft_config["default"].to_dict()
+    return kwargs
 
 
 def load_lora_state(pipe, folder: str | os.PathLike, modules: list) -> None:
@@ -259,7 +265,8 @@ def encode_text(pipe, captions: list[str], device) -> dict:
 
 def sdxl_time_ids(resolution: int, batch: int, device, dtype) -> torch.Tensor:
     """SDXL's micro-conditioning (original size, crop top-left, target size) for centre-cropped square images at
-    the training resolution."""
+    the training resolution: exact for pool images generated at that resolution. diffusers' SDXL script records each
+    image's own original size and crop instead, which matters for other data (photos, `data.extra_paths`)."""
     return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], device=device, dtype=dtype).repeat(batch, 1)
 
 
@@ -390,8 +397,10 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
 
     params = add_lora(pipe, cfg)
     modules = trained_modules(pipe, cfg)
-    if accelerator.mixed_precision == "fp16":
-        cast_training_params(modules, dtype=torch.float32)  # LoRA weights in float32, the frozen rest in fp16
+    if accelerator.mixed_precision in ("fp16", "bf16"):
+        # LoRA weights (and so AdamW's updates) in float32, the frozen rest in half precision; diffusers' scripts do
+        # this for fp16 only, leaving bf16 LoRA weights to round away small updates
+        cast_training_params(modules, dtype=torch.float32)
     if cfg["gradient_checkpointing"]:
         pipe.unet.enable_gradient_checkpointing()
         if cfg["lora"]["train_text_encoder"]:
@@ -445,7 +454,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         while models:
             models.pop()
         load_lora_state(pipe, input_dir, modules)
-        if accelerator.mixed_precision == "fp16":
+        if accelerator.mixed_precision in ("fp16", "bf16"):
             cast_training_params(modules, dtype=torch.float32)
 
     accelerator.register_save_state_pre_hook(save_hook)
