@@ -1,5 +1,6 @@
 """Pools: resumable generation in shards, scores added per model, and the filter policies on hand-computed cases."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -281,9 +282,43 @@ def test_a_dataset_filtered_with_negatives_names_its_negative_prompt(pool, tmp_p
         lines.append(json.dumps({"file_name": row["file_name"], "scores": {"made": [5.0, 1.0, 1.0, -5.0][k]}}))
     (mine / "scores").mkdir(exist_ok=True)
     (mine / "scores" / "made.jsonl").write_text("\n".join(lines) + "\n")
-    policy = FilterPolicy(policy="align_sd", score="made", negatives=True, min_prompts=0)
+    policy = FilterPolicy(policy="align_sd", score="made", negatives=True, min_prompts=0, skip_flat=False)
     report = filter_pool(mine, tmp_path / "data", policy)
     assert report["kept_positive"] == report["kept_negative"] == len(PROMPTS)
     assert negative_prompt_of(tmp_path / "data") == "Weird image."
     filter_pool(mine, tmp_path / "plain", FilterPolicy(policy="topk", score="made", k=1))
     assert negative_prompt_of(tmp_path / "plain") is None
+
+
+def test_align_sd_leaves_flat_images_out_before_counting_a_prompts_images(pool, tmp_path):
+    """A blank (or safety-checker black) image is neither a candidate nor counted in N, as in align_sd."""
+    import shutil
+
+    from richfeedback.finetune.filtering import is_flat
+    from richfeedback.imaging import save_png
+
+    from richfeedback.shapesworld.render import render
+    from richfeedback.shapesworld.scene import sample_scene
+
+    mine = tmp_path / "pool"
+    shutil.copytree(pool, mine)
+    rows = read_pool(mine)
+    rng = np.random.default_rng(0)
+    for row in rows:  # sharp images (the 2-step pool's can be flat themselves)
+        save_png(render(sample_scene(rng), 64), Path(row["path"]))
+    first = [r for r in rows if r["prompt"] == PROMPTS[0]]
+    save_png(np.zeros((64, 64, 3), np.uint8), Path(first[0]["path"]))  # blacked out
+    rows = read_pool(mine)
+    lines = [json.dumps({"file_name": r["file_name"], "scores": {"made": -10.0 if r["file_name"] == first[0]["file_name"]
+                                                                  else float(r["seed"] % 4)}}) for r in rows]
+    (mine / "scores").mkdir(exist_ok=True)
+    (mine / "scores" / "made.jsonl").write_text("\n".join(lines) + "\n")
+    policy = FilterPolicy(policy="align_sd", score="made", negatives=True, min_prompts=0)
+    report = filter_pool(mine, tmp_path / "data", policy)
+    assert report["skipped_flat"] == [first[0]["file_name"]] and report["pool_images"] == len(rows)
+    kept = [json.loads(line) for line in (tmp_path / "data" / "metadata.jsonl").read_text().splitlines()]
+    assert PROMPTS[0] not in {k["prompt"] for k in kept}  # 3 images left: fewer than align_sd's 4
+    assert all(k["confidence"] > 0.5 for k in kept)  # 2/N with N = 4
+    with_flat = filter_pool(mine, tmp_path / "all", dataclasses.replace(policy, skip_flat=False))
+    assert with_flat["skipped_flat"] == [] and with_flat["kept_negative"] == report["kept_negative"] + 1
+    assert is_flat(np.full((8, 8, 3), 200, np.uint8)) and not is_flat(np.eye(8, dtype=np.uint8)[..., None] * 255)

@@ -68,7 +68,8 @@ def cmd_pool_filter(args) -> None:
     policy = FilterPolicy(policy=args.policy, score=args.score, normalize=args.normalize, min_score=args.min_score,
                           k=args.k, temperature=args.temperature, min_candidates=args.min_candidates,
                           negatives=args.negatives, negative_prefix=args.negative_prefix,
-                          negative_ratio=args.negative_ratio, min_prompts=args.min_prompts)
+                          negative_ratio=args.negative_ratio, skip_flat=not args.keep_flat,
+                          min_prompts=args.min_prompts)
     report = filter_pool(args.pool, args.out, policy)
     print(f"kept {report['kept_positive']} positive and {report['kept_negative']} negative images of "
           f"{report['pool_images']} ({report['kept_prompts']} of {report['pool_prompts']} prompts) -> {args.out} "
@@ -132,6 +133,9 @@ def add_pool_command(subparsers) -> None:
     p.add_argument("--min-candidates", type=int, default=4, help="align_sd: prompts with fewer images are skipped")
     p.add_argument("--negatives", action="store_true", help="align_sd: keep the worst image as a negative")
     p.add_argument("--negative-prefix", default="Weird image. ", help="caption prefix of negatives")
+    p.add_argument("--keep-flat", action="store_true",
+                   help="align_sd: count flat images (blank, or blacked out by a safety checker) among a prompt's "
+                        "images instead of leaving them out, as align_sd does")
     p.add_argument("--negative-ratio", type=float, default=None,
                    help="align_sd: at most this many negatives per kept positive, a seeded random subset (its authors "
                         "used 0.57: all negatives trained worse)")

@@ -17,6 +17,9 @@ mixed. Policies:
   [0, 1] such as RAHF's need a temperature near 0.05 for the same selectivity. `negative_ratio` keeps at most that
   many negatives per kept positive, drawn at random (seeded): align_sd's authors trained on 37K positives and 21K
   negatives (0.57) and report that all the negatives train worse (tgxs002/align_sd#9).
+  Like align_sd, flat images (no two neighbouring pixels 10 or more levels apart: blanks, and the black images a
+  safety checker leaves) are left out before a prompt's images are counted (`skip_flat`; align_sd's own test looks
+  only along rows, which reads as a typo for rows and columns).
 
 Every policy can require `min_prompts` prompts in the result, so that a too-strict filter fails loudly rather than
 training on a handful of images.
@@ -42,6 +45,7 @@ import numpy as np
 
 from ..dataset_io import folder_written_atomically
 from ..errors import UsageError
+from ..imaging import load_rgb
 from .pool import read_pool, score_weights
 
 POLICIES = ("threshold", "topk", "align_sd")
@@ -77,6 +81,7 @@ class FilterPolicy:
     negatives: bool = False
     negative_prefix: str = "Weird image. "
     negative_ratio: Optional[float] = None  # at most this many negatives per kept positive, a seeded random subset
+    skip_flat: bool = True  # align_sd: leave flat images (blank, or blacked out by a safety checker) out of its N
     min_prompts: int = 1
 
     def __post_init__(self):
@@ -131,6 +136,14 @@ def combined_scores(rows: list[dict], policy: FilterPolicy) -> np.ndarray:
             values = (values - values.mean()) / (values.std() + 1e-12)
         total += weight * values
     return total
+
+
+def is_flat(image: np.ndarray, min_step: int = 10) -> bool:
+    """True when no two neighbouring pixels (along a row or a column) differ by `min_step` levels or more: a blank
+    image, or one a safety checker blacked out."""
+    pixels = np.asarray(image).astype(np.int16)
+    steps = max(np.abs(np.diff(pixels, axis=0)).max(initial=0), np.abs(np.diff(pixels, axis=1)).max(initial=0))
+    return bool(steps < min_step)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -199,6 +212,11 @@ def filter_pool(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, policy:
     rows = read_pool(pool_dir)
     if not rows:
         raise UsageError(f"{pool_dir} has no images; run `richfeedback pool generate` first")
+    flat = []
+    if policy.policy == "align_sd" and policy.skip_flat:
+        flat = [r["file_name"] for r in rows if is_flat(load_rgb(r["path"]))]
+        left_out = set(flat)
+        rows = [r for r in rows if r["file_name"] not in left_out]
     scores = combined_scores(rows, policy)
     chosen = select(rows, policy, scores)
     with folder_written_atomically(Path(out_dir)) as tmp:
@@ -208,12 +226,13 @@ def filter_pool(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, policy:
                 shutil.copyfile(row["path"], tmp / file_name)
                 f.write(json.dumps({"file_name": file_name, "text": row["text"], "type": row["type"],
                                     "score": row["score"], "scores": row["scores"], "prompt": row["prompt"],
-                                    "seed": row["seed"]}) + "\n")
+                                    "seed": row["seed"], "confidence": row["confidence"]}) + "\n")
         positives = [r for r in chosen if r["type"] == "positive"]
         report = {
             "pool": str(pool_dir), "policy": dataclasses.asdict(policy), "score_weights": score_weights(pool_dir),
             "min_score_value": policy.threshold(scores),  # a quantile, resolved
-            "pool_images": len(rows), "pool_prompts": len({r["prompt_index"] for r in rows}),
+            "pool_images": len(rows) + len(flat), "skipped_flat": flat,
+            "pool_prompts": len({r["prompt_index"] for r in rows}),
             "kept_positive": len(positives), "kept_negative": len(chosen) - len(positives),
             "kept_prompts": len({r["prompt_index"] for r in positives}),
             "mean_scores_pool": _summary(rows), "mean_scores_kept_positive": _summary(positives),
