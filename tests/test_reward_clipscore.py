@@ -70,3 +70,14 @@ def test_differentiable_path_gives_finite_gradients(model, images):
     score = model.differentiable(PROMPTS[1], pixels)
     score.sum().backward()
     assert torch.isfinite(pixels.grad).all()
+
+
+def test_text_is_cleaned_like_the_clip_packages_tokenizer_and_a_prefix_gets_its_space(folder, images):
+    from richfeedback.reward_models.clipscore import clean_text
+
+    assert clean_text("a red  circle &amp;amp; a \u201cblue\u201d  square ") == 'a red circle & a "blue" square'
+    model = load_reward_model("clipscore", weights=folder)
+    plain = model.score(["a red circle & a blue square"], images[:1])
+    assert torch.equal(model.score(["a red circle &amp; a  blue square"], images[:1]), plain)
+    spaced = load_reward_model("clipscore", weights=folder, prefix="A photo depicts")
+    assert spaced.prefix == "A photo depicts " and torch.equal(spaced.score(PROMPTS, images), model.score(PROMPTS, images))

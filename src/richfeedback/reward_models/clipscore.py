@@ -3,10 +3,17 @@
 As in the paper and its code (jmhessel/clipscore): CLIP ViT-B/32 (`openai/clip-vit-base-patch32` by default; any
 transformers CLIP folder or hub id works), the prompt prefixed with "A photo depicts " (`prefix=""` turns that off, as
 torchmetrics does), and the `clip` package's image preprocessing (shorter side to 224, bicubic, centre crop).
-Note torchmetrics' CLIPScore is a different scale: 100 * max(cos, 0), ViT-L/14 by default, no prefix.
+Like the `clip` package's tokenizer, text is cleaned first (ftfy's `fix_text`, HTML entities unescaped twice,
+whitespace collapsed), which transformers' CLIP tokenizer does not do; a prefix without a trailing space gets one, as
+in Hessel's code. fp32 by default (the paper's numbers were computed in fp16 on a GPU: `dtype="fp16"`).
+Note torchmetrics' CLIPScore is another score: 100 * max(mean cos, 0) over a batch, ViT-L/14 by default, no prefix,
+transformers' processor; `prefix=""`, `weight=100` give its scale, not its exact numbers.
 """
 
 from __future__ import annotations
+
+import html
+import re
 
 import torch
 
@@ -20,6 +27,18 @@ HESSEL_WEIGHT = 2.5
 HESSEL_PREFIX = "A photo depicts "
 
 
+def clean_text(text: str) -> str:
+    """The `clip` package's `basic_clean` and `whitespace_clean`: ftfy's fix_text (when installed; open_clip brings
+    it), HTML entities unescaped twice, runs of whitespace made one space."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:  # pragma: no cover - ftfy comes with open_clip
+        pass
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
+
+
 class CLIPScore(RewardModel):
     name = "clipscore"
 
@@ -29,12 +48,12 @@ class CLIPScore(RewardModel):
         self.clip = clip
         self.tokenizer = tokenizer
         self.weight = weight
-        self.prefix = prefix
+        self.prefix = prefix + " " if prefix and not prefix.endswith(" ") else prefix
         self.max_text_length = clip.config.text_config.max_position_embeddings
         self.scale = f"{weight} x max(cosine(text, image), 0), in [0, {weight}]; a baseline, weakly tied to preference"
 
     def forward(self, prompts: list[str], pixel_values: torch.Tensor) -> torch.Tensor:
-        texts, index = unique_prompts([self.prefix + p for p in prompts])
+        texts, index = unique_prompts([clean_text(self.prefix + p) for p in prompts])
         tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_length,
                                 return_tensors="pt").to(self.device)
         text = pooled(self.clip.get_text_features(input_ids=tokens["input_ids"],
