@@ -276,3 +276,49 @@ def test_sdxl_with_euler_is_guided_by_the_laion_aesthetic_reward(tiny_sdxl, tiny
     guidance.scale = 0.0
     assert all(np.array_equal(a, b) for a, b in
                zip(unguided, generate_images(tiny_sdxl, PROMPTS, [0, 1], guidance=guidance, **sampling)))
+
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "EulerDiscreteScheduler"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_the_cheap_path_holds_the_predicted_noise_fixed_for_every_prediction_type(name, prediction_type):
+    """Same x0 as the scheduler's; d x0 / d x_t = 1 / alpha whatever the network predicts (a "sample" model's x0
+    used to have no path to x_t, and a v-model's gradient was abar times an epsilon model's)."""
+    import diffusers
+
+    from richfeedback.guidance.schedulers import _alpha_sigma, predicted_x0_fixed_noise
+
+    extra = {"clip_sample": False} if name == "DDIMScheduler" else {}  # clipped pixels have no gradient
+    scheduler = getattr(diffusers, name)(prediction_type=prediction_type, beta_schedule="scaled_linear",
+                                         beta_start=0.00085, beta_end=0.012, **extra)
+    scheduler.set_timesteps(10)
+    torch.manual_seed(0)
+    sample, output = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    t = scheduler.timesteps[3]
+    scheduler.scale_model_input(sample, t)
+    x_t = sample.clone().requires_grad_(True)
+    x0 = predicted_x0_fixed_noise(scheduler, output, t, x_t)
+    torch.testing.assert_close(x0.detach(), predicted_x0(scheduler, output, t, sample), rtol=1e-5, atol=1e-5)
+    (gradient,) = torch.autograd.grad(x0.sum(), x_t)
+    alpha, _ = _alpha_sigma(scheduler, t, sample)
+    torch.testing.assert_close(gradient, torch.full_like(sample, float(1 / alpha)), rtol=1e-5, atol=1e-6)
+
+
+def test_img2img_is_guided_at_its_place_in_the_schedule_and_every_call_is_guided(pipe, rahf_aesthetics):
+    """img2img runs the tail of the schedule; the window counts positions in the whole schedule, and a second call
+    inside one `attach` is guided like the first."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+    image = generate_images(pipe, PROMPTS[:1], [0], **FAST)[0]
+    late = RewardGuidance(rahf_aesthetics, scale=0.1, every=1, window=(0.5, 1.0))
+    early = RewardGuidance(rahf_aesthetics, scale=0.1, every=1, window=(0.0, 0.5))
+    sampling = {"num_inference_steps": 10, "strength": 0.5, "guidance_scale": 4.0, "output_type": "np"}
+    with late.attach(img2img, PROMPTS[:1]):
+        img2img(PROMPTS[:1], image=image, generator=torch.Generator().manual_seed(0), **sampling)
+        assert [h["step"] for h in late.history] == [5, 6, 7, 8, 9]
+        img2img(PROMPTS[:1], image=image, generator=torch.Generator().manual_seed(0), **sampling)
+        assert [h["step"] for h in late.history] == [5, 6, 7, 8, 9] * 2
+    with early.attach(img2img, PROMPTS[:1]):  # the steps img2img skips are the ones this window guides
+        img2img(PROMPTS[:1], image=image, generator=torch.Generator().manual_seed(0), **sampling)
+    assert early.history == []

@@ -10,7 +10,8 @@ At a guided step with latents x_t and the pipeline's noise prediction (after cla
 as the Diffusion Posterior Sampling pipeline in diffusers/examples/community does (a gradient taken at x_t, applied to
 the step's output). Two paths to the gradient of an image reward:
 
-- "cheap": the noise prediction is a constant; the gradient goes through the x0 formula and the VAE decoder only.
+- "cheap": the noise the network predicted is held fixed (whatever it predicts: epsilon, v or x0), so x0 moves with
+  x_t as (x_t - sigma * eps) / alpha; the gradient goes through that formula and the VAE decoder only.
   One VAE decode and one reward pass (forward and backward) per guided step. The decoder's backward pass is most of
   that cost, so the decode may go through a tiny distilled decoder instead (`decoder=`: diffusers' `AutoencoderTiny`,
   e.g. TAESD `madebyollin/taesd` for SD 1.5, `madebyollin/taesdxl` for SDXL; the embedded generator ships its own);
@@ -19,7 +20,7 @@ the step's output). Two paths to the gradient of an image reward:
   the pipeline combines them), so the gradient also goes back through the UNet: an extra UNet forward and backward.
 
 A noise-aware reward (`noise_aware = True`, e.g. `latent-aesthetic`: a model trained on noisy latents with the
-timestep as input) is classifier guidance as Dhariwal & Nichol wrote it: g = d reward(x_t, t) / d x_t, with no
+timestep as input) gives the gradient Dhariwal & Nichol's classifier guidance uses, g = d reward(x_t, t) / d x_t, with no
 decode at all (x_t brought to the variance-preserving scale the model was trained on; the Euler schedulers' latents
 are divided by sqrt(1 + sigma^2)). Its pipeline is checked against the latents and noise schedule it was trained on.
 
@@ -46,7 +47,7 @@ from typing import Optional, Sequence
 import torch
 
 from .options import DEFAULT_REWARD, NORMALIZATIONS, PATHS, default_schedule
-from .schedulers import check_scheduler, noise_level, predicted_x0, variance_preserving
+from .schedulers import check_scheduler, noise_level, predicted_x0, predicted_x0_fixed_noise, variance_preserving
 
 
 EMBEDDED_TINY_DECODER = Path(__file__).resolve().parents[1] / "embedded" / "shapes-sd-tiny-decoder"
@@ -243,6 +244,15 @@ def gaussian_blur(tensor: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.nn.functional.conv2d(out, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
 
 
+def schedule_position(scheduler, timestep, fallback: int) -> int:
+    """The index of `timestep` in `scheduler.timesteps` (unique for the schedulers guidance accepts), or `fallback`
+    when it is not there."""
+    timesteps = scheduler.timesteps
+    value = torch.as_tensor(timestep, device=timesteps.device).to(timesteps.dtype)
+    matches = (timesteps == value).nonzero()
+    return int(matches[0, 0]) if len(matches) else fallback
+
+
 class _GuidedRun:
     """The state of one guided pipeline call: its step counter and the UNet call being recorded."""
 
@@ -261,9 +271,11 @@ class _GuidedRun:
             self.unet_call = (args, kwargs)
 
     def step(self, original_step, model_output, timestep, sample, *args, **kwargs):
-        index = self.step_index
-        self.step_index += 1
         scheduler = self.pipe.scheduler
+        # The step's place in the whole schedule, not a count of this call's steps: img2img (and SDXL's
+        # denoising_start) run only the tail of `scheduler.timesteps`, and a second pipeline call starts again.
+        index = schedule_position(scheduler, timestep, fallback=self.step_index)
+        self.step_index = index + 1
         # Computed before the real step: the Euler schedulers advance `step_index` inside it.
         guided = index in set(self.guidance.guided_steps(len(scheduler.timesteps)))
         if guided:
@@ -302,8 +314,10 @@ class _GuidedRun:
                 # faithfully (float noise only).
                 record["recompute_error"] = float((recomputed.detach() - model_output).abs().max())
                 model_output = recomputed
-            x0 = predicted_x0(self.pipe.scheduler, model_output.detach() if guidance.path == "cheap" else model_output,
-                              timestep, x_t)
+            if guidance.path == "cheap":  # the noise the network predicted held fixed: x0 moves with x_t alone
+                x0 = predicted_x0_fixed_noise(self.pipe.scheduler, model_output.detach(), timestep, x_t)
+            else:
+                x0 = predicted_x0(self.pipe.scheduler, model_output, timestep, x_t)
             images = decode_to_unit_range(self.decoder, x0)
             reward_prompts = prompts if getattr(guidance.reward, "needs_prompt", True) else None
             if guidance.views == 1:
