@@ -102,27 +102,17 @@ def predicted_x0_fixed_noise(scheduler, model_output: torch.Tensor, timestep, sa
     """The predicted x0 as a function of `sample` with the noise the network predicted held fixed (the cheap path):
     x0 = (x_t - sigma * eps) / alpha, eps the noise `model_output` implies at `sample` (itself for epsilon models).
 
-    Its value equals `predicted_x0`'s; its derivative is 1/alpha for every prediction type, as when classifier
-    guidance holds eps fixed. Holding the raw output fixed instead would give v-prediction models alpha (a factor
-    abar apart) and "sample" models no dependence on x_t at all.
+    Its value is `predicted_x0`'s, computed as the scheduler computes it (at the first steps alpha is ~1e-4, and
+    recomputing x0 from the implied noise would divide float error by it); its derivative is 1/alpha for every
+    prediction type (0 where `clip_sample` clips), as when classifier guidance holds eps fixed. Holding the raw output
+    fixed instead would give v-prediction models alpha (a factor abar apart) and "sample" models no path to x_t.
     """
-    alpha, sigma = _alpha_sigma(scheduler, timestep, sample)
-    x_t, output = sample.detach().float(), model_output.detach().float()
-    prediction_type = scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        eps = output
-    else:
-        if prediction_type == "sample":
-            x0 = output
-        elif isinstance(scheduler, VARIANCE_PRESERVING):  # v_prediction
-            x0 = alpha * x_t - sigma * output
-        else:  # v_prediction on sigma-scaled latents: c_out * v + c_skip * x
-            x0 = output * (-sigma / (sigma**2 + 1) ** 0.5) + x_t / (sigma**2 + 1)
-        eps = (x_t - alpha * x0) / sigma
-    x0 = (sample.float() - sigma * eps) / alpha
+    alpha, _ = _alpha_sigma(scheduler, timestep, sample)
+    x0 = predicted_x0(scheduler, model_output.detach(), timestep, sample.detach())
+    slope = 1.0 / alpha
     if isinstance(scheduler, VARIANCE_PRESERVING) and scheduler.config.clip_sample:
-        x0 = x0.clamp(-scheduler.config.clip_sample_range, scheduler.config.clip_sample_range)
-    return x0
+        slope = slope * (x0.abs() < scheduler.config.clip_sample_range)
+    return x0 + slope * (sample.float() - sample.detach().float())
 
 
 @contextlib.contextmanager
