@@ -319,10 +319,24 @@ def test_prepare_command_writes_a_dataset_loadable_from_disk(tfrecords, tmp_path
     args = parser.parse_args(["prepare-richhf18k", "--tfrecords", str(tfrecords), "--images",
                               str(_images("parquet", tmp_path, ["cat", "owl", "fox"])), "--out", str(out), "--missing", "skip"])
     args.func(args)
-    assert "(1 train / 1 dev / 1 test)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "(1 train / 1 dev / 1 test)" in printed
+    assert "train.tfrecord has 2 records; the public release has 15810" in printed  # a small synthetic release
     loaded = datasets.load_from_disk(str(out))
     assert loaded["train"][0]["labeled_prompt"] == "A cat_0 on a mat_0"
     assert json.loads((out / "richhf18k_summary.json").read_text())["missing_uids"]["train"] == ["dog"]
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
     with pytest.raises(FileExistsError, match="already exists and is not empty"):
         args.func(args)
+
+
+def test_release_notes_flag_record_counts_and_score_ranges_other_than_the_release():
+    from richfeedback.reward_models.rahf.richhf18k import release_notes
+
+    released = {"records": {"train": 15810, "dev": 995, "test": 955}, "scores_outside_0_1": {"train": 0, "dev": 0,
+                                                                                            "test": 0}}
+    assert release_notes(released) == []
+    partial = {"records": {"train": 15000, "dev": 995}, "scores_outside_0_1": {"train": 3, "dev": 0}}
+    notes = release_notes(partial)
+    assert len(notes) == 2 and "15000 records" in notes[0] and "git lfs pull" in notes[0]
+    assert "{'train': 3}" in notes[1]

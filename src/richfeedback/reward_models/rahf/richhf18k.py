@@ -48,6 +48,7 @@ from ...shapesworld.scene import prompt_words
 # ============================================================================ RichHF-18K
 SPLITS = ("train", "dev", "test")
 SCORE_COLUMNS = ("aesthetics_score", "artifact_score", "misalignment_score", "overall_score")
+RELEASED_SIZES = {"train": 15810, "dev": 995, "test": 955}  # records per file in the public release
 MAP_COLUMNS = ("artifact_map", "misalignment_map")
 # The RichHF-18K columns of `shapesworld.dataset.FEATURES`, in its order (a test keeps the two the same).
 FEATURES = datasets.Features({
@@ -307,7 +308,11 @@ def join_richhf18k(tfrecord_dir, images, splits: Sequence[str] = SPLITS, missing
             f"test) as {IMAGES_HELP}; or pass missing='skip' (--missing skip) to leave them out."
         )
 
-    splits_out, summary = {}, {"examples": {}, "missing": {}, "length_mismatches": {}, "missing_uids": {},
+    splits_out, summary = {}, {"records": {split: len(records) for split, records in annotations.items()},
+                              "scores_outside_0_1": {split: sum(not 0.0 <= r[name] <= 1.0 for r in records
+                                                                for name in SCORE_COLUMNS)
+                                                     for split, records in annotations.items()},
+                              "examples": {}, "missing": {}, "length_mismatches": {}, "missing_uids": {},
                               "length_mismatch_uids": {}}
     for split, records in annotations.items():
         kept = [r for r in records if r["uid"] in captions]
@@ -354,8 +359,9 @@ def prepare_richhf18k(tfrecord_dir, images, out_dir, missing: str = "error", spl
     """Join RichHF-18K as `load_richhf18k` does and save it with `save_to_disk` into `out_dir`, atomically.
 
     `out_dir` must not exist or be empty; the dataset is written into a temporary sibling and renamed into place when
-    complete. Beside the splits, `out_dir/richhf18k_summary.json` holds the returned summary: per split, `examples`,
-    `missing` and `length_mismatches` counts, and the `missing_uids` and `length_mismatch_uids`.
+    complete. Beside the splits, `out_dir/richhf18k_summary.json` holds the returned summary: per split, the
+    TFRecord's `records`, `scores_outside_0_1`, `examples`, `missing` and `length_mismatches` counts, and the
+    `missing_uids` and `length_mismatch_uids` (`release_notes` reads what differs from the public release).
     """
     out = Path(out_dir)
     refuse_non_empty(out)
@@ -387,3 +393,17 @@ def _cmd_prepare(args) -> None:
     print(f"wrote RichHF-18K ({counts}) to {args.out}; {sum(summary['missing'].values())} missing images left out, "
           f"{sum(summary['length_mismatches'].values())} caption/label length mismatches "
           f"(uids in {Path(args.out) / SUMMARY_FILE})")
+    for note in release_notes(summary):
+        print(f"note: {note}")
+
+
+def release_notes(summary: dict) -> list[str]:
+    """What in a join's summary says the files are not the public release as published: record counts other than
+    15,810 / 995 / 955 (an incomplete `git lfs pull`?), scores outside [0, 1] (the range the RAHF heads predict)."""
+    notes = [f"{split}.tfrecord has {n} records; the public release has {RELEASED_SIZES[split]} (an incomplete "
+             "download? run `git lfs pull` in the richhf-18k clone)"
+             for split, n in summary["records"].items() if split in RELEASED_SIZES and n != RELEASED_SIZES[split]]
+    outside = {split: n for split, n in summary["scores_outside_0_1"].items() if n}
+    if outside:
+        notes.append(f"scores outside [0, 1] (the range RAHF's score heads predict) per split: {outside}")
+    return notes
