@@ -266,6 +266,13 @@ def test_the_fingerprint_of_rahf_weights_does_not_change_with_the_last_conv1_ren
     assert weights_fingerprint(Weights(changed)) != weights_fingerprint(Weights(new))
 
 
+def add_score_column(pool_dir: Path, name: str, score_of) -> None:
+    """Write the score column `name` of every image of the pool, `score_of(row)`, as `pool score` would."""
+    lines = [json.dumps({"file_name": row["file_name"], "scores": {name: score_of(row)}}) for row in read_pool(pool_dir)]
+    (pool_dir / "scores").mkdir(exist_ok=True)
+    (pool_dir / "scores" / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+
+
 def test_a_dataset_filtered_with_negatives_names_its_negative_prompt(pool, tmp_path):
     import shutil
 
@@ -273,15 +280,8 @@ def test_a_dataset_filtered_with_negatives_names_its_negative_prompt(pool, tmp_p
 
     mine = tmp_path / "pool"
     shutil.copytree(pool, mine)
-    # a score column with one clear best and one clear worst image per prompt (seed order: 0, 1, 1, -5)
-    rows = read_pool(mine)
-    ranks = {}
-    lines = []
-    for row in rows:
-        k = ranks[row["prompt"]] = ranks.get(row["prompt"], -1) + 1
-        lines.append(json.dumps({"file_name": row["file_name"], "scores": {"made": [5.0, 1.0, 1.0, -5.0][k]}}))
-    (mine / "scores").mkdir(exist_ok=True)
-    (mine / "scores" / "made.jsonl").write_text("\n".join(lines) + "\n")
+    # one clear best and one clear worst image per prompt (its seeds 10 + 4i + k, k = 0..3: 5, 1, 1, -5)
+    add_score_column(mine, "made", lambda row: [5.0, 1.0, 1.0, -5.0][(row["seed"] - 10) % 4])
     policy = FilterPolicy(policy="align_sd", score="made", negatives=True, min_prompts=0, skip_flat=False)
     report = filter_pool(mine, tmp_path / "data", policy)
     assert report["kept_positive"] == report["kept_negative"] == len(PROMPTS)
@@ -308,11 +308,8 @@ def test_align_sd_leaves_flat_images_out_before_counting_a_prompts_images(pool, 
         save_png(render(sample_scene(rng), 64), Path(row["path"]))
     first = [r for r in rows if r["prompt"] == PROMPTS[0]]
     save_png(np.zeros((64, 64, 3), np.uint8), Path(first[0]["path"]))  # blacked out
-    rows = read_pool(mine)
-    lines = [json.dumps({"file_name": r["file_name"], "scores": {"made": -10.0 if r["file_name"] == first[0]["file_name"]
-                                                                  else float(r["seed"] % 4)}}) for r in rows]
-    (mine / "scores").mkdir(exist_ok=True)
-    (mine / "scores" / "made.jsonl").write_text("\n".join(lines) + "\n")
+    add_score_column(mine, "made", lambda row: -10.0 if row["file_name"] == first[0]["file_name"]
+                     else float(row["seed"] % 4))
     policy = FilterPolicy(policy="align_sd", score="made", negatives=True, min_prompts=0)
     report = filter_pool(mine, tmp_path / "data", policy)
     assert report["skipped_flat"] == [first[0]["file_name"]] and report["pool_images"] == len(rows)

@@ -78,9 +78,7 @@ def train_section(loop_cfg: dict) -> dict:
     train.setdefault("output_dir", str(out / "lora"))
     train.setdefault("model", {}).setdefault("pretrained", (loop_cfg.get("pool") or {}).get("model", "embedded"))
     train.setdefault("data", {}).setdefault("path", str(out / "data"))
-    negative = (loop_cfg.get("filter") or {}).get("negative_prefix", "Weird image. ")
-    if (loop_cfg.get("filter") or {}).get("negatives"):
-        train.setdefault("negative_prompt", negative.strip())
+    # the negative prompt of align_sd negatives comes from the filtered dataset's report (`train`)
     return train
 
 

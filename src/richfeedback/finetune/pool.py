@@ -165,19 +165,16 @@ def scores_file(pool_dir: str | os.PathLike, model_name: str) -> Path:
     return Path(pool_dir) / SCORES_DIR / (re.sub(r"[^A-Za-z0-9.+-]", "_", model_name) + ".jsonl")
 
 
-_RAHF_LAST_CONV1 = re.compile(r"^(.*heatmap_predictor\.(?:[a-z_]+\.)?last_conv1)\.(?=weight$|bias$)")
-
-
 def weights_fingerprint(model) -> str:
     """sha256 of a reward model's state (names and values as float32 where floating, so the dtype it runs in does not
     count): two loads of the same weights agree, any changed weight does not."""
     import torch
 
+    from ..reward_models.rahf.modeling import legacy_parameter_name
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        # RAHF's heatmap heads named their last conv `last_conv1.0` until it took the public checkpoint's name
-        # `last_conv1`: the old name is hashed, so pools scored before the rename still match the same weights.
-        name = _RAHF_LAST_CONV1.sub(r"\1.0.", name)
+        name = legacy_parameter_name(name)  # pools scored before RAHF's last_conv1 rename still match
         tensor = tensor.detach().cpu()
         tensor = (tensor.float() if tensor.is_floating_point() else tensor).contiguous().flatten()
         digest.update(name.encode())

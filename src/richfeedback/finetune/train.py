@@ -397,10 +397,14 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
 
     params = add_lora(pipe, cfg)
     modules = trained_modules(pipe, cfg)
-    if accelerator.mixed_precision in ("fp16", "bf16"):
+
+    def lora_weights_in_float32():
         # LoRA weights (and so AdamW's updates) in float32, the frozen rest in half precision; diffusers' scripts do
         # this for fp16 only, leaving bf16 LoRA weights to round away small updates
-        cast_training_params(modules, dtype=torch.float32)
+        if accelerator.mixed_precision in ("fp16", "bf16"):
+            cast_training_params(modules, dtype=torch.float32)
+
+    lora_weights_in_float32()
     if cfg["gradient_checkpointing"]:
         pipe.unet.enable_gradient_checkpointing()
         if cfg["lora"]["train_text_encoder"]:
@@ -454,8 +458,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         while models:
             models.pop()
         load_lora_state(pipe, input_dir, modules)
-        if accelerator.mixed_precision in ("fp16", "bf16"):
-            cast_training_params(modules, dtype=torch.float32)
+        lora_weights_in_float32()
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)

@@ -315,7 +315,7 @@ class _GuidedRun:
                 record["recompute_error"] = float((recomputed.detach() - model_output).abs().max())
                 model_output = recomputed
             if guidance.path == "cheap":  # the noise the network predicted held fixed: x0 moves with x_t alone
-                x0 = predicted_x0_fixed_noise(self.pipe.scheduler, model_output.detach(), timestep, x_t)
+                x0 = predicted_x0_fixed_noise(self.pipe.scheduler, model_output, timestep, x_t)
             else:
                 x0 = predicted_x0(self.pipe.scheduler, model_output, timestep, x_t)
             images = decode_to_unit_range(self.decoder, x0)

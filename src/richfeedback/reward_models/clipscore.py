@@ -12,9 +12,6 @@ transformers' processor; `prefix=""`, `weight=100` give its scale, not its exact
 
 from __future__ import annotations
 
-import html
-import re
-
 import torch
 
 from .base import RewardModel, prepare, unique_prompts
@@ -28,15 +25,11 @@ HESSEL_PREFIX = "A photo depicts "
 
 
 def clean_text(text: str) -> str:
-    """The `clip` package's `basic_clean` and `whitespace_clean`: ftfy's fix_text (when installed; open_clip brings
-    it), HTML entities unescaped twice, runs of whitespace made one space."""
-    try:
-        import ftfy
+    """The `clip` package's text cleaning (ftfy's fix_text, HTML entities unescaped twice, whitespace collapsed), as
+    open_clip's tokenizer keeps it."""
+    from open_clip.tokenizer import basic_clean, whitespace_clean
 
-        text = ftfy.fix_text(text)
-    except ImportError:  # pragma: no cover - ftfy comes with open_clip
-        pass
-    return re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
+    return whitespace_clean(basic_clean(text))
 
 
 class CLIPScore(RewardModel):

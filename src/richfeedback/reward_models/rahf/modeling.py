@@ -19,6 +19,7 @@ with every key accounted for (see `checkpoint.py`). Where we differ, on purpose:
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Optional, Sequence
 
 import torch
@@ -85,7 +86,15 @@ class HeatmapPredictor(nn.Module):
 
 # richfeedback up to 0.1 wrapped the heatmap head's `last_conv1` in a Sequential with its ReLU, so checkpoints it wrote
 # (folders and training states) name it `last_conv1.0.*`; the public checkpoint, and this module since, `last_conv1.*`.
-LEGACY_KEY_MAPPING = {r"^(.*heatmap_predictor\.(?:[a-z_]+\.)?last_conv1)\.0\.": r"\1."}
+_HEAD_LAST_CONV1 = r"^(.*heatmap_predictor\.(?:[a-z_]+\.)?last_conv1)\."
+LEGACY_KEY_MAPPING = {_HEAD_LAST_CONV1 + r"0\.": r"\1."}  # old name -> current, for from_pretrained
+_CURRENT_LAST_CONV1 = re.compile(_HEAD_LAST_CONV1 + r"(?=weight$|bias$)")
+
+
+def legacy_parameter_name(name: str) -> str:
+    """A parameter's name as richfeedback 0.1 wrote it (`...last_conv1.weight` -> `...last_conv1.0.weight`); other
+    names unchanged. Weight fingerprints hash these, so records made before the rename still match."""
+    return _CURRENT_LAST_CONV1.sub(r"\1.0.", name)
 
 
 def _rename_legacy_last_conv1(state_dict, prefix, *args, **kwargs):
