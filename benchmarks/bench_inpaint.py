@@ -9,12 +9,16 @@ a new artifact, a lost prompt word or an added object): what a heatmap that fire
 the artifact sets cannot show.
 
 Conditions (the embedded inpainting model, a 9-channel UNet fine-tuned from the embedded generator by
-scripts/train_embedded_inpainter.py, 25 DDIM steps, CFG 4, strength 1; embedded RAHF; best candidate by
-the default selection reward, rahf:mask-heat (least RAHF implausibility + misalignment heat inside the mask), among
+scripts/train_embedded_inpainter.py, 25 DDIM steps, CFG 4, strength 1; embedded RAHF with the embedded artifact
+segmenter, whose probabilities >= 0.5 join RAHF's implausibility heatmap by a pixelwise maximum; best candidate by
+the default selection reward, rahf:mask-heat (least implausibility + misalignment heat inside the mask), among
 the candidates the alignment guard allows (RAHF alignment at most 0.1 below the input's), the original kept when no
 candidate beats it; composites with a hard edge, the default):
-- predicted, N=8: the RAHF implausibility heatmap, default mask settings (cut at half the heatmap's hottest value,
-  never below 0.1; grown over connected pixels above 0.3 of the hottest; dilate 2; latent cells);
+- predicted, N=8: the implausibility heatmap (RAHF's and the segmenter's), default mask settings (cut at half the
+  heatmap's hottest value, never below 0.1; grown over connected pixels above 0.3 of the hottest; dilate 2; latent
+  cells);
+- predicted, RAHF alone, N=8: the same without the segmenter (mask and mask heat from RAHF only; the default before
+  it); run on the images with nothing to fix as well;
 - predicted, N=1: the same masks, only candidate 0 (its seed is the same as in the N=8 run, so it is the same
   candidate; a candidate does not depend on its batch, see bench_inpaint_batching);
 - random, N=8: the predicted mask shifted to a random place (same shape and area);
@@ -36,8 +40,16 @@ the output, whatever reward selected.
 reward (the selector's ceiling). "outside unchanged" = the share of images whose pixels outside the repainted mask
 are bit-identical to the input's.
 
-Last full run (450 s on 2 CPU cores beside a training job; the twelve-stage embedded RAHF, the second inpainting
-model, trained with the generator's own flagged images), fixed / fixed if the oracle picked / new misalignment:
+Last full run (422 s on 2 CPU cores; the twelve-stage embedded RAHF with the artifact segmenter, the second
+inpainting model), fixed / fixed if the oracle picked / new misalignment:
+- injected, predicted N=8: 0.97 / 0.97 / 0.03; N=1: 0.93 / 0.93 / 0.07; RAHF alone 0.90 / 0.93 / 0.07; random masks
+  0.00; q0.95 masks 0.83 / 0.83 / 0.07; the oracle's mask 0.97 / 0.97 / 0.03; blending path 0.90 / 0.93 / 0.03.
+- generated, predicted N=8: 0.35 / 0.50 / 0.25 (no mask empty); N=1 0.20; RAHF alone 0.00 (19 of 20 masks empty);
+  random masks 0.00 / 0.10; q0.95 masks 0.10 / 0.40 / 0.35; the oracle's mask 0.45 / 0.55 / 0.10; the misalignment
+  heatmap 0.15 / 0.30 / 0.25; blending path 0.25 / 0.50 / 0.30. Pooled: 36 of 50 fixed (RAHF alone 27).
+- nothing to fix (masked / changed / harmed): clean renders 0.00 / 0.00 / 0.00 (RAHF alone the same); the
+  generator's unflagged images 0.40 / 0.40 / 0.05 (RAHF alone 0.10 / 0.10 / 0.10).
+Before the segmenter (RAHF alone for every condition; 450 s beside a training job):
 - injected, predicted N=8: 0.90 / 0.93 / 0.07; N=1: 0.93 / 0.93 / 0.03; random masks 0.03; q0.95 masks 0.77 / 0.83 /
   0.07; the oracle's mask 0.97 / 0.97 / 0.03; blending path 0.83 / 0.87 / 0.07.
 - generated, predicted N=8: 0.00 (19 of 20 masks empty); q0.95 masks 0.10 / 0.25 / 0.25; the oracle's mask 0.10 /
@@ -65,7 +77,7 @@ import numpy as np
 from richfeedback.inpaint.examples import artifact_examples, oracle_repair
 from richfeedback.inpaint.fix import FixSettings, InpaintFixer
 from richfeedback.inpaint.repair import load_inpaint_pipeline
-from richfeedback.inpaint.selection import select_best
+from richfeedback.inpaint.selection import MaskHeatScore, select_best
 from richfeedback.shapesworld import oracle
 from richfeedback.shapesworld.evaluate import PROTOCOL_PROMPT_SEED
 from richfeedback.shapesworld.render import render
@@ -189,6 +201,10 @@ def run(quick: bool = False) -> dict:
                                                                          floor=0.0, grow=None)))
     misalignment = InpaintFixer(fixer.pipe, fixer.heatmap_model, fixer.reward,
                                 dataclasses.replace(fixer.settings, heatmap="misalignment"))
+    # the ablation: RAHF's implausibility heatmap alone, for the mask and the mask heat (no artifact segmenter)
+    rahf = fixer.heatmap_model.rahf
+    rahf_alone = InpaintFixer(fixer.pipe, rahf, MaskHeatScore(rahf), dataclasses.replace(fixer.settings,
+                                                                                          artifact_model=None))
     cell = fixer.settings.mask.round_to_cells
     flagged, nothing_to_fix = generated_cases(blending.pipe, 6 if quick else 20, 4 if quick else 20)
     cases = injected_cases(10 if quick else 30) + flagged
@@ -216,7 +232,8 @@ def run(quick: bool = False) -> dict:
             random = main  # an empty mask moved anywhere is still empty
         add((case["set"], "random (same area)", 8),
             judge(case, random.image, random.mask, random.chosen is None, random.candidates))
-        for label, fixer_used, mask in (("predicted q0.95", quantile, None),
+        for label, fixer_used, mask in (("predicted, RAHF alone", rahf_alone, None),
+                                        ("predicted q0.95", quantile, None),
                                         ("misalignment heatmap", misalignment, None),
                                         ("oracle", fixer, oracle_repair(prompt, image, 2, cell, case["before"])[0]),
                                         ("generator (4-channel)", blending, main.mask if main.mask.any() else None)):
@@ -228,11 +245,12 @@ def run(quick: bool = False) -> dict:
                 judge(case, result.image, result.mask, result.chosen is None, result.candidates))
     untouched: dict[tuple, list] = {}
     for case in tqdm(nothing_to_fix, desc="bench inpaint (nothing to fix)"):
-        for label, fixer_used in (("predicted", fixer), ("misalignment heatmap", misalignment)):
+        for label, fixer_used in (("predicted", fixer), ("predicted, RAHF alone", rahf_alone),
+                                  ("misalignment heatmap", misalignment)):
             result = fixer_used.fix(case["image"], case["prompt"])
             untouched.setdefault((case["set"], label), []).append(harm(case, result))
     rows = [summarize(name, condition, n, values) for (name, condition, n), values in judged.items()]
-    order = {"predicted": 0, "random (same area)": 2, "predicted q0.95": 3, "misalignment heatmap": 3.7, "oracle": 4,
+    order = {"predicted": 0, "predicted, RAHF alone": 1, "random (same area)": 2, "predicted q0.95": 3, "misalignment heatmap": 3.7, "oracle": 4,
              "generator (4-channel)": 5}
     rows.sort(key=lambda r: (r["set"] != "injected", order[r["mask"]] + (r["N"] == 1) * 0.5))
     # images with nothing to fix (default settings, and the misalignment heatmap's masks): the share masked, changed
@@ -246,6 +264,7 @@ def run(quick: bool = False) -> dict:
         "fixed_by_artifact_kind_predicted_N8": {k: float(np.mean(v)) for k, v in by_kind.items()},
 
         "settings": {"n": settings.n, "mask": dataclasses.asdict(fixer.settings.mask),
+                     "artifact_model": fixer.settings.artifact_model, "artifact_cut": fixer.settings.artifact_cut,
                      "sampling": fixer.settings.sampling, "reward": fixer.reward_name,
                      "inpaint_model": "embedded inpainting model (9-channel)",
                      "injected_images": sum(c["set"] == "injected" for c in cases),

@@ -97,6 +97,8 @@ def test_report_has_scores_candidates_and_mask_area(bad_inputs_run):
     assert report["reward"] == "rahf:mask-heat"  # minus the mean heat inside the mask: in [-1, 0]
     assert -1 <= report["score_before"] <= 0 and report["score_after"] >= report["score_before"]
     assert [c["seed"] for c in report["candidates"]] == [0, 1]
+    # the embedded RAHF comes with the embedded artifact segmenter, and the report says so
+    assert report["settings"]["artifact_model"] == "embedded" and report["settings"]["artifact_cut"] == 0.5
     assert report["mask"]["source"] == "mask file" and report["mask"]["area"] == pytest.approx(400 / 4096)
     assert report["pixels_changed_outside_mask"] == 0
     if report["status"] == "fixed":
@@ -170,6 +172,8 @@ def test_generate_folder_supplies_prompts_and_predicted_heatmaps_make_masks(tmp_
     (["--strength", "1.5"], "--strength must be in (0, 1]"),
     (["--mask", "nowhere/"], "--mask nowhere/: no such file or folder"),
     (["--alignment-guard", "lots"], "--alignment-guard lots: give a number >= 0 or none"),
+    (["--artifact-cut", "1.5"], "--artifact-cut 1.5: give a probability in [0, 1)"),
+    (["--artifact-model", "nowhere"], "nowhere is not an artifact segmenter folder"),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, message):
     Image.fromarray(scene(0)).save(tmp_path / "img.png")

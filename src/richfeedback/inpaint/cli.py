@@ -46,6 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="RAHF weights: a folder from save_pretrained or the public checkpoint file "
                         "(default: the embedded ShapesWorld RAHF)")
     p.add_argument("--heatmap-size", default="large", help="architecture of a public RAHF checkpoint file")
+    p.add_argument("--artifact-model", default="auto",
+                   help="a pixel-level artifact segmenter whose heat joins RAHF's implausibility heatmap (pixelwise "
+                        "maximum): a folder from scripts/train_embedded_artifact_segmenter.py, 'embedded', or 'none' "
+                        "(default 'auto': the embedded ShapesWorld segmenter with the embedded RAHF, none with "
+                        "--heatmap-model)")
+    p.add_argument("--artifact-cut", type=float, default=0.5,
+                   help="the segmenter's probabilities below this are ignored (default 0.5)")
     p.add_argument("--heatmap-kind", default="implausibility", choices=("implausibility", "misalignment"),
                    help="which RAHF heatmap makes the mask")
     p.add_argument("--reward", default=None,
@@ -129,6 +136,8 @@ def settings_from_args(args):
         raise UsageError("--batch-size must be at least 1")
     if not 0.0 < args.strength <= 1.0:
         raise UsageError(f"--strength must be in (0, 1], got {args.strength}")
+    if not 0.0 <= args.artifact_cut < 1.0:
+        raise UsageError(f"--artifact-cut {args.artifact_cut}: give a probability in [0, 1)")
     if args.mask and args.heatmap:
         raise UsageError("give --mask or --heatmap, not both (a mask is used as given; a heatmap is thresholded)")
     for option, value in (("--mask", args.mask), ("--heatmap", args.heatmap)):
@@ -143,7 +152,7 @@ def settings_from_args(args):
                       round_to_cells=1 if args.no_round_to_latent else 0, feather=args.feather)
     return FixSettings(n=args.n, seed=args.seed, keep_original=not args.always_replace, crop_padding=args.crop_padding,
                        batch_size=args.batch_size, heatmap=args.heatmap_kind, mask=mask, sampling=sampling,
-                       alignment_guard=guard)
+                       alignment_guard=guard, artifact_cut=args.artifact_cut)
 
 
 def generated_images_only(args, paths: list[Path]) -> list[Path]:
@@ -170,8 +179,14 @@ def run(args) -> int:
                          "the manifest.jsonl of `richfeedback generate`")
     from ..reward_models.base import parse_dtype
 
+    artifact_model = None if str(args.artifact_model).lower() == "none" else args.artifact_model
+    if artifact_model not in (None, "auto", "embedded"):
+        from ..reward_models.artifact_segmenter import check_artifact_segmenter_folder
+
+        check_artifact_segmenter_folder(artifact_model)
     fixer = InpaintFixer.load(args.inpaint_model, args.heatmap_model, args.reward, settings,
-                              heatmap_size=args.heatmap_size, device=args.device, dtype=parse_dtype(args.dtype))
+                              heatmap_size=args.heatmap_size, artifact_model=artifact_model, device=args.device,
+                              dtype=parse_dtype(args.dtype))
     out = Path(args.out)
 
     def log(message: str) -> None:

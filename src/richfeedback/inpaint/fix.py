@@ -58,10 +58,17 @@ class FixSettings:
     # a guard of 0.1 stops 4 of 10 on artifact images and 2 of 3 on clean renders, and stops no replacement that fixed
     # an image (23 of 40 either way); 0.02 also stops 3 fixes.
     alignment_guard: Optional[float] = 0.1
+    # The pixel-level artifact segmenter whose heat joins RAHF's implausibility heatmap (pixelwise maximum) for the
+    # mask and the mask-heat reward: "embedded" (ShapesWorld), a folder, or None (RAHF's heatmap alone); `load`
+    # fills it in. artifact_cut: its probabilities below this are ignored.
+    artifact_model: Optional[str] = None
+    artifact_cut: float = 0.5
 
     def __post_init__(self):
         if self.alignment_guard is not None and not self.alignment_guard >= 0:
             raise ValueError(f"alignment_guard must be >= 0 or None, got {self.alignment_guard}")
+        if not 0.0 <= self.artifact_cut < 1.0:
+            raise ValueError(f"artifact_cut must be in [0, 1), got {self.artifact_cut}")
         if self.n < 1:
             raise ValueError(f"n must be at least 1 candidate, got {self.n}")
         if self.heatmap not in ("implausibility", "misalignment"):
@@ -94,12 +101,21 @@ class FixResult:
         return float(self.mask.mean())
 
 
+def resolve_artifact_model(artifact_model: Optional[str], heatmap_model: Optional[str]) -> Optional[str]:
+    """"auto": the embedded segmenter beside the embedded RAHF, none beside other RAHF weights (it only knows
+    ShapesWorld); anything else as given ("embedded", a folder, or None)."""
+    if artifact_model == "auto":
+        return "embedded" if heatmap_model is None else None
+    return artifact_model
+
+
 class InpaintFixer:
     """The models of a repair run and its settings; `fix` repairs one image in memory."""
 
     def __init__(self, pipe, heatmap_model, reward, settings: FixSettings = FixSettings()):
         self.pipe = pipe
-        self.heatmap_model = heatmap_model  # a RAHFReward: .heatmaps(prompts, images) and .all_scores
+        # a RAHFReward, or one WithArtifactSegmenter: .heatmaps(prompts, images), .outputs and .all_scores
+        self.heatmap_model = heatmap_model
         self.reward = reward
         self.settings = settings
         if settings.mask.round_to_cells == 0:  # "round to the pipeline's own latent cells" unless told otherwise
@@ -109,18 +125,27 @@ class InpaintFixer:
     @classmethod
     def load(cls, inpaint_model: Optional[str] = None, heatmap_model: Optional[str] = None,
              reward: Optional[str] = None, settings: Optional[FixSettings] = None, *, heatmap_size: str = "large",
-             device: str = "cpu", dtype: torch.dtype = torch.float32) -> "InpaintFixer":
-        """Defaults: the embedded ShapesWorld inpainting model, the embedded RAHF and rahf:mask-heat, with the embedded
-        generator's own sampling settings (25 DDIM steps, CFG 4, 64x64) unless `settings.sampling` says otherwise."""
+             artifact_model: Optional[str] = "auto", device: str = "cpu",
+             dtype: torch.dtype = torch.float32) -> "InpaintFixer":
+        """Defaults: the embedded ShapesWorld inpainting model, the embedded RAHF with the embedded artifact segmenter
+        and rahf:mask-heat, with the embedded generator's own sampling settings (25 DDIM steps, CFG 4, 64x64) unless
+        `settings.sampling` says otherwise. `artifact_model`: "auto" (the embedded segmenter with the embedded RAHF,
+        none with other RAHF weights: it only knows ShapesWorld), "embedded", a folder, or None."""
         from ..generation import pipeline_defaults
         from ..reward_models import load_reward_model
+        from ..reward_models.artifact_segmenter import WithArtifactSegmenter, load_artifact_segmenter
 
         settings = settings or FixSettings()
         sampling = {**pipeline_defaults(inpaint_model, task="inpaint"), **settings.sampling}
-        settings = dataclasses.replace(settings, sampling=sampling)
+        artifact_model = resolve_artifact_model(artifact_model, heatmap_model)
+        settings = dataclasses.replace(settings, sampling=sampling, artifact_model=artifact_model)
         pipe = load_inpaint_pipeline(inpaint_model, device=device, dtype=dtype)
         # Any RAHF score head serves: only its heatmaps and all_scores are used.
         rahf = load_reward_model("rahf:plausibility", weights=heatmap_model, device=device, size=heatmap_size)
+        if artifact_model is not None:
+            segmenter = load_artifact_segmenter(None if artifact_model == "embedded" else artifact_model,
+                                                device=device)
+            rahf = WithArtifactSegmenter(rahf, segmenter, settings.artifact_cut)
         # the embedded RAHF also serves a rahf:* selection reward (loaded once); the mask heat is always the heatmap
         # model's own
         shared = heatmap_model is None or (reward or DEFAULT_REWARD).strip() == MASK_HEAT

@@ -58,16 +58,11 @@ def _condition(has_artifact: bool, misaligned: bool) -> str:
             (True, True): "both"}[(has_artifact, misaligned)]
 
 
-def label_generated_image(prompt: str, image, split: str, seed: int, file_name: str = "",
-                          rater_config: RaterConfig = RaterConfig(),
-                          oracle_config: OracleConfig = OracleConfig()) -> dict:
-    """One dataset row (`dataset.FEATURES`) for a generated image of `prompt`, labelled by the simulated raters.
-
-    `seed` identifies the image (its generation seed); with `split` it seeds the raters, so the row is a pure
-    function of its arguments. `condition` is the oracle's reading ("clean", "artifacts", "misaligned", "both"),
-    `artifact_kinds` has one "generated" per artifact region, `misalignment_kinds` the kinds of the unmet words
-    (colour, shape, size, position, count) plus "extra_object" per object nobody asked for.
-    """
+def rate_generated_image(prompt: str, image, split: str, seed: int, rater_config: RaterConfig = RaterConfig(),
+                         oracle_config: OracleConfig = OracleConfig()):
+    """The oracle's reading of a generated image and the simulated raters' view of it: (report, truth, annotations,
+    consolidated labels, artifact regions, extra objects). `seed` and `split` seed the raters (see
+    `label_generated_image`)."""
     if split not in SPLIT_IDS:
         raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLIT_IDS)}")
     pixels = np.asarray(image)
@@ -79,10 +74,25 @@ def label_generated_image(prompt: str, image, split: str, seed: int, file_name: 
     artifacts = artifact_regions(report.artifact_map)
     misalignments = [report.objects[i].mask for i in sorted(involved)]
     truth = ground_truth(scene, artifacts, misalignments, size)
-
     rng = np.random.default_rng([SEED_STREAM + SPLIT_IDS[split], int(seed)])
     annotations = simulate_raters(truth, rng, rater_config)
     labels = consolidate(annotations, size, rater_config.disk_radius)
+    return report, truth, annotations, labels, artifacts, extras
+
+
+def label_generated_image(prompt: str, image, split: str, seed: int, file_name: str = "",
+                          rater_config: RaterConfig = RaterConfig(),
+                          oracle_config: OracleConfig = OracleConfig()) -> dict:
+    """One dataset row (`dataset.FEATURES`) for a generated image of `prompt`, labelled by the simulated raters.
+
+    `seed` identifies the image (its generation seed); with `split` it seeds the raters, so the row is a pure
+    function of its arguments. `condition` is the oracle's reading ("clean", "artifacts", "misaligned", "both"),
+    `artifact_kinds` has one "generated" per artifact region, `misalignment_kinds` the kinds of the unmet words
+    (colour, shape, size, position, count) plus "extra_object" per object nobody asked for.
+    """
+    pixels = np.asarray(image)
+    report, truth, annotations, labels, artifacts, extras = rate_generated_image(prompt, pixels, split, seed,
+                                                                                 rater_config, oracle_config)
     unmet = [w.kind for w in report.words if not w.satisfied and w.kind != "other"]
     return {
         **richhf_columns(pixels, prompt, f"generated/{split}/{file_name or f'{int(seed):08d}.png'}", labels),
