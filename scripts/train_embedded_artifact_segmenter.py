@@ -12,6 +12,8 @@ Data (seeded; every label is the ShapesWorld oracle's per-pixel artifact map, `o
   * injected artifacts on renders (`inpaint.examples.artifact_examples`, seed 123; the benchmark uses seed 0, the dev
     images seeds 1 and 2);
   * clean renders (`shapesworld.render`, scene seed 321), whose map is empty.
+`--labels raters` trains on what RichHF-18K's heatmaps are made of instead: three simulated raters' artifact points
+drawn as disks and averaged (`generated_feedback.rate_generated_image`); the model card compares the two.
 The images of the last `--val-prompts` pool prompts, and the last 200 injected examples, are held out for the numbers
 in `training.json`. Labels are cached in the work folder (`data.npz`), so a rerun does not read the oracle again.
 
