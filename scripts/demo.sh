@@ -28,7 +28,7 @@ echo "== 6. Reward-filtered LoRA fine-tuning, all four stages (pool, score, filt
 richfeedback finetune --config configs/finetune/demo.yaml --set output_dir="$OUT/finetune"
 LORA="$OUT/finetune/lora"
 
-echo "== 7. Repair: RAHF heatmap -> mask -> 8 inpainted candidates -> the best by RAHF heat inside the mask (alignment-guarded)"
+echo "== 7. Repair: RAHF + artifact-segmenter heatmap -> mask -> 8 inpainted candidates -> the best by heat inside the mask (alignment-guarded)"
 python -c "from richfeedback.inpaint.examples import write_artifact_folder; write_artifact_folder('$OUT/artifacts', n=8, seed=0)"
 richfeedback inpaint-fix "$OUT/artifacts" --out "$OUT/inpaint"
 richfeedback oracle "$OUT/artifacts" --out "$OUT/artifacts-oracle"

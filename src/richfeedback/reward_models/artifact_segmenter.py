@@ -83,7 +83,7 @@ class ArtifactSegmenter(ModelMixin, ConfigMixin):
         for image in as_image_list(images):
             image = load_image(image)
             if isinstance(image, np.ndarray):
-                image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+                image = torch.tensor(image).permute(2, 0, 1).float() / 255.0  # a copy: inputs may be read-only
             image = image.float()
             if image.shape[-2:] != (size, size):
                 image = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False,
