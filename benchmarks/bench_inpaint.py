@@ -43,12 +43,14 @@ are bit-identical to the input's.
 Last full run (422 s on 2 CPU cores; the twelve-stage embedded RAHF with the artifact segmenter, the second
 inpainting model), fixed / fixed if the oracle picked / new misalignment:
 - injected, predicted N=8: 0.97 / 0.97 / 0.03; N=1: 0.93 / 0.93 / 0.07; RAHF alone 0.90 / 0.93 / 0.07; random masks
-  0.00; q0.95 masks 0.83 / 0.83 / 0.07; the oracle's mask 0.97 / 0.97 / 0.03; blending path 0.90 / 0.93 / 0.03.
+  0.00; q0.95 masks 0.83 / 0.83 / 0.07; the oracle's mask 0.97 / 0.97 / 0.03; blending path 0.90 / 0.93 / 0.03;
+  the misalignment heatmap 0.00 (29 of 30 masks empty).
 - generated, predicted N=8: 0.35 / 0.50 / 0.25 (no mask empty); N=1 0.20; RAHF alone 0.00 (19 of 20 masks empty);
   random masks 0.00 / 0.10; q0.95 masks 0.10 / 0.40 / 0.35; the oracle's mask 0.45 / 0.55 / 0.10; the misalignment
   heatmap 0.15 / 0.30 / 0.25; blending path 0.25 / 0.50 / 0.30. Pooled: 36 of 50 fixed (RAHF alone 27).
 - nothing to fix (masked / changed / harmed): clean renders 0.00 / 0.00 / 0.00 (RAHF alone the same); the
-  generator's unflagged images 0.40 / 0.40 / 0.05 (RAHF alone 0.10 / 0.10 / 0.10).
+  generator's unflagged images 0.40 / 0.40 / 0.05 (RAHF alone 0.10 / 0.10 / 0.10); with the misalignment heatmap
+  0.35 / 0.35 / 0.15 and 0.70 / 0.70 / 0.05.
 Before the segmenter (RAHF alone for every condition; 450 s beside a training job):
 - injected, predicted N=8: 0.90 / 0.93 / 0.07; N=1: 0.93 / 0.93 / 0.03; random masks 0.03; q0.95 masks 0.77 / 0.83 /
   0.07; the oracle's mask 0.97 / 0.97 / 0.03; blending path 0.83 / 0.87 / 0.07.
@@ -202,9 +204,8 @@ def run(quick: bool = False) -> dict:
     misalignment = InpaintFixer(fixer.pipe, fixer.heatmap_model, fixer.reward,
                                 dataclasses.replace(fixer.settings, heatmap="misalignment"))
     # the ablation: RAHF's implausibility heatmap alone, for the mask and the mask heat (no artifact segmenter)
-    rahf = fixer.heatmap_model.rahf
-    rahf_alone = InpaintFixer(fixer.pipe, rahf, MaskHeatScore(rahf), dataclasses.replace(fixer.settings,
-                                                                                          artifact_model=None))
+    rahf = getattr(fixer.heatmap_model, "rahf", fixer.heatmap_model)
+    rahf_alone = InpaintFixer(fixer.pipe, rahf, MaskHeatScore(rahf), fixer.settings)  # records artifact_model None
     cell = fixer.settings.mask.round_to_cells
     flagged, nothing_to_fix = generated_cases(blending.pipe, 6 if quick else 20, 4 if quick else 20)
     cases = injected_cases(10 if quick else 30) + flagged

@@ -58,6 +58,12 @@ def excluded_prompts() -> set[str]:
     return {p for seed, n in EXCLUDED_PROMPT_SETS for p in sample_prompts(n, seed=seed, split="all")}
 
 
+def data_settings(args) -> dict:
+    """What decides the data and its held-out split (a cache made with other values is refused)."""
+    return {"pool": str(Path(args.pool).resolve()), "injected": args.injected, "renders": args.renders,
+            "val_prompts": args.val_prompts, "labels": args.labels}
+
+
 def label(prompt: str, image: np.ndarray, seed: int, labels: str) -> np.ndarray:
     """The target map of one image: the oracle's exact artifact map ("oracle"), or three simulated raters' artifact
     points drawn as disks and averaged, as RichHF-18K's heatmaps are made ("raters"; seeded by `seed`)."""
@@ -68,8 +74,13 @@ def label(prompt: str, image: np.ndarray, seed: int, labels: str) -> np.ndarray:
 
 def build_data(args, work: Path) -> dict:
     cache = work / ("data.npz" if args.labels == "oracle" else f"data-{args.labels}.npz")
+    made_with = data_settings(args)
     if cache.exists():
         data = dict(np.load(cache))
+        cached = json.loads(str(data.get("made_with", "{}")))
+        if cached != made_with:
+            raise SystemExit(f"{cache} was made with {cached}, not {made_with}: delete it (or pass another "
+                             "--work-dir) to build the data again")
         print(f"data: {cache} (delete it to read the oracle again)")
         return data
     pool = Path(args.pool)
@@ -99,7 +110,8 @@ def build_data(args, work: Path) -> dict:
         maps.append(label(scene.prompt.text, image, 20_000_000 + len(maps), args.labels))  # empty: a clean render
         group.append(4)
     data = {"images": np.stack(images), "maps": np.stack(maps), "group": np.asarray(group),
-            "excluded_pool_images": np.asarray(len(read_pool(pool)) - len(rows))}
+            "excluded_pool_images": np.asarray(len(read_pool(pool)) - len(rows)),
+            "made_with": np.asarray(json.dumps(made_with))}
     tmp = work / "data.tmp.npz"
     np.savez_compressed(tmp, **data)
     tmp.replace(cache)
@@ -117,9 +129,16 @@ def display_path(path: Path) -> str:
 def exact_maps(data: dict, args, work: Path) -> np.ndarray:
     """The oracle's exact maps of the held-out images (the others are not needed), for the held-out numbers."""
     oracle_cache = work / "data.npz"
-    if oracle_cache.exists():
-        return np.load(oracle_cache)["maps"].astype(bool)
-    raise SystemExit(f"the held-out numbers need the oracle's maps: run once with --labels oracle (writes {oracle_cache})")
+    if not oracle_cache.exists():
+        raise SystemExit(f"the held-out numbers need the oracle's maps: run once with --labels oracle (writes "
+                         f"{oracle_cache})")
+    exact = np.load(oracle_cache)
+    same = exact["images"].shape == data["images"].shape and np.array_equal(exact["group"], data["group"]) \
+        and np.array_equal(exact["images"], data["images"])
+    if not same:
+        raise SystemExit(f"{oracle_cache} holds other images than this run's data: rebuild it with --labels oracle "
+                         "and the same --pool/--injected/--renders/--val-prompts")
+    return exact["maps"].astype(bool)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -159,12 +178,14 @@ def main(argv=None) -> int:
     parser.add_argument("--pos-weight", type=float, default=4.0)
     parser.add_argument("--injected", type=int, default=2000)
     parser.add_argument("--renders", type=int, default=1000)
-    parser.add_argument("--val-prompts", type=int, default=64)
+    parser.add_argument("--val-prompts", type=int, default=64, help="pool prompts held out (at least 1)")
     parser.add_argument("--labels", choices=("oracle", "raters"), default="oracle",
                         help="targets: the oracle's exact artifact maps, or simulated raters' points as disks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.val_prompts < 1:
+        parser.error("--val-prompts must be at least 1")
     work = Path(args.work_dir)
     accelerator = start_script_run(work, "artifact-segmenter", {**vars(args), "channels": str(args.channels)},
                                    args.threads)

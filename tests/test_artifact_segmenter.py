@@ -38,8 +38,10 @@ def test_heatmaps_are_probabilities_at_the_images_own_size():
 
 
 def test_a_folder_without_a_segmenter_is_a_clear_error(tmp_path):
-    with pytest.raises(UsageError, match="not an artifact segmenter folder.*--artifact-model"):
+    with pytest.raises(UsageError, match="not an artifact segmenter folder.*--artifact-model takes 'embedded'"):
         load_artifact_segmenter(tmp_path)
+    with pytest.raises(UsageError, match="nowhere: no such folder"):
+        load_artifact_segmenter(tmp_path / "nowhere")
 
 
 class FakeRAHF:
@@ -55,6 +57,12 @@ class FakeRAHF:
 
     def for_score(self, score):
         return ("for_score", score)
+
+    def eval(self):
+        return self
+
+    def to(self, *args, **kwargs):
+        return self
 
 
 class FixedHeat(torch.nn.Module):
@@ -76,14 +84,15 @@ def test_the_combined_implausibility_is_the_maximum_with_the_segmenters_heat_abo
     maps = combined.heatmaps(["a red circle"] * 2, images)
     implausibility = maps["implausibility"]
     assert implausibility.shape == (2, 16, 16)  # RAHF's resolution
-    assert torch.allclose(implausibility[:, :8, :8], torch.tensor(0.9))  # the segmenter's heat wins
-    assert torch.allclose(implausibility[:, 8:, 8:], torch.tensor(0.3))  # 0.4 is under the cut: RAHF's 0.3 stays
+    # (antialiased downsampling blends the boundary row and column)
+    assert torch.allclose(implausibility[:, :7, :7], torch.tensor(0.9))  # the segmenter's heat wins
+    assert torch.allclose(implausibility[:, 9:, 9:], torch.tensor(0.3))  # 0.4 is under the cut: RAHF's 0.3 stays
     assert torch.equal(maps["misalignment"], torch.full((2, 16, 16), 0.2))  # untouched
     out = combined.outputs(["x"] * 2, images, ("alignment", "implausibility"))
     assert torch.equal(out["alignment"], torch.full((2,), 0.7))
     assert combined.for_score("plausibility") == ("for_score", "plausibility")  # everything else is RAHF's
     assert torch.allclose(WithArtifactSegmenter(FakeRAHF(), FixedHeat(), cut=0.3).heatmaps(["x"], images[:1])
-                          ["implausibility"][0, 8:, 8:], torch.tensor(0.4))
+                          ["implausibility"][0, 9:, 9:], torch.tensor(0.4))
     with pytest.raises(ValueError, match="cut"):
         WithArtifactSegmenter(FakeRAHF(), FixedHeat(), cut=1.0)
 
@@ -109,6 +118,34 @@ def test_auto_uses_the_embedded_segmenter_only_beside_the_embedded_rahf():
     from richfeedback.inpaint.fix import resolve_artifact_model
 
     assert resolve_artifact_model("auto", None) == "embedded"
+    assert resolve_artifact_model("auto", "embedded") == "embedded"
     assert resolve_artifact_model("auto", "weights/rahf.pt") is None  # a real RAHF: no ShapesWorld segmenter
     assert resolve_artifact_model("runs/seg", "weights/rahf.pt") == "runs/seg"
     assert resolve_artifact_model(None, None) is None
+
+
+def test_the_wrapper_copies_and_pickles_and_moves_both_models():
+    import copy
+    import pickle
+
+    combined = WithArtifactSegmenter(FakeRAHF(), tiny(), cut=0.4)
+    for other in (copy.deepcopy(combined), pickle.loads(pickle.dumps(combined))):
+        assert isinstance(other, WithArtifactSegmenter) and other.cut == 0.4
+    assert combined.eval() is combined and combined.to("cpu") is combined  # not the bare RAHF
+    assert not combined.segmenter.training
+
+
+def test_a_fixer_uses_the_segmenters_heat_for_its_mask_and_records_what_it_used():
+    from richfeedback.inpaint.fix import FixSettings, InpaintFixer
+    from richfeedback.inpaint.selection import MaskHeatScore
+
+    combined = WithArtifactSegmenter(FakeRAHF(), FixedHeat(), cut=0.5)
+    fixer = InpaintFixer(None, combined, MaskHeatScore(combined), FixSettings(mask=FixSettings().mask.__class__(
+        round_to_cells=1)))
+    heat = fixer.predict_heatmap("a red circle", np.zeros((32, 32, 3), np.uint8))
+    assert heat.shape == (32, 32) and np.allclose(heat[:12, :12], 0.9) and np.allclose(heat[20:, 20:], 0.3)
+    assert fixer.settings.artifact_model == "given" and fixer.settings.artifact_cut == 0.5
+    assert fixer.reward.rahf is fixer.heatmap_model  # the mask heat reads the same combined maps
+    alone = InpaintFixer(None, FakeRAHF(), MaskHeatScore(FakeRAHF()), FixSettings(
+        artifact_model="embedded", mask=FixSettings().mask.__class__(round_to_cells=1)))
+    assert alone.settings.artifact_model is None  # RAHF alone: the report must not claim a segmenter

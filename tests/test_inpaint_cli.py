@@ -173,7 +173,7 @@ def test_generate_folder_supplies_prompts_and_predicted_heatmaps_make_masks(tmp_
     (["--mask", "nowhere/"], "--mask nowhere/: no such file or folder"),
     (["--alignment-guard", "lots"], "--alignment-guard lots: give a number >= 0 or none"),
     (["--artifact-cut", "1.5"], "--artifact-cut 1.5: give a probability in [0, 1)"),
-    (["--artifact-model", "nowhere"], "nowhere is not an artifact segmenter folder"),
+    (["--artifact-model", "nowhere"], "nowhere: no such folder; --artifact-model takes 'embedded'"),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, message):
     Image.fromarray(scene(0)).save(tmp_path / "img.png")

@@ -152,7 +152,13 @@ def settings_from_args(args):
                       round_to_cells=1 if args.no_round_to_latent else 0, feather=args.feather)
     return FixSettings(n=args.n, seed=args.seed, keep_original=not args.always_replace, crop_padding=args.crop_padding,
                        batch_size=args.batch_size, heatmap=args.heatmap_kind, mask=mask, sampling=sampling,
-                       alignment_guard=guard, artifact_cut=args.artifact_cut)
+                       alignment_guard=guard, artifact_model=artifact_model_of(args), artifact_cut=args.artifact_cut)
+
+
+def artifact_model_of(args) -> Optional[str]:
+    """--artifact-model: None for "none", "auto"/"embedded" in any case, else the folder as given."""
+    value = str(args.artifact_model)
+    return None if value.lower() == "none" else value.lower() if value.lower() in ("auto", "embedded") else value
 
 
 def generated_images_only(args, paths: list[Path]) -> list[Path]:
@@ -179,14 +185,12 @@ def run(args) -> int:
                          "the manifest.jsonl of `richfeedback generate`")
     from ..reward_models.base import parse_dtype
 
-    artifact_model = None if str(args.artifact_model).lower() == "none" else args.artifact_model
-    if artifact_model not in (None, "auto", "embedded"):
+    if settings.artifact_model not in (None, "auto", "embedded"):
         from ..reward_models.artifact_segmenter import check_artifact_segmenter_folder
 
-        check_artifact_segmenter_folder(artifact_model)
+        check_artifact_segmenter_folder(settings.artifact_model)
     fixer = InpaintFixer.load(args.inpaint_model, args.heatmap_model, args.reward, settings,
-                              heatmap_size=args.heatmap_size, artifact_model=artifact_model, device=args.device,
-                              dtype=parse_dtype(args.dtype))
+                              heatmap_size=args.heatmap_size, device=args.device, dtype=parse_dtype(args.dtype))
     out = Path(args.out)
 
     def log(message: str) -> None:

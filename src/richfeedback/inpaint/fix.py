@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..imaging import ImageLoadError, load_rgb
+from ..reward_models.artifact_segmenter import WithArtifactSegmenter
 from .masks import (MaskConfig, MaskError, feather_mask, finish_user_mask, heatmap_to_mask, read_heatmap_file,
                     read_mask_file, resize_heatmap)
 from .repair import composite, inpaint_candidates, latent_cell, load_inpaint_pipeline
@@ -59,9 +60,10 @@ class FixSettings:
     # an image (23 of 40 either way); 0.02 also stops 3 fixes.
     alignment_guard: Optional[float] = 0.1
     # The pixel-level artifact segmenter whose heat joins RAHF's implausibility heatmap (pixelwise maximum) for the
-    # mask and the mask-heat reward: "embedded" (ShapesWorld), a folder, or None (RAHF's heatmap alone); `load`
-    # fills it in. artifact_cut: its probabilities below this are ignored.
-    artifact_model: Optional[str] = None
+    # mask and the mask-heat reward: "auto" (`resolve_artifact_model`), "embedded" (ShapesWorld), a folder, or None
+    # (RAHF's heatmap alone). artifact_cut: its probabilities below this are ignored. InpaintFixer records what its
+    # heatmap model really uses ("given" for a segmenter passed in by hand), so reports and resume tell the truth.
+    artifact_model: Optional[str] = "auto"
     artifact_cut: float = 0.5
 
     def __post_init__(self):
@@ -105,7 +107,7 @@ def resolve_artifact_model(artifact_model: Optional[str], heatmap_model: Optiona
     """"auto": the embedded segmenter beside the embedded RAHF, none beside other RAHF weights (it only knows
     ShapesWorld); anything else as given ("embedded", a folder, or None)."""
     if artifact_model == "auto":
-        return "embedded" if heatmap_model is None else None
+        return "embedded" if heatmap_model in (None, "embedded") else None
     return artifact_model
 
 
@@ -117,6 +119,11 @@ class InpaintFixer:
         # a RAHFReward, or one WithArtifactSegmenter: .heatmaps(prompts, images), .outputs and .all_scores
         self.heatmap_model = heatmap_model
         self.reward = reward
+        if isinstance(heatmap_model, WithArtifactSegmenter):
+            used = settings.artifact_model if settings.artifact_model not in (None, "auto") else "given"
+            settings = dataclasses.replace(settings, artifact_model=used, artifact_cut=heatmap_model.cut)
+        else:
+            settings = dataclasses.replace(settings, artifact_model=None)
         self.settings = settings
         if settings.mask.round_to_cells == 0:  # "round to the pipeline's own latent cells" unless told otherwise
             self.settings = dataclasses.replace(
@@ -125,19 +132,18 @@ class InpaintFixer:
     @classmethod
     def load(cls, inpaint_model: Optional[str] = None, heatmap_model: Optional[str] = None,
              reward: Optional[str] = None, settings: Optional[FixSettings] = None, *, heatmap_size: str = "large",
-             artifact_model: Optional[str] = "auto", device: str = "cpu",
-             dtype: torch.dtype = torch.float32) -> "InpaintFixer":
+             device: str = "cpu", dtype: torch.dtype = torch.float32) -> "InpaintFixer":
         """Defaults: the embedded ShapesWorld inpainting model, the embedded RAHF with the embedded artifact segmenter
         and rahf:mask-heat, with the embedded generator's own sampling settings (25 DDIM steps, CFG 4, 64x64) unless
-        `settings.sampling` says otherwise. `artifact_model`: "auto" (the embedded segmenter with the embedded RAHF,
-        none with other RAHF weights: it only knows ShapesWorld), "embedded", a folder, or None."""
+        `settings.sampling` says otherwise. `settings.artifact_model`: "auto" (the embedded segmenter with the
+        embedded RAHF, none with other RAHF weights: it only knows ShapesWorld), "embedded", a folder, or None."""
         from ..generation import pipeline_defaults
         from ..reward_models import load_reward_model
-        from ..reward_models.artifact_segmenter import WithArtifactSegmenter, load_artifact_segmenter
+        from ..reward_models.artifact_segmenter import load_artifact_segmenter
 
         settings = settings or FixSettings()
         sampling = {**pipeline_defaults(inpaint_model, task="inpaint"), **settings.sampling}
-        artifact_model = resolve_artifact_model(artifact_model, heatmap_model)
+        artifact_model = resolve_artifact_model(settings.artifact_model, heatmap_model)
         settings = dataclasses.replace(settings, sampling=sampling, artifact_model=artifact_model)
         pipe = load_inpaint_pipeline(inpaint_model, device=device, dtype=dtype)
         # Any RAHF score head serves: only its heatmaps and all_scores are used.

@@ -47,6 +47,9 @@ class ArtifactSegmenter(ModelMixin, ConfigMixin):
                  sample_size: int = 64):
         super().__init__()
         channels = list(block_out_channels)
+        if sample_size % 2 ** (len(channels) - 1):
+            raise ValueError(f"sample_size {sample_size} must be divisible by {2 ** (len(channels) - 1)} for "
+                             f"{len(channels)} levels")
         self.conv_in = torch.nn.Conv2d(3, channels[0], kernel_size=3, padding=1)
         self.down = torch.nn.ModuleList()
         previous = channels[0]
@@ -114,9 +117,12 @@ def _size_of(image) -> tuple[int, int]:
 
 def check_artifact_segmenter_folder(folder: str | os.PathLike) -> None:
     """A clear error, before anything heavy is loaded, when `folder` cannot be a segmenter."""
+    fix = ("--artifact-model takes 'embedded', 'none' or the folder that "
+           "scripts/train_embedded_artifact_segmenter.py wrote (--out)")
+    if not Path(folder).exists():
+        raise UsageError(f"{folder}: no such folder; {fix}")
     if not (Path(folder) / "config.json").is_file():
-        raise UsageError(f"{folder} is not an artifact segmenter folder (no config.json): pass the folder that "
-                         "scripts/train_embedded_artifact_segmenter.py wrote (--out), or leave --artifact-model out")
+        raise UsageError(f"{folder} is not an artifact segmenter folder (no config.json); {fix}")
 
 
 def load_artifact_segmenter(path: Optional[str | os.PathLike] = None, device: str = "cpu",
@@ -125,7 +131,7 @@ def load_artifact_segmenter(path: Optional[str | os.PathLike] = None, device: st
     folder = Path(path) if path is not None else EMBEDDED_ARTIFACT_SEGMENTER
     check_artifact_segmenter_folder(folder)
     try:
-        model = ArtifactSegmenter.from_pretrained(folder, torch_dtype=dtype)
+        model = ArtifactSegmenter.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)
     except (OSError, ValueError, RuntimeError) as error:
         raise UsageError(f"cannot load the artifact segmenter in {folder}: {error}") from None
     return model.to(device).eval()
@@ -145,15 +151,29 @@ class WithArtifactSegmenter:
         self.segmenter = segmenter
         self.cut = cut
 
-    def __getattr__(self, name):
-        return getattr(self.rahf, name)
+    def __getattr__(self, name):  # only called for what the wrapper itself lacks: RAHF's attributes
+        if name.startswith("__") or "rahf" not in self.__dict__:  # copy/pickle probe a bare instance
+            raise AttributeError(name)
+        return getattr(self.__dict__["rahf"], name)
+
+    def to(self, *args, **kwargs) -> "WithArtifactSegmenter":
+        """Both models moved (RAHF's `.to` alone would return the bare RAHF and leave the segmenter behind)."""
+        self.rahf = self.rahf.to(*args, **kwargs)
+        self.segmenter = self.segmenter.to(*args, **kwargs)
+        return self
+
+    def eval(self) -> "WithArtifactSegmenter":
+        self.rahf.eval()
+        self.segmenter.eval()
+        return self
 
     def segmenter_heat(self, images, size: tuple[int, int]) -> torch.Tensor:
         """(N, *size) the segmenter's heat with its cut applied, resized to RAHF's heatmap size."""
         heat = self.segmenter.heatmaps(images)
         heat = torch.where(heat >= self.cut, heat, torch.zeros_like(heat))
         if tuple(heat.shape[-2:]) != tuple(size):
-            heat = F.interpolate(heat[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+            heat = F.interpolate(heat[:, None], size=tuple(size), mode="bilinear", align_corners=False,
+                                 antialias=size[0] < heat.shape[-2])[:, 0]  # a thin artifact survives a downsample
         return heat
 
     def outputs(self, prompts, images, names) -> dict[str, torch.Tensor]:
