@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from richfeedback.finetune.pool import generate_pool, read_pool  # noqa: E402
 from richfeedback.imaging import load_rgb  # noqa: E402
 from richfeedback.inpaint.examples import artifact_examples  # noqa: E402
-from richfeedback.reward_models.artifact_segmenter import EMBEDDED_ARTIFACT_SEGMENTER, ArtifactSegmenter  # noqa: E402
+from richfeedback.reward_models.artifact_segmenter import (EMBEDDED_ARTIFACT_SEGMENTER, ArtifactSegmenter,  # noqa: E402
+                                                           pixel_values)
 from richfeedback.shapesworld import oracle  # noqa: E402
 from richfeedback.shapesworld.evaluate import PROTOCOL_PROMPT_SEED  # noqa: E402
 from richfeedback.shapesworld.generated_feedback import rate_generated_image  # noqa: E402
@@ -69,7 +70,7 @@ def label(prompt: str, image: np.ndarray, seed: int, labels: str) -> np.ndarray:
     points drawn as disks and averaged, as RichHF-18K's heatmaps are made ("raters"; seeded by `seed`)."""
     if labels == "oracle":
         return oracle.evaluate(prompt, image).artifact_map
-    return rate_generated_image(prompt, image, "train", seed)[3].artifact_map.astype(np.float32)
+    return rate_generated_image(prompt, image, "train", seed).labels.artifact_map.astype(np.float32)
 
 
 def build_data(args, work: Path) -> dict:
@@ -87,7 +88,8 @@ def build_data(args, work: Path) -> dict:
     prompts = sample_prompts(1024, seed=7, split="train")
     generate_pool("embedded", prompts, pool, n=8, seed=0, shard_size=32, batch_size=64)
     excluded = excluded_prompts()
-    rows = [r for r in read_pool(pool) if r["prompt"] not in excluded]
+    pool_rows = read_pool(pool)
+    rows = [r for r in pool_rows if r["prompt"] not in excluded]
     kept_prompts = list(dict.fromkeys(r["prompt"] for r in rows))
     val_prompts = set(kept_prompts[-args.val_prompts:])
     images, maps, group = [], [], []  # group: 0 generated (train), 1 generated (held out), 2 injected, 3 held out, 4
@@ -110,7 +112,7 @@ def build_data(args, work: Path) -> dict:
         maps.append(label(scene.prompt.text, image, 20_000_000 + len(maps), args.labels))  # empty: a clean render
         group.append(4)
     data = {"images": np.stack(images), "maps": np.stack(maps), "group": np.asarray(group),
-            "excluded_pool_images": np.asarray(len(read_pool(pool)) - len(rows)),
+            "excluded_pool_images": np.asarray(len(pool_rows) - len(rows)),
             "made_with": np.asarray(json.dumps(made_with))}
     tmp = work / "data.tmp.npz"
     np.savez_compressed(tmp, **data)
@@ -126,7 +128,7 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-def exact_maps(data: dict, args, work: Path) -> np.ndarray:
+def exact_maps(data: dict, work: Path) -> np.ndarray:
     """The oracle's exact maps of the held-out images (the others are not needed), for the held-out numbers."""
     oracle_cache = work / "data.npz"
     if not oracle_cache.exists():
@@ -141,17 +143,11 @@ def exact_maps(data: dict, args, work: Path) -> np.ndarray:
     return exact["maps"].astype(bool)
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-@torch.no_grad()
 def held_out_numbers(model: ArtifactSegmenter, images: np.ndarray, maps: np.ndarray) -> dict:
     """Pixel IoU at 0.5, mean probability on and off artifact pixels, and the image's peak on images with and without
     an artifact (median)."""
     model.eval()
-    probs = torch.cat([torch.sigmoid(model(to_tensor(images[i : i + 256])))[:, 0]
-                       for i in range(0, len(images), 256)]).numpy()
+    probs = model.heatmaps(images).numpy()
     model.train()
     hot = probs > 0.5
     flagged = maps.any(axis=(1, 2))
@@ -195,9 +191,9 @@ def main(argv=None) -> int:
     times["data"] = time.time() - start
     images, targets, group = data["images"], data["maps"].astype(np.float32), data["group"]
     # held-out numbers are always against the oracle's exact maps, whatever the model was trained on
-    maps = data["maps"].astype(bool) if args.labels == "oracle" else exact_maps(data, args, work)
+    maps = data["maps"].astype(bool) if args.labels == "oracle" else exact_maps(data, work)
     train_index = np.flatnonzero(np.isin(group, (0, 2, 4)))
-    x, y = to_tensor(images), torch.from_numpy(targets)[:, None]
+    x, y = pixel_values(images), torch.from_numpy(targets)[:, None]
 
     model = ArtifactSegmenter(block_out_channels=tuple(args.channels), sample_size=images.shape[1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)

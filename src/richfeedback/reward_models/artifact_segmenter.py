@@ -39,6 +39,11 @@ from .base import as_image_list, load_image
 EMBEDDED_ARTIFACT_SEGMENTER = Path(__file__).resolve().parents[1] / "embedded" / "shapes-artifact-segmenter"
 
 
+def pixel_values(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1], the model's input (training batches use it as is)."""
+    return torch.tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # a copy: inputs may be read-only
+
+
 class ArtifactSegmenter(ModelMixin, ConfigMixin):
     """(B, 3, S, S) images in [-1, 1] -> (B, 1, S, S) artifact logits; S divisible by 2 ** (levels - 1)."""
 
@@ -85,25 +90,24 @@ class ArtifactSegmenter(ModelMixin, ConfigMixin):
         batch = []
         for image in as_image_list(images):
             image = load_image(image)
-            if isinstance(image, np.ndarray):
-                image = torch.tensor(image).permute(2, 0, 1).float() / 255.0  # a copy: inputs may be read-only
-            image = image.float()
+            # uint8 arrays as in training; float tensors in [0, 1] to the same scale
+            image = pixel_values(image[None])[0] if isinstance(image, np.ndarray) else image.float() * 2.0 - 1.0
             if image.shape[-2:] != (size, size):
                 image = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False,
                                       antialias=True)[0]
-            batch.append(image * 2.0 - 1.0)
+            batch.append(image)
         return torch.stack(batch)
 
     @torch.no_grad()
     def heatmaps(self, images, max_batch_size: int = 64) -> torch.Tensor:
         """(N, H, W) float32 probabilities on the CPU, at the first image's size (all images must share it)."""
         images = [load_image(image) for image in as_image_list(images)]
-        pixel_values = self.preprocess(images)
+        batch = self.preprocess(images)
         height, width = _size_of(images[0])
         parameter = next(self.parameters())
         parts = []
-        for start in range(0, len(pixel_values), max_batch_size):
-            chunk = pixel_values[start : start + max_batch_size].to(parameter.device, parameter.dtype)
+        for start in range(0, len(batch), max_batch_size):
+            chunk = batch[start : start + max_batch_size].to(parameter.device, parameter.dtype)
             parts.append(torch.sigmoid(self(chunk).float()).cpu())
         heat = torch.cat(parts)
         if tuple(heat.shape[-2:]) != (height, width):
@@ -141,7 +145,7 @@ class WithArtifactSegmenter:
     """A RAHF reward whose implausibility heatmap is the pixelwise maximum of RAHF's and the segmenter's, the
     segmenter's probabilities below `cut` zeroed (a per-pixel classifier says "artifact" above 0.5; below it, its
     faint heat on every edge would only lower the mask's relative cut). Everything else (scores, the misalignment
-    heatmap, `for_score`, ...) is RAHF's own; `outputs`, `heatmaps` and `all_scores` have RAHF's signatures, so the
+    heatmap, `for_score`, ...) is RAHF's own; `outputs` and `heatmaps` have RAHF's signatures, so the
     wrapper goes wherever inpaint-fix takes a heatmap model."""
 
     def __init__(self, rahf, segmenter: ArtifactSegmenter, cut: float = 0.5):
@@ -186,6 +190,3 @@ class WithArtifactSegmenter:
 
     def heatmaps(self, prompts, images) -> dict[str, torch.Tensor]:
         return self.outputs(prompts, images, ("implausibility", "misalignment"))
-
-    def all_scores(self, prompts, images) -> dict[str, torch.Tensor]:
-        return self.rahf.all_scores(prompts, images)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import datasets
 import numpy as np
@@ -58,11 +58,21 @@ def _condition(has_artifact: bool, misaligned: bool) -> str:
             (True, True): "both"}[(has_artifact, misaligned)]
 
 
+class GeneratedRating(NamedTuple):
+    """The oracle's reading of a generated image and the simulated raters' view of it."""
+
+    report: object  # oracle.OracleReport
+    truth: object  # raters.GroundTruth
+    annotations: object  # raters.RaterAnnotations
+    labels: object  # raters.ConsolidatedLabels
+    artifacts: list  # the artifact regions, one bool mask each
+    extras: list  # the extra objects nobody asked for
+
+
 def rate_generated_image(prompt: str, image, split: str, seed: int, rater_config: RaterConfig = RaterConfig(),
-                         oracle_config: OracleConfig = OracleConfig()):
-    """The oracle's reading of a generated image and the simulated raters' view of it: (report, truth, annotations,
-    consolidated labels, artifact regions, extra objects). `seed` and `split` seed the raters (see
-    `label_generated_image`)."""
+                         oracle_config: OracleConfig = OracleConfig()) -> GeneratedRating:
+    """The oracle's reading of a generated image and the simulated raters' labels of it. `seed` and `split` seed the
+    raters (see `label_generated_image`)."""
     if split not in SPLIT_IDS:
         raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLIT_IDS)}")
     pixels = np.asarray(image)
@@ -77,7 +87,7 @@ def rate_generated_image(prompt: str, image, split: str, seed: int, rater_config
     rng = np.random.default_rng([SEED_STREAM + SPLIT_IDS[split], int(seed)])
     annotations = simulate_raters(truth, rng, rater_config)
     labels = consolidate(annotations, size, rater_config.disk_radius)
-    return report, truth, annotations, labels, artifacts, extras
+    return GeneratedRating(report, truth, annotations, labels, artifacts, extras)
 
 
 def label_generated_image(prompt: str, image, split: str, seed: int, file_name: str = "",
