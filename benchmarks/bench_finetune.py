@@ -3,8 +3,9 @@
 Runs `richfeedback finetune` with configs/finetune/embedded.yaml (a pool of 8 images for each of 1,024 training
 prompts, scored by the embedded RAHF, the best 10% of the pool by alignment kept, LoRA rank 16 on the UNet and the
 text encoder), configs/finetune/embedded-oracle.yaml (the same pool filtered by the exact oracle: the upper bound
-that perfect feedback gives) and configs/finetune/embedded-unfiltered.yaml (the same pool with no filter: the
-control). All resume: a second run only evaluates.
+that perfect feedback gives), configs/finetune/embedded-unfiltered.yaml (the same pool with no filter: the
+control) and configs/finetune/embedded-dpo.yaml (Diffusion-DPO on pairs of the same pool judged by RAHF). All
+resume: a second run only evaluates.
 
 Evaluation: the protocol of `bench_generator_baseline` (48 training-split and 48 held-out prompts from
 `sample_prompts(seed=100)`, seeds 0-3, DDIM 25 steps, CFG 4), the same images for every system, and a second,
@@ -33,7 +34,8 @@ from richfeedback.shapesworld.scene import sample_prompts
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"rahf-filtered": ROOT / "configs/finetune/embedded.yaml",
            "oracle-filtered": ROOT / "configs/finetune/embedded-oracle.yaml",
-           "unfiltered": ROOT / "configs/finetune/embedded-unfiltered.yaml"}
+           "unfiltered": ROOT / "configs/finetune/embedded-unfiltered.yaml",
+           "rahf-dpo": ROOT / "configs/finetune/embedded-dpo.yaml"}
 FRESH_PROMPT_SEED = 101  # the held-out set no recipe setting was chosen on
 
 

@@ -206,6 +206,45 @@ def test_filter_writes_an_imagefolder_dataset_that_datasets_loads(pool, tmp_path
         filter_pool(pool, tmp_path / "data", FilterPolicy(policy="topk", score="oracle:quality"))
 
 
+def test_pairs_are_the_largest_score_gaps_of_each_prompt_at_least_min_gap_apart():
+    rows = rows_with({0: [0.0, 1.0, 0.5, 1.0], 1: [0.2, 0.2], 2: [0.3, 0.6]})
+    kept = select(rows, FilterPolicy(policy="pairs", score="s", k=3, min_gap=0.5))
+    # prompt 0: gaps 1.0 (1>0, 3>0), 0.5 (1>2, 3>2), the three largest in pool order; prompt 1: equal scores never
+    # pair; prompt 2: gap 0.3 < min_gap
+    assert [(r["prompt_index"], r["seed"], r["rejected_seed"]) for r in kept] == [(0, 1, 0), (0, 3, 0), (0, 1, 2)]
+    assert all(r["type"] == "pair" and r["text"] == "prompt 0" for r in kept)
+    assert (kept[0]["score"], kept[0]["rejected_score"], kept[0]["rejected_file_name"]) == (1.0, 0.0, "0_0.png")
+    everything = select(rows, FilterPolicy(policy="pairs", score="s", k=100))  # min_gap 0: any difference
+    assert len(everything) == 5 + 1  # prompt 0: 1>0, 3>0, 2>0, 1>2, 3>2; prompt 2: 1>0
+    with pytest.raises(UsageError, match="lower min_gap"):
+        select(rows, FilterPolicy(policy="pairs", score="s", min_gap=2.0))
+    with pytest.raises(UsageError, match="min_gap must be >= 0"):
+        FilterPolicy(policy="pairs", score="s", min_gap=-1)
+
+
+def test_a_pairs_dataset_loads_in_datasets_with_a_rejected_image_column(pool, tmp_path):
+    import datasets
+
+    score_pool(pool, ["oracle"], progress=False)
+    rows = read_pool(pool)
+    gap = {}  # a prompt's largest oracle:quality difference
+    for r in rows:
+        lo, hi = gap.get(r["prompt_index"], (9.0, -9.0))
+        gap[r["prompt_index"]] = (min(lo, r["scores"]["oracle:quality"]), max(hi, r["scores"]["oracle:quality"]))
+    report = filter_pool(pool, tmp_path / "pairs", FilterPolicy(policy="pairs", score="oracle:quality", k=2))
+    expected = sum(1 for lo, hi in gap.values() if hi > lo)
+    assert report["kept_prompts"] == expected >= 1 and report["kept_pairs"] == len(
+        select(rows, FilterPolicy(policy="pairs", score="oracle:quality", k=2)))
+    data = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "pairs"), split="train")
+    assert {"image", "rejected", "text", "score", "rejected_score"} <= set(data.column_names)
+    assert len(data) == report["kept_pairs"]
+    assert all(w > l for w, l in zip(data["score"], data["rejected_score"]))
+    by_name = {r["file_name"].replace("/", "_"): load_rgb(r["path"]) for r in rows}
+    first = json.loads((tmp_path / "pairs" / "metadata.jsonl").read_text().splitlines()[0])
+    assert np.array_equal(np.asarray(data[0]["rejected"].convert("RGB")), by_name[first["rejected_file_name"]])
+    assert np.array_equal(np.asarray(data[0]["image"].convert("RGB")), by_name[first["file_name"]])
+
+
 def test_model_specs_name_weights_and_an_adapter_whose_scores_get_their_own_column():
     from richfeedback.reward_models.cli import parse_model_specs
 

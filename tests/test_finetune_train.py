@@ -250,7 +250,8 @@ def test_every_shipped_finetune_config_reads_and_its_filter_policy_is_valid(path
     if is_loop_config(raw):
         loop = load_loop_config(path)
         policy = FilterPolicy(**loop["filter"])
-        assert policy.policy in ("threshold", "topk", "align_sd")
+        assert policy.policy in ("threshold", "topk", "align_sd", "pairs")
+        assert (policy.policy == "pairs") == (cfg["loss"]["objective"] == "dpo"), "DPO trains on pairs, only DPO does"
         assert loop["score"]["models"], "a loop config scores its pool with at least one model"
 
 
@@ -291,3 +292,140 @@ def test_a_lora_with_alpha_other_than_rank_loads_in_diffusers_at_its_own_scale(d
         scalings = {v for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)
                     for v in m.scaling.values()}
         assert scalings == {4.0}, scalings  # alpha / rank
+
+
+# --- Diffusion-DPO ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pairs_dataset(tmp_path_factory):
+    """16 pairs in the layout `pool filter --policy pairs` writes: a prompt's clean render (chosen) and the render of
+    another scene (rejected)."""
+    out = tmp_path_factory.mktemp("pairs")
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(16):
+        scene, other = sample_scene(rng), sample_scene(rng)
+        save_png(render(scene, 64), out / f"{i:03d}-w.png")
+        save_png(render(other, 64), out / f"{i:03d}-l.png")
+        rows.append({"file_name": f"{i:03d}-w.png", "rejected_file_name": f"{i:03d}-l.png", "text": scene.prompt.text,
+                     "type": "pair"})
+    (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def dpo_config(pairs_dataset, out, **overrides):
+    cfg = config(pairs_dataset, out, **overrides)
+    cfg["loss"] = {**cfg["loss"], "objective": "dpo", "dpo_beta": 500.0}
+    return cfg
+
+
+def test_dpo_loss_is_diffusion_dpo_with_the_base_unet_as_reference_and_shared_noise():
+    """The loss against a hand computation: same noise and timestep for the chosen and rejected latents, the
+    reference is the UNet with its LoRA switched off, and -log sigmoid(-beta/2 ((w - l) - (ref_w - ref_l)))."""
+    import contextlib
+
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+
+    import richfeedback.finetune.train as module
+    from richfeedback.generation import load_pipeline
+
+    pipe = load_pipeline("embedded")
+    cfg = load_config(None, ["loss.objective=dpo", "loss.dpo_beta=2000"])
+    module.add_lora(pipe, cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # a LoRA that changes the model, so the policy and reference differ
+    unet, scheduler = pipe.unet, DDPMScheduler.from_config(pipe.scheduler.config)
+    assert scheduler.config.prediction_type == "v_prediction"
+
+    @contextlib.contextmanager
+    def base():
+        unet.disable_adapters()
+        try:
+            yield unet
+        finally:
+            unet.enable_adapters()
+
+    size = unet.config.sample_size
+    chosen, rejected = torch.randn(3, 4, size, size), torch.randn(3, 4, size, size)
+    conditioning = module.encode_text(pipe, ["a red circle", "two blue squares", "a green triangle"], "cpu")
+    loss, stats = module.dpo_loss(unet, base, scheduler, chosen, rejected, conditioning, conditioning,
+                                  torch.Generator().manual_seed(5), cfg)
+
+    generator = torch.Generator().manual_seed(5)
+    noise = torch.randn(chosen.shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (3,), generator=generator)
+    with torch.no_grad():
+        def errors(latents, lora: bool):
+            if lora:
+                unet.enable_adapters()
+            else:
+                unet.disable_adapters()
+            pred = unet(scheduler.add_noise(latents, noise, timesteps), timesteps,
+                        conditioning["encoder_hidden_states"]).sample
+            unet.enable_adapters()
+            target = scheduler.get_velocity(latents, noise, timesteps)  # the embedded model predicts v
+            return (pred - target).pow(2).mean(dim=(1, 2, 3))
+
+        w, l, ref_w, ref_l = errors(chosen, True), errors(rejected, True), errors(chosen, False), errors(rejected, False)
+    inside = -0.5 * 2000 * ((w - l) - (ref_w - ref_l))
+    assert (ref_w - w).abs().max() > 1e-4  # the LoRA matters, so a wrong reference would show
+    # (batches of 6 against 3 round differently; beta magnifies that to ~1e-4)
+    assert loss.item() == pytest.approx(-F.logsigmoid(inside).mean().item(), rel=1e-3)
+    assert stats["implicit_accuracy"].item() == pytest.approx((inside > 0).float().mean().item())
+    assert stats["denoising_loss"].item() == pytest.approx(torch.cat([w, l]).mean().item(), rel=1e-4)
+    # dpo_sft_weight adds that multiple of the chosen images' denoising loss
+    with_sft = load_config(None, ["loss.objective=dpo", "loss.dpo_beta=2000", "loss.dpo_sft_weight=0.5"])
+    loss_sft, _ = module.dpo_loss(unet, base, scheduler, chosen, rejected, conditioning, conditioning,
+                                  torch.Generator().manual_seed(5), with_sft)
+    assert loss_sft.item() - loss.item() == pytest.approx(0.5 * w.mean().item(), rel=1e-3)
+
+
+def test_dpo_training_starts_at_log_two_learns_the_pairs_and_resumes_exactly(pairs_dataset, tmp_path):
+    """At step 1 the LoRA is zero, so the model is its reference and the loss is exactly log 2; training lowers it;
+    a run cut at step 3 and resumed gives the uninterrupted losses (the rejected latents' noise included)."""
+    high_lr = {**config(pairs_dataset, tmp_path)["optim"], "lr": 5e-3, "max_steps": 8}
+    train(dpo_config(pairs_dataset, tmp_path / "straight", optim=high_lr))
+    train(dpo_config(pairs_dataset, tmp_path / "cut", optim=high_lr, stop_after_steps=3))
+    train(dpo_config(pairs_dataset, tmp_path / "cut", optim=high_lr), resume=True)
+    straight, cut = losses(tmp_path / "straight"), losses(tmp_path / "cut")
+    assert straight[1] == pytest.approx(np.log(2), abs=1e-6)
+    for step in range(1, 9):
+        assert cut[step] == pytest.approx(straight[step], rel=1e-4), (step, cut, straight)
+    assert np.mean([straight[s] for s in range(2, 9)]) < np.log(2) - 0.1, straight
+    log = [json.loads(line) for line in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
+    assert {"implicit_accuracy", "denoising_loss"} <= set(log[0])
+    info = json.loads((tmp_path / "straight" / "richfeedback_lora.json").read_text())
+    summary = json.loads((tmp_path / "straight" / "train_summary.json").read_text())
+    assert info["objective"] == summary["objective"] == "dpo" and summary["num_examples"] == 16
+
+
+def test_dpo_with_a_trained_text_encoder_uses_the_base_encoder_for_the_reference(pairs_dataset, tmp_path):
+    cfg = dpo_config(pairs_dataset, tmp_path / "te")
+    cfg["lora"] = {**cfg["lora"], "train_text_encoder": True}
+    cfg["optim"] = {**cfg["optim"], "lr": 2e-2, "max_steps": 3}
+    train(cfg)
+    trained = losses(tmp_path / "te")
+    assert trained[1] == pytest.approx(np.log(2), abs=1e-6) and trained[3] != pytest.approx(np.log(2), abs=1e-4)
+
+
+def test_dpo_refuses_data_without_pairs_and_settings_it_cannot_use(dataset, pairs_dataset, tmp_path):
+    from richfeedback.errors import UsageError
+
+    with pytest.raises(UsageError, match="--policy pairs"):
+        train(dpo_config(dataset, tmp_path / "a"))
+    bad = dpo_config(pairs_dataset, tmp_path / "b")
+    bad["loss"]["snr_gamma"] = 5.0
+    with pytest.raises(UsageError, match="snr_gamma: null"):
+        train(bad)
+    bad = dpo_config(pairs_dataset, tmp_path / "c")
+    bad["data"] = {**bad["data"], "extra_paths": [str(dataset)]}
+    with pytest.raises(UsageError, match="extra_paths"):
+        train(bad)
+    bad = dpo_config(pairs_dataset, tmp_path / "d")
+    bad["loss"]["objective"] = "ppo"
+    with pytest.raises(UsageError, match="'denoising' or 'dpo'"):
+        train(bad)

@@ -63,16 +63,16 @@ def cmd_pool_score(args) -> None:
 
 
 def cmd_pool_filter(args) -> None:
-    from .filtering import FilterPolicy, filter_pool
+    from .filtering import FilterPolicy, describe_kept, filter_pool
 
     policy = FilterPolicy(policy=args.policy, score=args.score, normalize=args.normalize, min_score=args.min_score,
-                          k=args.k, temperature=args.temperature, min_candidates=args.min_candidates,
+                          k=args.k, min_gap=args.min_gap, temperature=args.temperature, min_candidates=args.min_candidates,
                           negatives=args.negatives, negative_prefix=args.negative_prefix,
                           negative_ratio=args.negative_ratio, skip_flat=not args.keep_flat,
                           min_prompts=args.min_prompts)
     report = filter_pool(args.pool, args.out, policy)
-    print(f"kept {report['kept_positive']} positive and {report['kept_negative']} negative images of "
-          f"{report['pool_images']} ({report['kept_prompts']} of {report['pool_prompts']} prompts) -> {args.out} "
+    print(f"kept {describe_kept(report)} of {report['pool_images']} images ({report['kept_prompts']} of "
+          f"{report['pool_prompts']} prompts) -> {args.out} "
           f"(metadata.jsonl, filter_report.json); train with: accelerate launch -m richfeedback.finetune.train "
           f"--config configs/finetune/embedded.yaml --set data.path={args.out}")
 
@@ -120,7 +120,7 @@ def add_pool_command(subparsers) -> None:
     p = sub.add_parser("filter", help="keep the best images as an imagefolder dataset (metadata.jsonl)")
     p.add_argument("pool")
     p.add_argument("--out", required=True, help="dataset folder to write (must not exist or be empty)")
-    p.add_argument("--policy", choices=("threshold", "topk", "align_sd"), default="align_sd")
+    p.add_argument("--policy", choices=("threshold", "topk", "align_sd", "pairs"), default="align_sd")
     p.add_argument("--score", default="rahf:overall",
                    help="a score name or a weighted sum: '1.0*rahf:alignment + 0.5*rahf:plausibility'")
     p.add_argument("--normalize", choices=("none", "zscore"), default="none",
@@ -128,7 +128,9 @@ def add_pool_command(subparsers) -> None:
     p.add_argument("--min-score", type=_number_or_quantile, default=None,
                    help="threshold (and optional floor for topk): a number, or q0.9 for the 0.9 quantile of the "
                         "pool's scores")
-    p.add_argument("--k", type=int, default=1, help="topk: images kept per prompt")
+    p.add_argument("--k", type=int, default=1, help="topk: images kept per prompt; pairs: pairs kept per prompt")
+    p.add_argument("--min-gap", type=float, default=0.0,
+                   help="pairs: the least score difference between a pair's images (default: any difference)")
     p.add_argument("--temperature", type=float, default=1.0, help="align_sd: softmax temperature of the scores")
     p.add_argument("--min-candidates", type=int, default=4, help="align_sd: prompts with fewer images are skipped")
     p.add_argument("--negatives", action="store_true", help="align_sd: keep the worst image as a negative")

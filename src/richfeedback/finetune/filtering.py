@@ -21,12 +21,20 @@ mixed. Policies:
   safety checker leaves) are left out before a prompt's images are counted (`skip_flat`; align_sd's own test looks
   only along rows, which reads as a typo for rows and columns).
 
+- pairs: preference pairs for Diffusion-DPO (`loss.objective: dpo` in training): within each prompt, every two
+  images whose scores differ by at least `min_gap` (> 0) make a pair (the better one chosen, the other rejected); the
+  `k` pairs of largest gap per prompt are kept. A judge that ranks badly among one prompt's images is right more
+  often about large gaps (the embedded RAHF's alignment score orders a pair as the oracle's word accuracy does 63% of
+  the time over all pairs, 75% when the scores are 0.1 apart, 83% at 0.2), so `min_gap` trades pairs for accuracy.
+
 Every policy can require `min_prompts` prompts in the result, so that a too-strict filter fails loudly rather than
 training on a handful of images.
 
 The output folder is what `datasets.load_dataset("imagefolder", data_dir=OUT)` and diffusers' example training
 scripts (`--train_data_dir OUT --caption_column text`) read: the images and a `metadata.jsonl` with `file_name`,
-`text` (the caption to train on), `type` (positive|negative), `score`, `scores`, `prompt` and `seed`. It is written
+`text` (the caption to train on), `type` (positive|negative|pair), `score`, `scores`, `prompt` and `seed`; a pair's
+row also has `rejected_file_name` (read by `datasets` as a second image column, `rejected`), `rejected_score`,
+`rejected_scores` and `rejected_seed`. It is written
 into a temporary sibling and renamed into place when complete; `filter_report.json` says what was kept and why.
 """
 
@@ -48,7 +56,7 @@ from ..errors import UsageError
 from ..imaging import load_rgb
 from .pool import read_pool, score_weights
 
-POLICIES = ("threshold", "topk", "align_sd")
+POLICIES = ("threshold", "topk", "align_sd", "pairs")
 METADATA = "metadata.jsonl"
 REPORT = "filter_report.json"
 _TERM = re.compile(r"^\s*(?:([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?([A-Za-z0-9_.:\-/]+)\s*$")
@@ -75,7 +83,8 @@ class FilterPolicy:
     score: str = "rahf:overall"
     normalize: str = "none"  # none | zscore
     min_score: Optional[float | str] = None  # a number, or "q0.9": that quantile of the score over the pool
-    k: int = 1
+    k: int = 1  # topk: images kept per prompt; pairs: pairs kept per prompt
+    min_gap: float = 0.0  # pairs: the least score difference between a pair's two images (0: any difference)
     temperature: float = 1.0
     min_candidates: int = 4
     negatives: bool = False
@@ -93,6 +102,8 @@ class FilterPolicy:
             raise UsageError("the threshold policy needs min_score (--min-score)")
         if self.k < 1 or self.temperature <= 0 or self.min_candidates < 2:
             raise UsageError("k must be >= 1, temperature > 0 and min_candidates >= 2")
+        if not self.min_gap >= 0:
+            raise UsageError(f"min_gap must be >= 0 (the least score difference of a pair), got {self.min_gap}")
         if self.negative_ratio is not None and not self.negative_ratio >= 0:
             raise UsageError(f"negative_ratio must be >= 0 (negatives per kept positive), got {self.negative_ratio}")
         self.quantile = parse_quantile(self.min_score)
@@ -160,6 +171,8 @@ def select(rows: list[dict], policy: FilterPolicy, scores: Optional[np.ndarray] 
     by_prompt: dict[int, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         by_prompt[row["prompt_index"]].append(i)
+    if policy.policy == "pairs":
+        return select_pairs(rows, policy, scores, by_prompt)
     kept: list[tuple[int, str, Optional[float]]] = []  # (row, type, confidence)
     for indices in by_prompt.values():
         s = scores[indices]
@@ -201,6 +214,30 @@ def select(rows: list[dict], policy: FilterPolicy, scores: Optional[np.ndarray] 
     return out
 
 
+def select_pairs(rows: list[dict], policy: FilterPolicy, scores: np.ndarray, by_prompt: dict) -> list[dict]:
+    """The `pairs` policy: for each prompt, its `k` pairs of images of largest score gap (at least `min_gap`, and
+    more than 0), as rows of the chosen image with the rejected one's `rejected_*` fields."""
+    out = []
+    for indices in by_prompt.values():
+        candidates = []  # (-gap, chosen, rejected): the largest gaps first, ties in pool order
+        for a in indices:
+            for b in indices:
+                gap = scores[a] - scores[b]
+                if gap > 0 and gap >= policy.min_gap:
+                    candidates.append((-gap, a, b))
+        for negative_gap, chosen, rejected in sorted(candidates)[:policy.k]:
+            other = rows[rejected]
+            out.append({**rows[chosen], "type": "pair", "text": rows[chosen]["prompt"], "score": float(scores[chosen]),
+                        "confidence": None, "rejected_file_name": other["file_name"], "rejected_path": other["path"],
+                        "rejected_score": float(scores[rejected]), "rejected_scores": other["scores"],
+                        "rejected_seed": other["seed"]})
+    prompts = {r["prompt_index"] for r in out}
+    if len(prompts) < policy.min_prompts:
+        raise UsageError(f"the pairs policy kept pairs for {len(prompts)} prompts, fewer than min_prompts="
+                         f"{policy.min_prompts}: lower min_gap or generate more images per prompt")
+    return out
+
+
 def _summary(rows: list[dict]) -> dict:
     """Means of every score over `rows`, for the report (how much better the kept images are than the pool)."""
     names = sorted({k for r in rows for k in r["scores"]})
@@ -222,23 +259,42 @@ def filter_pool(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, policy:
     with folder_written_atomically(Path(out_dir)) as tmp:
         with open(tmp / METADATA, "w") as f:
             for row in chosen:
-                file_name = row["file_name"].replace("/", "_")
-                shutil.copyfile(row["path"], tmp / file_name)
-                f.write(json.dumps({"file_name": file_name, "text": row["text"], "type": row["type"],
-                                    "score": row["score"], "scores": row["scores"], "prompt": row["prompt"],
-                                    "seed": row["seed"], "confidence": row["confidence"]}) + "\n")
-        positives = [r for r in chosen if r["type"] == "positive"]
+                record = {"file_name": _copy_image(row["file_name"], row["path"], tmp), "text": row["text"],
+                          "type": row["type"], "score": row["score"], "scores": row["scores"], "prompt": row["prompt"],
+                          "seed": row["seed"], "confidence": row["confidence"]}
+                if row["type"] == "pair":
+                    record.update({"rejected_file_name": _copy_image(row["rejected_file_name"], row["rejected_path"], tmp),
+                                   "rejected_score": row["rejected_score"], "rejected_scores": row["rejected_scores"],
+                                   "rejected_seed": row["rejected_seed"]})
+                f.write(json.dumps(record) + "\n")
+        positives = [r for r in chosen if r["type"] in ("positive", "pair")]
         report = {
             "pool": str(pool_dir), "policy": dataclasses.asdict(policy), "score_weights": score_weights(pool_dir),
             "min_score_value": policy.threshold(scores),  # a quantile, resolved
             "pool_images": len(rows) + len(flat), "skipped_flat": flat,
             "pool_prompts": len({r["prompt_index"] for r in rows}),
             "kept_positive": len(positives), "kept_negative": len(chosen) - len(positives),
+            "kept_pairs": sum(r["type"] == "pair" for r in chosen),
             "kept_prompts": len({r["prompt_index"] for r in positives}),
             "mean_scores_pool": _summary(rows), "mean_scores_kept_positive": _summary(positives),
         }
         (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def describe_kept(report: dict) -> str:
+    """"820 positive and 0 negative images" or "3,900 pairs" (of `filter_pool`'s report), for messages."""
+    if report.get("kept_pairs"):
+        return f"{report['kept_pairs']} pairs"
+    return f"{report['kept_positive']} positive and {report['kept_negative']} negative images"
+
+
+def _copy_image(pool_file_name: str, path: str, folder: Path) -> str:
+    """Copy a pool image into the dataset folder (once, however many pairs it is in); returns its file_name there."""
+    file_name = pool_file_name.replace("/", "_")
+    if not (folder / file_name).exists():
+        shutil.copyfile(path, folder / file_name)
+    return file_name
 
 
 def read_metadata(data_dir: str | os.PathLike) -> list[dict]:

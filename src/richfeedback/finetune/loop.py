@@ -123,7 +123,7 @@ def check_training_data(data: Path, lora: Path) -> None:
 
 def run_loop(cfg: dict, stages: tuple[str, ...] = STAGES, config_dir: Optional[Path] = None) -> dict:
     """Run the stages in order; returns where each stage's output is."""
-    from .filtering import REPORT, FilterPolicy, filter_pool
+    from .filtering import REPORT, FilterPolicy, describe_kept, filter_pool
     from .pool import generate_pool, score_pool, score_weights
     from .train import LORA_WEIGHTS, load_config as load_train_config, train
 
@@ -155,11 +155,10 @@ def run_loop(cfg: dict, stages: tuple[str, ...] = STAGES, config_dir: Optional[P
                                  if now.get(k) != done["score_weights"].get(k))
                 raise UsageError(f"{paths['data']} was filtered from scores that other weights wrote "
                                  f"({', '.join(changed)} changed since); delete it to filter again")
-            print(f"== filter: already done ({done['kept_positive']} images of {done['kept_prompts']} prompts)")
+            print(f"== filter: already done ({describe_kept(done)} of {done['kept_prompts']} prompts)")
         else:
             report = filter_pool(paths["pool"], paths["data"], policy)
-            print(f"== filter ({policy.policy}): kept {report['kept_positive']} positives and "
-                  f"{report['kept_negative']} negatives of {report['pool_images']} images, "
+            print(f"== filter ({policy.policy}): kept {describe_kept(report)} of {report['pool_images']} images, "
                   f"{report['kept_prompts']} of {report['pool_prompts']} prompts -> {paths['data']}")
     if "train" in stages:
         train_cfg = load_train_config(None)

@@ -13,6 +13,14 @@ The recipe of diffusers' `train_text_to_image_lora.py` (and its SDXL sibling), i
   min-SNR-gamma weighting and noise offset.
 - VAE latents (the mean and std of each image's latent distribution; a fresh sample is drawn every step, as when
   encoding every step) and text embeddings are computed once before training unless the text encoder is trained.
+- or, with `loss.objective: dpo`, Diffusion-DPO (Wallace et al., 2023) on preference pairs (`pool filter --policy
+  pairs` writes them: an imagefolder whose rows have a chosen `image` and a `rejected` one): the chosen and the
+  rejected latents are noised with the same noise at the same timestep, and the loss is
+  -log sigmoid(-beta/2 * ((mse_w - mse_l) - (ref_mse_w - ref_mse_l))), where ref_* are the base model's errors (the
+  LoRA adapters switched off), as diffusers' `research_projects/diffusion_dpo` scripts compute it; `loss.dpo_beta`
+  is their `--beta_dpo` (2500 there for SD 1.5, 5000 for SDXL); `loss.dpo_sft_weight` adds that multiple of the
+  chosen images' own denoising loss (0: plain Diffusion-DPO). Unlike supervised fine-tuning on the kept images,
+  it learns from every prompt whose images differ, and from what the rejected images got wrong.
 - AdamW; diffusers' learning-rate schedules; gradient accumulation, gradient checkpointing, mixed precision.
 - `accelerator.save_state` checkpoints every N steps that hold the LoRA weights (a save hook writes only them, as
   `pytorch_lora_weights.safetensors`, beside the optimizer, scheduler and RNG states), and `--resume` loads them back
@@ -26,6 +34,7 @@ The recipe of diffusers' `train_text_to_image_lora.py` (and its SDXL sibling), i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -49,14 +58,18 @@ DEFAULTS = {
     "seed": 0,
     "output_dir": "runs/finetune/lora",
     "model": {"pretrained": "embedded"},  # "embedded", a diffusers folder or a hub id
-    "data": {"path": None, "extra_paths": [], "image_column": "image", "caption_column": "text", "resolution": None,
+    "data": {"path": None, "extra_paths": [], "image_column": "image", "caption_column": "text",
+             "rejected_column": "rejected", "resolution": None,
              "center_crop": True, "random_flip": False, "max_examples": None},
     "lora": {"rank": 4, "alpha": 4, "dropout": 0.0, "init": "gaussian",
              "target_modules": ["to_q", "to_k", "to_v", "to_out.0"],
              "train_text_encoder": False, "text_encoder_target_modules": ["q_proj", "k_proj", "v_proj", "out_proj"]},
     "optim": {"lr": 1.0e-4, "text_encoder_lr": None, "weight_decay": 1.0e-2, "batch_size": 16, "grad_accum": 1,
               "max_steps": 1000, "lr_scheduler": "constant", "warmup_steps": 0, "max_grad_norm": 1.0},
-    "loss": {"prediction_type": None, "snr_gamma": None, "noise_offset": 0.0},
+    # objective: "denoising" (the images' own denoising loss) or "dpo" (Diffusion-DPO on the pairs of data.path)
+    # (+ dpo_sft_weight x the chosen images' denoising loss: 0 is plain Diffusion-DPO)
+    "loss": {"objective": "denoising", "dpo_beta": 2500.0, "dpo_sft_weight": 0.0, "prediction_type": None,
+             "snr_gamma": None, "noise_offset": 0.0},
     # Share of examples trained with the empty prompt (diffusers' --proportion_empty_prompts), so that the
     # unconditional prediction that classifier-free guidance subtracts learns the new images too.
     "proportion_empty_prompts": 0.0,
@@ -109,30 +122,43 @@ def read_imagefolder(path: Path, image_column: str, caption_column: str):
     return data
 
 
-def load_examples(cfg: dict, resolution: int) -> tuple[torch.Tensor, list[str]]:
+def load_examples(cfg: dict, resolution: int) -> tuple[torch.Tensor, list[str], Optional[torch.Tensor]]:
     """Pixel tensors in [-1, 1] (N, 3, R, R) and captions of the imagefolder dataset at data.path, followed by those
-    of `data.extra_paths` (regularisation data, appended as align_sd appends its LAION images)."""
+    of `data.extra_paths` (regularisation data, appended as align_sd appends its LAION images); for the DPO
+    objective also the N rejected images of the pairs (else None)."""
     from torchvision import transforms
 
     d = cfg["data"]
+    dpo = cfg["loss"]["objective"] == "dpo"
     if not d["path"]:
         raise UsageError("set data.path to an imagefolder dataset (`richfeedback pool filter ... --out DIR` writes one)")
+    if dpo and d["extra_paths"]:
+        raise UsageError("data.extra_paths adds single images, which the DPO objective cannot use: it trains on pairs "
+                         "only; remove data.extra_paths or set loss.objective: denoising")
     crop = transforms.CenterCrop(resolution) if d["center_crop"] else transforms.RandomCrop(resolution)
     to_pixels = transforms.Compose([
         transforms.Resize(resolution, interpolation=transforms.InterpolationMode.LANCZOS), crop,
         transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
-    pixels, captions = [], []
+    pixels, captions, rejected = [], [], None
     for number, path in enumerate([d["path"], *d["extra_paths"]]):
         data = read_imagefolder(Path(path), d["image_column"], d["caption_column"])
         if number == 0 and d["max_examples"]:
             data = data.select(range(min(len(data), d["max_examples"])))
+        if dpo:
+            if d["rejected_column"] not in data.column_names:
+                raise UsageError(f"{path} has no {d['rejected_column']!r} image column, so no pairs for the DPO "
+                                 f"objective: filter the pool with `richfeedback pool filter POOL --policy pairs` "
+                                 f"(rows with file_name and rejected_file_name), or set data.rejected_column")
+            rejected = torch.stack([to_pixels(image.convert("RGB")) for image in data[d["rejected_column"]]])
         pixels += [to_pixels(image.convert("RGB")) for image in data[d["image_column"]]]
         captions += [str(c) for c in data[d["caption_column"]]]
     pixels = torch.stack(pixels)
     if d["random_flip"]:  # both orientations, so that cached latents keep the augmentation
         pixels = torch.cat([pixels, pixels.flip(-1)])
         captions = captions + captions
-    return pixels, captions
+        if rejected is not None:
+            rejected = torch.cat([rejected, rejected.flip(-1)])
+    return pixels, captions, rejected
 
 
 def batch_indices(micro_step: int, num_examples: int, per_device: int, process_index: int, num_processes: int,
@@ -176,6 +202,19 @@ def load_components(pretrained: str, device, weight_dtype):
             encoder.to(dtype=weight_dtype)
     # The VAE stays in float32: SDXL's VAE overflows in fp16 (diffusers keeps it in float32 too) and it runs once.
     return pipe
+
+
+@contextlib.contextmanager
+def base_text_encoders(pipe):
+    """The pipeline's text encoders with their LoRA switched off (DPO's reference), on again afterwards."""
+    encoders = [e for e in text_encoders(pipe) if getattr(e, "peft_config", None)]
+    for encoder in encoders:
+        encoder.disable_adapters()
+    try:
+        yield
+    finally:
+        for encoder in encoders:
+            encoder.enable_adapters()
 
 
 def text_encoders(pipe) -> list:
@@ -286,18 +325,18 @@ def scale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return ((latents - shift) if shift is not None else latents) * vae.config.scaling_factor
 
 
-def denoising_loss(unet, noise_scheduler, latents, conditioning: dict, generator, cfg: dict, time_ids=None):
-    """The loss of one batch: noise the latents at random timesteps, predict, and compare with the target of the
-    scheduler's prediction type; min-SNR-gamma weighting when `loss.snr_gamma` is set."""
-    from diffusers.training_utils import compute_snr
-
+def noise_and_target(noise_scheduler, latents, generator, cfg: dict, repeat: int = 1):
+    """Noise `latents` at random timesteps: (noisy latents, timesteps, target of the prediction type). With `repeat`
+    = 2 the latents are [chosen; rejected] and both halves get the same noise and timesteps (Diffusion-DPO)."""
     c = cfg["loss"]
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    shape = (latents.shape[0] // repeat, *latents.shape[1:])
+    noise = torch.randn(shape, generator=generator).to(latents.device, latents.dtype)
     if c["noise_offset"]:
-        noise = noise + c["noise_offset"] * torch.randn((latents.shape[0], latents.shape[1], 1, 1),
+        noise = noise + c["noise_offset"] * torch.randn((shape[0], shape[1], 1, 1),
                                                         generator=generator).to(latents.device, latents.dtype)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (shape[0],),
                               generator=generator).to(latents.device)
+    noise, timesteps = noise.repeat(repeat, 1, 1, 1), timesteps.repeat(repeat)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     prediction_type = c["prediction_type"] or noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
@@ -308,20 +347,63 @@ def denoising_loss(unet, noise_scheduler, latents, conditioning: dict, generator
         target = latents
     else:
         raise ValueError(f"unknown prediction type {prediction_type!r}")
+    return noisy, timesteps, target
+
+
+def predict(unet, noisy, timesteps, conditioning: dict, time_ids=None) -> torch.Tensor:
+    """The UNet's prediction in float32 (the frozen weights' dtype in, float32 out)."""
     added = None
     if "text_embeds" in conditioning:
         added = {"text_embeds": conditioning["text_embeds"], "time_ids": time_ids}
     unet_dtype = next(p.dtype for p in unet.parameters() if not p.requires_grad)
-    model_pred = unet(noisy.to(unet_dtype), timesteps, conditioning["encoder_hidden_states"].to(unet_dtype),
-                      added_cond_kwargs=added, return_dict=False)[0].float()
+    return unet(noisy.to(unet_dtype), timesteps, conditioning["encoder_hidden_states"].to(unet_dtype),
+                added_cond_kwargs=added, return_dict=False)[0].float()
+
+
+def denoising_loss(unet, noise_scheduler, latents, conditioning: dict, generator, cfg: dict, time_ids=None):
+    """The loss of one batch: noise the latents at random timesteps, predict, and compare with the target of the
+    scheduler's prediction type; min-SNR-gamma weighting when `loss.snr_gamma` is set."""
+    from diffusers.training_utils import compute_snr
+
+    c = cfg["loss"]
+    noisy, timesteps, target = noise_and_target(noise_scheduler, latents, generator, cfg)
+    model_pred = predict(unet, noisy, timesteps, conditioning, time_ids)
     if c["snr_gamma"] is None:
         return F.mse_loss(model_pred, target.float(), reduction="mean")
+    prediction_type = c["prediction_type"] or noise_scheduler.config.prediction_type
     snr = compute_snr(noise_scheduler, timesteps)
     weights = torch.clamp(snr, max=c["snr_gamma"]) / (snr + 1 if prediction_type == "v_prediction" else snr)
     if prediction_type == "sample":
         weights = torch.clamp(snr, max=c["snr_gamma"])
     loss = F.mse_loss(model_pred, target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (loss * weights).mean()
+
+
+def dpo_loss(unet, reference_unet, noise_scheduler, chosen, rejected, conditioning: dict, reference_conditioning: dict,
+             generator, cfg: dict, time_ids=None) -> tuple[torch.Tensor, dict]:
+    """Diffusion-DPO's loss of a batch of pairs, and what to log: the implicit accuracy (share of pairs where the
+    model prefers the chosen image more than the reference does) and the plain denoising loss of both images.
+    `reference_unet` is a callable context manager that yields the UNet with its LoRA switched off;
+    `reference_conditioning` is the text conditioning of the base text encoders (the same as `conditioning` unless
+    their LoRA is trained)."""
+    noisy, timesteps, target = noise_and_target(noise_scheduler, torch.cat([chosen, rejected]), generator, cfg, repeat=2)
+    ids = None if time_ids is None else torch.cat([time_ids, time_ids])
+    # the reference first: switching the adapters off and on toggles their requires_grad, which must not happen
+    # between the model's forward pass and its backward pass
+    with torch.no_grad(), reference_unet() as base:
+        doubled_reference = {k: torch.cat([v, v]) for k, v in reference_conditioning.items()}
+        reference_errors = (predict(base, noisy, timesteps, doubled_reference, ids) - target.float()).pow(2)
+        reference_errors = reference_errors.mean(dim=(1, 2, 3))
+    doubled = {k: torch.cat([v, v]) for k, v in conditioning.items()}
+    errors = (predict(unet, noisy, timesteps, doubled, ids) - target.float()).pow(2).mean(dim=(1, 2, 3))
+    errors_w, errors_l = errors.chunk(2)
+    reference_w, reference_l = reference_errors.chunk(2)
+    inside = -0.5 * cfg["loss"]["dpo_beta"] * ((errors_w - errors_l) - (reference_w - reference_l))
+    loss = -F.logsigmoid(inside).mean()
+    if cfg["loss"]["dpo_sft_weight"]:
+        loss = loss + cfg["loss"]["dpo_sft_weight"] * errors_w.mean()
+    stats = {"implicit_accuracy": (inside > 0).float().mean().detach(), "denoising_loss": errors.mean().detach()}
+    return loss, stats
 
 
 # --- validation -------------------------------------------------------------------------------------------------
@@ -372,6 +454,14 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
 
     if not 0.0 <= cfg["proportion_empty_prompts"] < 1.0:
         raise UsageError(f"proportion_empty_prompts must be in [0, 1), got {cfg['proportion_empty_prompts']}")
+    objective = cfg["loss"]["objective"]
+    if objective not in ("denoising", "dpo"):
+        raise UsageError(f"loss.objective must be 'denoising' or 'dpo', got {objective!r}")
+    if objective == "dpo" and cfg["loss"]["snr_gamma"] is not None:
+        raise UsageError("loss.snr_gamma weights the denoising objective; Diffusion-DPO has no SNR weighting: set "
+                         "loss.snr_gamma: null with loss.objective: dpo")
+    if objective == "dpo" and not cfg["loss"]["dpo_beta"] > 0:
+        raise UsageError(f"loss.dpo_beta must be > 0, got {cfg['loss']['dpo_beta']}")
     if cfg["negative_prompt"] is None and cfg["data"]["path"]:
         # a dataset filtered with align_sd's negatives ("Weird image. " + prompt) says so in its filter report: record
         # the prefix as the LoRA's negative prompt, for validation and for whoever samples from it
@@ -389,10 +479,11 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     pipe = load_components(cfg["model"]["pretrained"], accelerator.device, weight_dtype)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     resolution = cfg["data"]["resolution"] or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    pixels, captions = load_examples(cfg, resolution)
+    pixels, captions, rejected = load_examples(cfg, resolution)
     global_batch = o["batch_size"] * accelerator.num_processes
     if len(pixels) < global_batch:
-        raise UsageError(f"{cfg['data']['path']} has {len(pixels)} training images, fewer than one batch of "
+        unit = "pairs" if rejected is not None else "images"
+        raise UsageError(f"{cfg['data']['path']} has {len(pixels)} training {unit}, fewer than one batch of "
                          f"{o['batch_size']} x {accelerator.num_processes} processes: lower optim.batch_size")
 
     params = add_lora(pipe, cfg)
@@ -414,9 +505,11 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     # Encode once: the latent distributions of all images, and the text of all captions (unless it is trained).
     started = time.perf_counter()
     cache_text = cfg["cache_text_embeddings"] and not cfg["lora"]["train_text_encoder"]
-    latent_mean = latent_std = None
+    latent_mean = latent_std = rejected_mean = rejected_std = None
     if cfg["cache_latents"]:
         latent_mean, latent_std = encode_latent_distribution(pipe.vae, pixels)
+        if rejected is not None:
+            rejected_mean, rejected_std = encode_latent_distribution(pipe.vae, rejected)
     # The cache holds each distinct caption once (the empty one too when examples are dropped to it); an example
     # looks its caption's row up in it.
     text_cache = caption_rows = empty_row = None
@@ -460,6 +553,16 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         load_lora_state(pipe, input_dir, modules)
         lora_weights_in_float32()
 
+    @contextlib.contextmanager
+    def base_unet():
+        # the reference of DPO: the same UNet with its LoRA switched off
+        model = accelerator.unwrap_model(unet)
+        model.disable_adapters()
+        try:
+            yield model
+        finally:
+            model.enable_adapters()
+
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
     accelerator.init_trackers("finetune", config={"config": json.dumps(cfg)})
@@ -485,6 +588,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     steps_this_run = 0
     while step < total_steps:
         step_loss = 0.0
+        step_stats = {}  # DPO's implicit accuracy and denoising loss
         for micro in range(o["grad_accum"]):
             micro_step = step * o["grad_accum"] + micro
             index = batch_indices(micro_step, len(pixels), o["batch_size"], accelerator.process_index,
@@ -500,6 +604,15 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
                         mean, std = encode_latent_distribution(pipe.vae, pixels[index])
                 sample = mean + std * torch.randn(mean.shape, generator=generator)
                 latents = scale_latents(pipe.vae, sample).to(accelerator.device)
+                rejected_latents = None
+                if rejected is not None:
+                    if rejected_mean is not None:
+                        mean, std = rejected_mean[index], rejected_std[index]
+                    else:
+                        with torch.no_grad():
+                            mean, std = encode_latent_distribution(pipe.vae, rejected[index])
+                    sample = mean + std * torch.randn(mean.shape, generator=generator)
+                    rejected_latents = scale_latents(pipe.vae, sample).to(accelerator.device)
                 dropped = torch.zeros(len(index), dtype=torch.bool)
                 if cfg["proportion_empty_prompts"]:  # drawn only when asked, so other runs keep their noise
                     dropped = torch.rand(len(index), generator=generator) < cfg["proportion_empty_prompts"]
@@ -508,16 +621,30 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
                     if dropped.any():
                         rows = torch.where(dropped, empty_row, rows)
                     conditioning = {k: v[rows].to(accelerator.device) for k, v in text_cache.items()}
+                    reference_conditioning = conditioning
                 else:
                     batch_captions = ["" if d else captions[i] for i, d in zip(index.tolist(), dropped.tolist())]
+                    reference_conditioning = None
+                    if rejected is not None and cfg["lora"]["train_text_encoder"]:
+                        # DPO's reference reads the base text encoders' conditioning (before the trained pass: see
+                        # dpo_loss on switching adapters)
+                        with torch.no_grad(), base_text_encoders(pipe):
+                            reference_conditioning = encode_text(pipe, batch_captions, accelerator.device)
                     with torch.set_grad_enabled(cfg["lora"]["train_text_encoder"]):
                         conditioning = encode_text(pipe, batch_captions, accelerator.device)
+                    reference_conditioning = reference_conditioning or conditioning
                 time_ids = None
                 if "text_embeds" in conditioning:
                     time_ids = sdxl_time_ids(resolution, len(index), accelerator.device,
                                              conditioning["text_embeds"].dtype)
                 with accelerator.autocast():
-                    loss = denoising_loss(unet, noise_scheduler, latents, conditioning, generator, cfg, time_ids)
+                    if rejected_latents is None:
+                        loss = denoising_loss(unet, noise_scheduler, latents, conditioning, generator, cfg, time_ids)
+                    else:
+                        loss, stats = dpo_loss(unet, base_unet, noise_scheduler, latents, rejected_latents,
+                                               conditioning, reference_conditioning, generator, cfg, time_ids)
+                        for name, value in stats.items():
+                            step_stats[name] = step_stats.get(name, 0.0) + value.float() / o["grad_accum"]
                 accelerator.backward(loss)
                 step_loss += loss.detach().float() / o["grad_accum"]
                 if accelerator.sync_gradients:
@@ -531,12 +658,13 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         step += 1
         steps_this_run += 1
         loss_value = accelerator.gather(step_loss[None]).mean().item()
+        extra = {name: accelerator.gather(value[None]).mean().item() for name, value in step_stats.items()}
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-        accelerator.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=step)
+        bar.set_postfix(loss=f"{loss_value:.4f}", **{k: f"{v:.3f}" for k, v in extra.items() if k == "implicit_accuracy"})
+        accelerator.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0], **extra}, step=step)
         if accelerator.is_main_process:
             with open(out / "train_log.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "loss": loss_value}) + "\n")
+                f.write(json.dumps({"step": step, "loss": loss_value, **extra}) + "\n")
         stopping = cfg["stop_after_steps"] is not None and step >= cfg["stop_after_steps"]
         if step % cfg["checkpoint_every_steps"] == 0 or step == total_steps or stopping:
             save_checkpoint(accelerator, out, step, {}, cfg["keep_checkpoints"])
@@ -554,7 +682,8 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         save_lora(pipe, modules, cfg, out, resolution)
         summary = {"steps": step, "steps_this_run": steps_this_run, "train_seconds": train_seconds,
                    "steps_per_second": steps_this_run / train_seconds if train_seconds else None,
-                   "cache_seconds": cache_seconds, "num_examples": len(pixels), "num_processes": accelerator.num_processes,
+                   "cache_seconds": cache_seconds, "num_examples": len(pixels), "objective": objective,
+                   "num_processes": accelerator.num_processes,
                    "trainable_parameters": sum(p.numel() for p in params)}
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.end_training()
@@ -570,7 +699,8 @@ def save_lora(pipe, modules: list, cfg: dict, out: Path, resolution: int) -> Non
     type(pipe).save_lora_weights(str(tmp), **lora_layers(pipe, modules), safe_serialization=True)
     info = {"base_model": cfg["model"]["pretrained"], "pipeline": type(pipe).__name__, "rank": cfg["lora"]["rank"],
             "alpha": cfg["lora"]["alpha"], "train_text_encoder": cfg["lora"]["train_text_encoder"],
-            "resolution": resolution, "data": cfg["data"]["path"], "steps": cfg["optim"]["max_steps"],
+            "resolution": resolution, "data": cfg["data"]["path"], "objective": cfg["loss"]["objective"],
+            "steps": cfg["optim"]["max_steps"],
             "negative_prompt": cfg["negative_prompt"]}
     (tmp / LORA_INFO).write_text(json.dumps(info, indent=2) + "\n")
     for name in (LORA_WEIGHTS, LORA_INFO):
