@@ -220,6 +220,13 @@ def test_pairs_are_the_largest_score_gaps_of_each_prompt_at_least_min_gap_apart(
         select(rows, FilterPolicy(policy="pairs", score="s", min_gap=2.0))
     with pytest.raises(UsageError, match="min_gap must be >= 0"):
         FilterPolicy(policy="pairs", score="s", min_gap=-1)
+    # min_score: only chosen images that reach it; and a gap written as 0.1 is 0.1 (0.65 - 0.55 = 0.0999... in floats)
+    assert [(r["seed"], r["rejected_seed"]) for r in select(rows, FilterPolicy(
+        policy="pairs", score="s", k=100, min_score=1.0))] == [(1, 0), (3, 0), (1, 2), (3, 2)]
+    close = rows_with({0: [0.65, 0.55]})
+    assert len(select(close, FilterPolicy(policy="pairs", score="s", min_gap=0.1))) == 1
+    with pytest.raises(UsageError, match="drop negatives"):
+        FilterPolicy(policy="pairs", score="s", negatives=True)
 
 
 def test_a_pairs_dataset_loads_in_datasets_with_a_rejected_image_column(pool, tmp_path):

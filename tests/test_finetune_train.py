@@ -375,7 +375,8 @@ def test_dpo_loss_is_diffusion_dpo_with_the_base_unet_as_reference_and_shared_no
     assert (ref_w - w).abs().max() > 1e-4  # the LoRA matters, so a wrong reference would show
     # (batches of 6 against 3 round differently; beta magnifies that to ~1e-4)
     assert loss.item() == pytest.approx(-F.logsigmoid(inside).mean().item(), rel=1e-3)
-    assert stats["implicit_accuracy"].item() == pytest.approx((inside > 0).float().mean().item())
+    assert stats["implicit_accuracy"].item() == pytest.approx(((inside > 0).float() + 0.5 * (inside == 0).float())
+                                                              .mean().item())
     assert stats["denoising_loss"].item() == pytest.approx(torch.cat([w, l]).mean().item(), rel=1e-4)
     # dpo_sft_weight adds that multiple of the chosen images' denoising loss
     with_sft = load_config(None, ["loss.objective=dpo", "loss.dpo_beta=2000", "loss.dpo_sft_weight=0.5"])
@@ -398,18 +399,51 @@ def test_dpo_training_starts_at_log_two_learns_the_pairs_and_resumes_exactly(pai
     assert np.mean([straight[s] for s in range(2, 9)]) < np.log(2) - 0.1, straight
     log = [json.loads(line) for line in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
     assert {"implicit_accuracy", "denoising_loss"} <= set(log[0])
+    assert log[0]["implicit_accuracy"] == 0.5  # the model is its reference: every pair a tie, counted half
     info = json.loads((tmp_path / "straight" / "richfeedback_lora.json").read_text())
     summary = json.loads((tmp_path / "straight" / "train_summary.json").read_text())
     assert info["objective"] == summary["objective"] == "dpo" and summary["num_examples"] == 16
 
 
-def test_dpo_with_a_trained_text_encoder_uses_the_base_encoder_for_the_reference(pairs_dataset, tmp_path):
+def test_dpo_reference_reads_the_base_text_encoder_when_its_lora_is_trained(pairs_dataset, tmp_path, monkeypatch):
+    import contextlib
+
+    import richfeedback.finetune.train as module
+    from richfeedback.generation import load_pipeline
+
+    # base_text_encoders switches the encoder's LoRA off: its conditioning is the untouched encoder's
+    pipe, plain = load_pipeline("embedded"), load_pipeline("embedded")
+    cfg = load_config(None, ["lora.train_text_encoder=true"])
+    module.add_lora(pipe, cfg)
+    with torch.no_grad():
+        for name, p in pipe.text_encoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    captions = ["a red circle", "two blue squares"]
+    expected = module.encode_text(plain, captions, "cpu")["encoder_hidden_states"]
+    with torch.no_grad():
+        with module.base_text_encoders(pipe):
+            reference = module.encode_text(pipe, captions, "cpu")["encoder_hidden_states"]
+        trained = module.encode_text(pipe, captions, "cpu")["encoder_hidden_states"]
+    assert torch.allclose(reference, expected, atol=1e-6)
+    assert not torch.allclose(trained, expected, atol=1e-3)  # and on again afterwards
+    # the training loop takes that path
     cfg = dpo_config(pairs_dataset, tmp_path / "te")
     cfg["lora"] = {**cfg["lora"], "train_text_encoder": True}
     cfg["optim"] = {**cfg["optim"], "lr": 2e-2, "max_steps": 3}
+    calls = []
+    original = module.base_text_encoders
+
+    @contextlib.contextmanager
+    def counting(pipe):
+        calls.append(1)
+        with original(pipe):
+            yield
+
+    monkeypatch.setattr(module, "base_text_encoders", counting)
     train(cfg)
-    trained = losses(tmp_path / "te")
-    assert trained[1] == pytest.approx(np.log(2), abs=1e-6) and trained[3] != pytest.approx(np.log(2), abs=1e-4)
+    trained_losses = losses(tmp_path / "te")
+    assert len(calls) == 3 and trained_losses[1] == pytest.approx(np.log(2), abs=1e-6)
 
 
 def test_dpo_refuses_data_without_pairs_and_settings_it_cannot_use(dataset, pairs_dataset, tmp_path):
@@ -429,3 +463,10 @@ def test_dpo_refuses_data_without_pairs_and_settings_it_cannot_use(dataset, pair
     bad["loss"]["objective"] = "ppo"
     with pytest.raises(UsageError, match="'denoising' or 'dpo'"):
         train(bad)
+    bad = dpo_config(pairs_dataset, tmp_path / "e")
+    bad["lora"] = {**bad["lora"], "init": "pissa"}
+    with pytest.raises(UsageError, match="rewrites the base weights"):
+        train(bad)
+    # and pairs are not silently trained as plain images (each chosen image repeated, the rejected ones ignored)
+    with pytest.raises(UsageError, match="loss.objective: dpo"):
+        train(config(pairs_dataset, tmp_path / "f"))

@@ -237,3 +237,32 @@ def test_oracle_repair_changes_only_the_masked_pixels_and_leaves_nothing_flagged
         assert not evaluate(example["prompt"], target).has_artifact
     scene = sample_scene(np.random.default_rng(0))
     assert oracle_repair(scene.prompt.text, render(scene)) is None  # a clean render: nothing to repair
+
+
+def test_a_rerun_with_other_models_redoes_the_image_and_with_the_same_ones_skips_it(tmp_path):
+    """The resume key holds the models too: a retrained segmenter in the same folder, or another heatmap model, is
+    not answered with the old report."""
+    import torch
+
+    from richfeedback.reward_models.artifact_segmenter import load_artifact_segmenter
+
+    Image.fromarray(scene(9)).save(tmp_path / "img.png")
+    folder = tmp_path / "segmenter"
+    load_artifact_segmenter().save_pretrained(folder)
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "img.png"), "--prompt", "a red circle", "--artifact-model", str(folder), "--out", str(out),
+            *FAST]
+    assert main(argv) == 0
+    report_path = out / "reports" / "img.json"
+    first = json.loads(report_path.read_text())
+    assert first["models"]["inpaint_model"] == first["models"]["heatmap_model"] == "embedded"
+    assert first["models"]["artifact_segmenter_weights"] and first["models"]["reward"] == "rahf:mask-heat"
+    stamp = report_path.stat().st_mtime_ns
+    assert main(argv) == 0 and report_path.stat().st_mtime_ns == stamp  # same models: skipped
+    retrained = load_artifact_segmenter(folder)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.01)
+    retrained.save_pretrained(folder)  # same folder, other weights
+    assert main(argv) == 0 and report_path.stat().st_mtime_ns != stamp
+    second = json.loads(report_path.read_text())
+    assert second["models"]["artifact_segmenter_weights"] != first["models"]["artifact_segmenter_weights"]

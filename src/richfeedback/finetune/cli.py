@@ -74,7 +74,8 @@ def cmd_pool_filter(args) -> None:
     print(f"kept {describe_kept(report)} of {report['pool_images']} images ({report['kept_prompts']} of "
           f"{report['pool_prompts']} prompts) -> {args.out} "
           f"(metadata.jsonl, filter_report.json); train with: accelerate launch -m richfeedback.finetune.train "
-          f"--config configs/finetune/embedded.yaml --set data.path={args.out}")
+          f"--config configs/finetune/{'embedded-dpo' if args.policy == 'pairs' else 'embedded'}.yaml "
+          f"--set data.path={args.out}")
 
 
 def cmd_finetune(args) -> None:
@@ -126,8 +127,8 @@ def add_pool_command(subparsers) -> None:
     p.add_argument("--normalize", choices=("none", "zscore"), default="none",
                    help="z-score each model's scores over the pool before weighting")
     p.add_argument("--min-score", type=_number_or_quantile, default=None,
-                   help="threshold (and optional floor for topk): a number, or q0.9 for the 0.9 quantile of the "
-                        "pool's scores")
+                   help="threshold (and optional floor for topk, and for the chosen image of pairs): a number, or "
+                        "q0.9 for the 0.9 quantile of the pool's scores")
     p.add_argument("--k", type=int, default=1, help="topk: images kept per prompt; pairs: pairs kept per prompt")
     p.add_argument("--min-gap", type=float, default=0.0,
                    help="pairs: the least score difference between a pair's images (default: any difference)")

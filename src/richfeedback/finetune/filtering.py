@@ -22,8 +22,8 @@ mixed. Policies:
   only along rows, which reads as a typo for rows and columns).
 
 - pairs: preference pairs for Diffusion-DPO (`loss.objective: dpo` in training): within each prompt, every two
-  images whose scores differ by at least `min_gap` (> 0) make a pair (the better one chosen, the other rejected); the
-  `k` pairs of largest gap per prompt are kept. A judge that ranks badly among one prompt's images is right more
+  images whose scores differ by at least `min_gap` (> 0) make a pair (the better one chosen, the other rejected; with
+  `min_score`, only chosen images that reach it); the `k` pairs of largest gap per prompt are kept. A judge that ranks badly among one prompt's images is right more
   often about large gaps (the embedded RAHF's alignment score orders a pair as the oracle's word accuracy does 63% of
   the time over all pairs, 75% when the scores are 0.1 apart, 83% at 0.2), so `min_gap` trades pairs for accuracy.
 
@@ -59,6 +59,7 @@ from .pool import read_pool, score_weights
 POLICIES = ("threshold", "topk", "align_sd", "pairs")
 METADATA = "metadata.jsonl"
 REPORT = "filter_report.json"
+GAP_TOLERANCE = 1e-9
 _TERM = re.compile(r"^\s*(?:([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?([A-Za-z0-9_.:\-/]+)\s*$")
 
 
@@ -104,6 +105,9 @@ class FilterPolicy:
             raise UsageError("k must be >= 1, temperature > 0 and min_candidates >= 2")
         if not self.min_gap >= 0:
             raise UsageError(f"min_gap must be >= 0 (the least score difference of a pair), got {self.min_gap}")
+        if self.policy == "pairs" and self.negatives:
+            raise UsageError("negatives are align_sd's captioned rejects; the pairs policy keeps its rejected images "
+                             "as pairs already: drop negatives")
         if self.negative_ratio is not None and not self.negative_ratio >= 0:
             raise UsageError(f"negative_ratio must be >= 0 (negatives per kept positive), got {self.negative_ratio}")
         self.quantile = parse_quantile(self.min_score)
@@ -172,7 +176,7 @@ def select(rows: list[dict], policy: FilterPolicy, scores: Optional[np.ndarray] 
     for i, row in enumerate(rows):
         by_prompt[row["prompt_index"]].append(i)
     if policy.policy == "pairs":
-        return select_pairs(rows, policy, scores, by_prompt)
+        return select_pairs(rows, policy, scores, by_prompt, min_score)
     kept: list[tuple[int, str, Optional[float]]] = []  # (row, type, confidence)
     for indices in by_prompt.values():
         s = scores[indices]
@@ -214,16 +218,19 @@ def select(rows: list[dict], policy: FilterPolicy, scores: Optional[np.ndarray] 
     return out
 
 
-def select_pairs(rows: list[dict], policy: FilterPolicy, scores: np.ndarray, by_prompt: dict) -> list[dict]:
+def select_pairs(rows: list[dict], policy: FilterPolicy, scores: np.ndarray, by_prompt: dict,
+                 min_score: Optional[float] = None) -> list[dict]:
     """The `pairs` policy: for each prompt, its `k` pairs of images of largest score gap (at least `min_gap`, and
-    more than 0), as rows of the chosen image with the rejected one's `rejected_*` fields."""
+    more than 0; the chosen image at least `min_score` when given), as rows of the chosen image with the rejected
+    one's `rejected_*` fields."""
     out = []
     for indices in by_prompt.values():
         candidates = []  # (-gap, chosen, rejected): the largest gaps first, ties in pool order
         for a in indices:
             for b in indices:
                 gap = scores[a] - scores[b]
-                if gap > 0 and gap >= policy.min_gap:
+                # (a tolerance, so that word accuracies 0.65 and 0.55 are 0.1 apart as written, not 0.0999...)
+                if gap > 0 and gap >= policy.min_gap - GAP_TOLERANCE and (min_score is None or scores[a] >= min_score):
                     candidates.append((-gap, a, b))
         for negative_gap, chosen, rejected in sorted(candidates)[:policy.k]:
             other = rows[rejected]

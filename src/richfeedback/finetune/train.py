@@ -17,8 +17,10 @@ The recipe of diffusers' `train_text_to_image_lora.py` (and its SDXL sibling), i
   pairs` writes them: an imagefolder whose rows have a chosen `image` and a `rejected` one): the chosen and the
   rejected latents are noised with the same noise at the same timestep, and the loss is
   -log sigmoid(-beta/2 * ((mse_w - mse_l) - (ref_mse_w - ref_mse_l))), where ref_* are the base model's errors (the
-  LoRA adapters switched off), as diffusers' `research_projects/diffusion_dpo` scripts compute it; `loss.dpo_beta`
-  is their `--beta_dpo` (2500 there for SD 1.5, 5000 for SDXL); `loss.dpo_sft_weight` adds that multiple of the
+  LoRA adapters switched off): the -beta/2 form of the Diffusion-DPO authors' code and of diffusers'
+  `research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py`, whose `--beta_dpo` is `loss.dpo_beta`; diffusers'
+  SD 1.5 script (`train_diffusion_dpo.py`) has no 1/2, so its `--beta_dpo B` is `loss.dpo_beta: 2B` here. The
+  implicit accuracy is logged as diffusers logs it (ties count 1/2). `loss.dpo_sft_weight` adds that multiple of the
   chosen images' own denoising loss (0: plain Diffusion-DPO). Unlike supervised fine-tuning on the kept images,
   it learns from every prompt whose images differ, and from what the rejected images got wrong.
 - AdamW; diffusers' learning-rate schedules; gradient accumulation, gradient checkpointing, mixed precision.
@@ -144,6 +146,11 @@ def load_examples(cfg: dict, resolution: int) -> tuple[torch.Tensor, list[str], 
         data = read_imagefolder(Path(path), d["image_column"], d["caption_column"])
         if number == 0 and d["max_examples"]:
             data = data.select(range(min(len(data), d["max_examples"])))
+        if not dpo and number == 0 and d["rejected_column"] in data.column_names:
+            raise UsageError(f"{path} holds preference pairs (a {d['rejected_column']!r} image column, as "
+                             f"`pool filter --policy pairs` writes): train it with loss.objective: dpo "
+                             f"(configs/finetune/embedded-dpo.yaml), or filter the pool with another policy for "
+                             f"supervised training on the kept images")
         if dpo:
             if d["rejected_column"] not in data.column_names:
                 raise UsageError(f"{path} has no {d['rejected_column']!r} image column, so no pairs for the DPO "
@@ -402,7 +409,9 @@ def dpo_loss(unet, reference_unet, noise_scheduler, chosen, rejected, conditioni
     loss = -F.logsigmoid(inside).mean()
     if cfg["loss"]["dpo_sft_weight"]:
         loss = loss + cfg["loss"]["dpo_sft_weight"] * errors_w.mean()
-    stats = {"implicit_accuracy": (inside > 0).float().mean().detach(), "denoising_loss": errors.mean().detach()}
+    # as diffusers' DPO scripts count it: a tie (a fresh LoRA) is half right
+    accuracy = ((inside > 0).float() + 0.5 * (inside == 0).float()).mean()
+    stats = {"implicit_accuracy": accuracy.detach(), "denoising_loss": errors.mean().detach()}
     return loss, stats
 
 
@@ -462,6 +471,10 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
                          "loss.snr_gamma: null with loss.objective: dpo")
     if objective == "dpo" and not cfg["loss"]["dpo_beta"] > 0:
         raise UsageError(f"loss.dpo_beta must be > 0, got {cfg['loss']['dpo_beta']}")
+    if objective == "dpo" and str(cfg["lora"]["init"]).lower().startswith(("pissa", "olora", "corda", "loftq", "eva")):
+        raise UsageError(f"lora.init {cfg['lora']['init']!r} rewrites the base weights, so the UNet with its LoRA off "
+                         "is no longer the base model DPO measures against: use lora.init: gaussian with "
+                         "loss.objective: dpo")
     if cfg["negative_prompt"] is None and cfg["data"]["path"]:
         # a dataset filtered with align_sd's negatives ("Weird image. " + prompt) says so in its filter report: record
         # the prefix as the LoRA's negative prompt, for validation and for whoever samples from it

@@ -103,6 +103,13 @@ class FixResult:
         return float(self.mask.mean())
 
 
+def model_source(name: Optional[str]) -> str:
+    """"embedded" for None, a local folder as its absolute path, a hub id as given: where a model was loaded from."""
+    if name is None or name == "embedded":
+        return "embedded"
+    return str(Path(name).resolve()) if Path(name).exists() else str(name)
+
+
 def resolve_artifact_model(artifact_model: Optional[str], heatmap_model: Optional[str]) -> Optional[str]:
     """"auto": the embedded segmenter beside the embedded RAHF, none beside other RAHF weights (it only knows
     ShapesWorld); anything else as given ("embedded", a folder, or None)."""
@@ -114,7 +121,11 @@ def resolve_artifact_model(artifact_model: Optional[str], heatmap_model: Optiona
 class InpaintFixer:
     """The models of a repair run and its settings; `fix` repairs one image in memory."""
 
-    def __init__(self, pipe, heatmap_model, reward, settings: FixSettings = FixSettings()):
+    def __init__(self, pipe, heatmap_model, reward, settings: FixSettings = FixSettings(),
+                 models: Optional[dict] = None):
+        """`models`: what the inpainting and heatmap models were loaded from ({"inpaint_model", "heatmap_model"};
+        `load` fills it in, "given" otherwise). With the reward's name and a fingerprint of the artifact segmenter's
+        weights it is part of each report, and a rerun redoes an image whose report came from other models."""
         self.pipe = pipe
         # a RAHFReward, or one WithArtifactSegmenter: .heatmaps(prompts, images), .outputs and .all_scores
         self.heatmap_model = heatmap_model
@@ -125,6 +136,12 @@ class InpaintFixer:
         else:
             settings = dataclasses.replace(settings, artifact_model=None)
         self.settings = settings
+        from ..finetune.pool import weights_fingerprint
+
+        segmenter = heatmap_model.segmenter if isinstance(heatmap_model, WithArtifactSegmenter) else None
+        self.models = {"inpaint_model": "given", "heatmap_model": "given", **(models or {}),
+                       "reward": self.reward_name,
+                       "artifact_segmenter_weights": None if segmenter is None else weights_fingerprint(segmenter)}
         if settings.mask.round_to_cells == 0:  # "round to the pipeline's own latent cells" unless told otherwise
             self.settings = dataclasses.replace(
                 settings, mask=dataclasses.replace(settings.mask, round_to_cells=latent_cell(pipe)))
@@ -156,7 +173,8 @@ class InpaintFixer:
         # model's own
         shared = heatmap_model is None or (reward or DEFAULT_REWARD).strip() == MASK_HEAT
         reward_model = load_selection_reward(reward, device=device, rahf=rahf if shared else None)
-        return cls(pipe, rahf, reward_model, settings)
+        return cls(pipe, rahf, reward_model, settings,
+                   models={"inpaint_model": model_source(inpaint_model), "heatmap_model": model_source(heatmap_model)})
 
     def predict_heatmap(self, prompt: str, image: np.ndarray) -> np.ndarray:
         heat = self.heatmap_model.heatmaps([prompt], [image])[self.settings.heatmap][0].numpy()
@@ -269,7 +287,7 @@ def fix_files(fixer: InpaintFixer, paths: Sequence[Path], prompts: Sequence[str]
     reports = []
     for path, prompt, name in tqdm(list(zip(paths, prompts, names)), desc="inpaint-fix", unit="img",
                                    disable=not progress):
-        done = read_report(out, name, path, fixer.settings)
+        done = read_report(out, name, path, fixer.settings, fixer.models)
         if done is not None:
             reports.append(done)
             continue
@@ -285,7 +303,7 @@ def fix_files(fixer: InpaintFixer, paths: Sequence[Path], prompts: Sequence[str]
             report = write_image_outputs(out, name, path, prompt, image, result, fixer, note, rahf_before, rahf_after,
                                          mask_file=mask_file, heatmap_file=heat_file)
         except (ImageLoadError, MaskError, ValueError) as err:
-            report = write_error_report(out, name, path, prompt, str(err), fixer.settings)
+            report = write_error_report(out, name, path, prompt, str(err), fixer.settings, fixer.models)
             log(f"skipped {err}")
         else:
             if note:

@@ -9,7 +9,8 @@
     OUT/summary.json, OUT/index.html
 
 Every file is written atomically; the report is written last, so an image with a report is complete and a rerun
-skips it (when the settings are the same).
+skips it when its settings and models are the same (`InpaintFixer.models`: where the inpainting and
+heatmap models came from, the reward, and a fingerprint of the artifact segmenter's weights).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def settings_dict(settings) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(settings), default=str))
 
 
-def read_report(out: Path, name: str, path: Path, settings) -> Optional[dict]:
-    """The finished report of this input under these settings, if a previous run wrote it."""
+def read_report(out: Path, name: str, path: Path, settings, models: Optional[dict] = None) -> Optional[dict]:
+    """The finished report of this input under these settings and models (`InpaintFixer.models`), if a previous
+    run wrote it."""
     report_path = out / "reports" / f"{name}.json"
     if not report_path.is_file():
         return None
@@ -57,7 +59,8 @@ def read_report(out: Path, name: str, path: Path, settings) -> Optional[dict]:
         report = json.loads(report_path.read_text())
     except json.JSONDecodeError:
         return None
-    same = report.get("input") == str(path) and report.get("settings") == settings_dict(settings)
+    same = (report.get("input") == str(path) and report.get("settings") == settings_dict(settings)
+            and report.get("models") == models)
     return report if same and report.get("status") != "error" else None
 
 
@@ -128,15 +131,17 @@ def write_image_outputs(out: Path, name: str, path: Path, prompt: str, image: np
         **({} if result.alignment is None else {"rahf_alignment_before": result.alignment[0]}),
         "pixels_changed_outside_mask": int((result.image != image).any(-1)[~result.mask].sum()),
         "settings": settings_dict(fixer.settings),
+        "models": fixer.models,
         "outputs": outputs,
     }
     _write_json(out / "reports" / f"{name}.json", report)  # last: its presence means the image is done
     return report
 
 
-def write_error_report(out: Path, name: str, path: Path, prompt: str, error: str, settings) -> dict:
+def write_error_report(out: Path, name: str, path: Path, prompt: str, error: str, settings,
+                       models: Optional[dict] = None) -> dict:
     report = {"input": str(path), "name": name, "prompt": prompt, "status": "error", "message": error,
-              "settings": settings_dict(settings)}
+              "settings": settings_dict(settings), "models": models}
     _write_json(out / "reports" / f"{name}.json", report)
     return report
 
