@@ -100,18 +100,23 @@ def test_the_lora_file_loads_in_a_fresh_diffusers_pipeline_and_changes_its_outpu
     assert np.abs(before.astype(int) - again.astype(int)).max() <= 1
 
 
-def test_two_processes_train_on_cpu(dataset, tmp_path):
+@pytest.mark.parametrize("objective", ["denoising", "dpo"])
+def test_two_processes_train_on_cpu(dataset, pairs_dataset, tmp_path, objective):
+    """Both objectives under DDP (DPO's reference passes go through the unwrapped UNet and the base text encoder)."""
+    config_file, data = (("embedded-dpo.yaml", pairs_dataset) if objective == "dpo" else ("embedded.yaml", dataset))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "richfeedback.finetune.train", "--config", str(ROOT / "configs/finetune/embedded.yaml"), "--cpu",
-           "--set", f"data.path={dataset}", "--set", f"output_dir={tmp_path}", "--set", "optim.batch_size=4",
+           "-m", "richfeedback.finetune.train", "--config", str(ROOT / "configs/finetune" / config_file), "--cpu",
+           "--set", f"data.path={data}", "--set", f"output_dir={tmp_path}", "--set", "optim.batch_size=4",
            "--set", "optim.max_steps=2", "--set", "validation.every_steps=100"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "train_summary.json").read_text())
-    assert summary["num_processes"] == 2 and summary["steps"] == 2
+    assert summary["num_processes"] == 2 and summary["steps"] == 2 and summary["objective"] == objective
     assert list(losses(tmp_path)) == [1, 2]
+    if objective == "dpo":
+        assert losses(tmp_path)[1] == pytest.approx(np.log(2), abs=1e-6)
     assert (tmp_path / LORA_WEIGHTS).exists()
 
 
@@ -470,3 +475,18 @@ def test_dpo_refuses_data_without_pairs_and_settings_it_cannot_use(dataset, pair
     # and pairs are not silently trained as plain images (each chosen image repeated, the rejected ones ignored)
     with pytest.raises(UsageError, match="loss.objective: dpo"):
         train(config(pairs_dataset, tmp_path / "f"))
+
+
+def test_dpo_trains_an_sdxl_lora_with_both_text_encoders(pairs_dataset, tiny_sdxl_dir, tmp_path):
+    """SDXL's pooled text embeddings and time ids go through DPO's doubled batch; both encoders' reference is base."""
+    cfg = load_config(None, [f"data.path={pairs_dataset}", f"output_dir={tmp_path}",
+                             f"model.pretrained={tiny_sdxl_dir}", "optim.batch_size=4", "optim.max_steps=3",
+                             "optim.lr=5e-2", "lora.train_text_encoder=true", "loss.objective=dpo",
+                             "loss.dpo_beta=500"])
+    train(cfg)
+    trained = losses(tmp_path)
+    assert list(trained) == [1, 2, 3] and trained[1] == pytest.approx(np.log(2), abs=1e-6)
+    from safetensors.torch import load_file
+
+    keys = load_file(tmp_path / LORA_WEIGHTS).keys()
+    assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}
