@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from richfeedback.errors import UsageError
-from richfeedback.finetune.train import encode_latent_distribution, read_imagefolder, scale_latents
+from richfeedback.finetune.examples import read_imagefolder
+from richfeedback.finetune.train import encode_latent_distribution, scale_latents
 from richfeedback.generation import load_pipeline
 
 

@@ -375,7 +375,8 @@ def test_dpo_loss_is_diffusion_dpo_with_the_base_unet_as_reference_and_shared_no
             target = scheduler.get_velocity(latents, noise, timesteps)  # the embedded model predicts v
             return (pred - target).pow(2).mean(dim=(1, 2, 3))
 
-        w, l, ref_w, ref_l = errors(chosen, True), errors(rejected, True), errors(chosen, False), errors(rejected, False)
+        w, l = errors(chosen, True), errors(rejected, True)
+        ref_w, ref_l = errors(chosen, False), errors(rejected, False)
     inside = -0.5 * 2000 * ((w - l) - (ref_w - ref_l))
     assert (ref_w - w).abs().max() > 1e-4  # the LoRA matters, so a wrong reference would show
     # (batches of 6 against 3 round differently; beta magnifies that to ~1e-4)

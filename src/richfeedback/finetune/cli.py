@@ -66,7 +66,8 @@ def cmd_pool_filter(args) -> None:
     from .filtering import FilterPolicy, describe_kept, filter_pool
 
     policy = FilterPolicy(policy=args.policy, score=args.score, normalize=args.normalize, min_score=args.min_score,
-                          k=args.k, min_gap=args.min_gap, temperature=args.temperature, min_candidates=args.min_candidates,
+                          k=args.k, min_gap=args.min_gap, temperature=args.temperature,
+                          min_candidates=args.min_candidates,
                           negatives=args.negatives, negative_prefix=args.negative_prefix,
                           negative_ratio=args.negative_ratio, skip_flat=not args.keep_flat,
                           min_prompts=args.min_prompts)

@@ -23,8 +23,8 @@ mixed. Policies:
 
 - pairs: preference pairs for Diffusion-DPO (`loss.objective: dpo` in training): within each prompt, every two
   images whose scores differ by at least `min_gap` (> 0) make a pair (the better one chosen, the other rejected; with
-  `min_score`, only chosen images that reach it); the `k` pairs of largest gap per prompt are kept. A judge that ranks badly among one prompt's images is right more
-  often about large gaps (the embedded RAHF's alignment score orders a pair as the oracle's word accuracy does 63% of
+  `min_score`, only chosen images that reach it); the `k` pairs of largest gap per prompt are kept. A judge that
+  ranks badly among one prompt's images is right more often about large gaps (the embedded RAHF's alignment score orders a pair as the oracle's word accuracy does 63% of
   the time over all pairs, 75% when the scores are 0.1 apart, 83% at 0.2), so `min_gap` trades pairs for accuracy.
 
 Every policy can require `min_prompts` prompts in the result, so that a too-strict filter fails loudly rather than
@@ -270,9 +270,9 @@ def filter_pool(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, policy:
                           "type": row["type"], "score": row["score"], "scores": row["scores"], "prompt": row["prompt"],
                           "seed": row["seed"], "confidence": row["confidence"]}
                 if row["type"] == "pair":
-                    record.update({"rejected_file_name": _copy_image(row["rejected_file_name"], row["rejected_path"], tmp),
-                                   "rejected_score": row["rejected_score"], "rejected_scores": row["rejected_scores"],
-                                   "rejected_seed": row["rejected_seed"]})
+                    rejected = _copy_image(row["rejected_file_name"], row["rejected_path"], tmp)
+                    record.update({"rejected_file_name": rejected, "rejected_score": row["rejected_score"],
+                                   "rejected_scores": row["rejected_scores"], "rejected_seed": row["rejected_seed"]})
                 f.write(json.dumps(record) + "\n")
         positives = [r for r in chosen if r["type"] in ("positive", "pair")]
         report = {

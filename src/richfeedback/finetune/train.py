@@ -13,16 +13,8 @@ The recipe of diffusers' `train_text_to_image_lora.py` (and its SDXL sibling), i
   min-SNR-gamma weighting and noise offset.
 - VAE latents (the mean and std of each image's latent distribution; a fresh sample is drawn every step, as when
   encoding every step) and text embeddings are computed once before training unless the text encoder is trained.
-- or, with `loss.objective: dpo`, Diffusion-DPO (Wallace et al., 2023) on preference pairs (`pool filter --policy
-  pairs` writes them: an imagefolder whose rows have a chosen `image` and a `rejected` one): the chosen and the
-  rejected latents are noised with the same noise at the same timestep, and the loss is
-  -log sigmoid(-beta/2 * ((mse_w - mse_l) - (ref_mse_w - ref_mse_l))), where ref_* are the base model's errors (the
-  LoRA adapters switched off): the -beta/2 form of the Diffusion-DPO authors' code and of diffusers'
-  `research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py`, whose `--beta_dpo` is `loss.dpo_beta`; diffusers'
-  SD 1.5 script (`train_diffusion_dpo.py`) has no 1/2, so its `--beta_dpo B` is `loss.dpo_beta: 2B` here. The
-  implicit accuracy is logged as diffusers logs it (ties count 1/2). `loss.dpo_sft_weight` adds that multiple of the
-  chosen images' own denoising loss (0: plain Diffusion-DPO). Unlike supervised fine-tuning on the kept images,
-  it learns from every prompt whose images differ, and from what the rejected images got wrong.
+- or, with `loss.objective: dpo`, Diffusion-DPO on preference pairs (`pool filter --policy pairs` writes them):
+  `richfeedback.finetune.objectives` has both losses and says how DPO is computed.
 - AdamW; diffusers' learning-rate schedules; gradient accumulation, gradient checkpointing, mixed precision.
 - `accelerator.save_state` checkpoints every N steps that hold the LoRA weights (a save hook writes only them, as
   `pytorch_lora_weights.safetensors`, beside the optimizer, scheduler and RNG states), and `--resume` loads them back
@@ -37,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -46,12 +39,13 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..training_utils import latest_checkpoint, load_config as load_yaml_config, merge, save_checkpoint
 from ..training_utils import add_training_arguments, training_main
+from .examples import batch_indices, load_examples
+from .objectives import adapters_off, check_objective, denoising_loss, dpo_loss
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 LORA_INFO = "richfeedback_lora.json"  # what the LoRA was trained on, and the negative prompt to use with it
@@ -100,86 +94,6 @@ def load_config(path: Optional[str], sets: list[str] = ()) -> dict:
     return load_yaml_config(path, DEFAULTS, sets, examples="configs/finetune/")
 
 
-# --- data -------------------------------------------------------------------------------------------------------
-
-def read_imagefolder(path: Path, image_column: str, caption_column: str):
-    import datasets
-
-    if not (path / "metadata.jsonl").is_file() and not (path / "metadata.csv").is_file():
-        raise UsageError(f"{path} has no metadata.jsonl: give the folder `richfeedback pool filter` wrote, or an "
-                         "imagefolder dataset with file_name and text columns")
-    was_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        data = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
-    for column in (image_column, caption_column):
-        if column not in data.column_names:
-            raise UsageError(f"{path} has no column {column!r} (it has {', '.join(data.column_names)}); set "
-                             "data.image_column / data.caption_column")
-    if len(data) == 0:
-        raise UsageError(f"{path} has no images")
-    return data
-
-
-def load_examples(cfg: dict, resolution: int) -> tuple[torch.Tensor, list[str], Optional[torch.Tensor]]:
-    """Pixel tensors in [-1, 1] (N, 3, R, R) and captions of the imagefolder dataset at data.path, followed by those
-    of `data.extra_paths` (regularisation data, appended as align_sd appends its LAION images); for the DPO
-    objective also the N rejected images of the pairs (else None)."""
-    from torchvision import transforms
-
-    d = cfg["data"]
-    dpo = cfg["loss"]["objective"] == "dpo"
-    if not d["path"]:
-        raise UsageError("set data.path to an imagefolder dataset (`richfeedback pool filter ... --out DIR` writes one)")
-    if dpo and d["extra_paths"]:
-        raise UsageError("data.extra_paths adds single images, which the DPO objective cannot use: it trains on pairs "
-                         "only; remove data.extra_paths or set loss.objective: denoising")
-    crop = transforms.CenterCrop(resolution) if d["center_crop"] else transforms.RandomCrop(resolution)
-    to_pixels = transforms.Compose([
-        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.LANCZOS), crop,
-        transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
-    pixels, captions, rejected = [], [], None
-    for number, path in enumerate([d["path"], *d["extra_paths"]]):
-        data = read_imagefolder(Path(path), d["image_column"], d["caption_column"])
-        if number == 0 and d["max_examples"]:
-            data = data.select(range(min(len(data), d["max_examples"])))
-        if not dpo and number == 0 and d["rejected_column"] in data.column_names:
-            raise UsageError(f"{path} holds preference pairs (a {d['rejected_column']!r} image column, as "
-                             f"`pool filter --policy pairs` writes): train it with loss.objective: dpo "
-                             f"(configs/finetune/embedded-dpo.yaml), or filter the pool with another policy for "
-                             f"supervised training on the kept images")
-        if dpo:
-            if d["rejected_column"] not in data.column_names:
-                raise UsageError(f"{path} has no {d['rejected_column']!r} image column, so no pairs for the DPO "
-                                 f"objective: filter the pool with `richfeedback pool filter POOL --policy pairs` "
-                                 f"(rows with file_name and rejected_file_name), or set data.rejected_column")
-            rejected = torch.stack([to_pixels(image.convert("RGB")) for image in data[d["rejected_column"]]])
-        pixels += [to_pixels(image.convert("RGB")) for image in data[d["image_column"]]]
-        captions += [str(c) for c in data[d["caption_column"]]]
-    pixels = torch.stack(pixels)
-    if d["random_flip"]:  # both orientations, so that cached latents keep the augmentation
-        pixels = torch.cat([pixels, pixels.flip(-1)])
-        captions = captions + captions
-        if rejected is not None:
-            rejected = torch.cat([rejected, rejected.flip(-1)])
-    return pixels, captions, rejected
-
-
-def batch_indices(micro_step: int, num_examples: int, per_device: int, process_index: int, num_processes: int,
-                  seed: int) -> torch.Tensor:
-    """The examples of one process's micro-batch: a function of the seed and the micro-step only, so a resumed run
-    draws what the uninterrupted run drew. Each epoch is a fresh permutation; the last incomplete batch is dropped."""
-    global_batch = per_device * num_processes
-    per_epoch = num_examples // global_batch
-    epoch, position = divmod(micro_step, per_epoch)
-    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    start = position * global_batch + process_index * per_device
-    return order[start:start + per_device]
-
-
 # --- model ------------------------------------------------------------------------------------------------------
 
 def load_components(pretrained: str, device, weight_dtype):
@@ -214,14 +128,11 @@ def load_components(pretrained: str, device, weight_dtype):
 @contextlib.contextmanager
 def base_text_encoders(pipe):
     """The pipeline's text encoders with their LoRA switched off (DPO's reference), on again afterwards."""
-    encoders = [e for e in text_encoders(pipe) if getattr(e, "peft_config", None)]
-    for encoder in encoders:
-        encoder.disable_adapters()
-    try:
+    with contextlib.ExitStack() as stack:
+        for encoder in text_encoders(pipe):
+            if getattr(encoder, "peft_config", None):
+                stack.enter_context(adapters_off(encoder))
         yield
-    finally:
-        for encoder in encoders:
-            encoder.enable_adapters()
 
 
 def text_encoders(pipe) -> list:
@@ -327,92 +238,21 @@ def encode_latent_distribution(vae, pixels: torch.Tensor, batch_size: int = 32) 
     return torch.cat(means), torch.cat(stds)
 
 
+def draw_latents(vae, pixels: torch.Tensor, cache: Optional[tuple[torch.Tensor, torch.Tensor]], index: torch.Tensor,
+                 generator, device) -> torch.Tensor:
+    """Scaled latents of the images `index`: a sample of each one's latent distribution (from `cache`, their
+    (mean, std), or encoded now), drawn with `generator`."""
+    if cache is not None:
+        mean, std = cache[0][index], cache[1][index]
+    else:
+        mean, std = encode_latent_distribution(vae, pixels[index])
+    sample = mean + std * torch.randn(mean.shape, generator=generator)
+    return scale_latents(vae, sample).to(device)
+
+
 def scale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     shift = getattr(vae.config, "shift_factor", None)
     return ((latents - shift) if shift is not None else latents) * vae.config.scaling_factor
-
-
-def noise_and_target(noise_scheduler, latents, generator, cfg: dict, repeat: int = 1):
-    """Noise `latents` at random timesteps: (noisy latents, timesteps, target of the prediction type). With `repeat`
-    = 2 the latents are [chosen; rejected] and both halves get the same noise and timesteps (Diffusion-DPO)."""
-    c = cfg["loss"]
-    shape = (latents.shape[0] // repeat, *latents.shape[1:])
-    noise = torch.randn(shape, generator=generator).to(latents.device, latents.dtype)
-    if c["noise_offset"]:
-        noise = noise + c["noise_offset"] * torch.randn((shape[0], shape[1], 1, 1),
-                                                        generator=generator).to(latents.device, latents.dtype)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (shape[0],),
-                              generator=generator).to(latents.device)
-    noise, timesteps = noise.repeat(repeat, 1, 1, 1), timesteps.repeat(repeat)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    prediction_type = c["prediction_type"] or noise_scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    elif prediction_type == "sample":
-        target = latents
-    else:
-        raise ValueError(f"unknown prediction type {prediction_type!r}")
-    return noisy, timesteps, target
-
-
-def predict(unet, noisy, timesteps, conditioning: dict, time_ids=None) -> torch.Tensor:
-    """The UNet's prediction in float32 (the frozen weights' dtype in, float32 out)."""
-    added = None
-    if "text_embeds" in conditioning:
-        added = {"text_embeds": conditioning["text_embeds"], "time_ids": time_ids}
-    unet_dtype = next(p.dtype for p in unet.parameters() if not p.requires_grad)
-    return unet(noisy.to(unet_dtype), timesteps, conditioning["encoder_hidden_states"].to(unet_dtype),
-                added_cond_kwargs=added, return_dict=False)[0].float()
-
-
-def denoising_loss(unet, noise_scheduler, latents, conditioning: dict, generator, cfg: dict, time_ids=None):
-    """The loss of one batch: noise the latents at random timesteps, predict, and compare with the target of the
-    scheduler's prediction type; min-SNR-gamma weighting when `loss.snr_gamma` is set."""
-    from diffusers.training_utils import compute_snr
-
-    c = cfg["loss"]
-    noisy, timesteps, target = noise_and_target(noise_scheduler, latents, generator, cfg)
-    model_pred = predict(unet, noisy, timesteps, conditioning, time_ids)
-    if c["snr_gamma"] is None:
-        return F.mse_loss(model_pred, target.float(), reduction="mean")
-    prediction_type = c["prediction_type"] or noise_scheduler.config.prediction_type
-    snr = compute_snr(noise_scheduler, timesteps)
-    weights = torch.clamp(snr, max=c["snr_gamma"]) / (snr + 1 if prediction_type == "v_prediction" else snr)
-    if prediction_type == "sample":
-        weights = torch.clamp(snr, max=c["snr_gamma"])
-    loss = F.mse_loss(model_pred, target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (loss * weights).mean()
-
-
-def dpo_loss(unet, reference_unet, noise_scheduler, chosen, rejected, conditioning: dict, reference_conditioning: dict,
-             generator, cfg: dict, time_ids=None) -> tuple[torch.Tensor, dict]:
-    """Diffusion-DPO's loss of a batch of pairs, and what to log: the implicit accuracy (share of pairs where the
-    model prefers the chosen image more than the reference does) and the plain denoising loss of both images.
-    `reference_unet` is a callable context manager that yields the UNet with its LoRA switched off;
-    `reference_conditioning` is the text conditioning of the base text encoders (the same as `conditioning` unless
-    their LoRA is trained)."""
-    noisy, timesteps, target = noise_and_target(noise_scheduler, torch.cat([chosen, rejected]), generator, cfg, repeat=2)
-    ids = None if time_ids is None else torch.cat([time_ids, time_ids])
-    # the reference first: switching the adapters off and on toggles their requires_grad, which must not happen
-    # between the model's forward pass and its backward pass
-    with torch.no_grad(), reference_unet() as base:
-        doubled_reference = {k: torch.cat([v, v]) for k, v in reference_conditioning.items()}
-        reference_errors = (predict(base, noisy, timesteps, doubled_reference, ids) - target.float()).pow(2)
-        reference_errors = reference_errors.mean(dim=(1, 2, 3))
-    doubled = {k: torch.cat([v, v]) for k, v in conditioning.items()}
-    errors = (predict(unet, noisy, timesteps, doubled, ids) - target.float()).pow(2).mean(dim=(1, 2, 3))
-    errors_w, errors_l = errors.chunk(2)
-    reference_w, reference_l = reference_errors.chunk(2)
-    inside = -0.5 * cfg["loss"]["dpo_beta"] * ((errors_w - errors_l) - (reference_w - reference_l))
-    loss = -F.logsigmoid(inside).mean()
-    if cfg["loss"]["dpo_sft_weight"]:
-        loss = loss + cfg["loss"]["dpo_sft_weight"] * errors_w.mean()
-    # as diffusers' DPO scripts count it: a tie (a fresh LoRA) is half right
-    accuracy = ((inside > 0).float() + 0.5 * (inside == 0).float()).mean()
-    stats = {"implicit_accuracy": accuracy.detach(), "denoising_loss": errors.mean().detach()}
-    return loss, stats
 
 
 # --- validation -------------------------------------------------------------------------------------------------
@@ -463,18 +303,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
 
     if not 0.0 <= cfg["proportion_empty_prompts"] < 1.0:
         raise UsageError(f"proportion_empty_prompts must be in [0, 1), got {cfg['proportion_empty_prompts']}")
-    objective = cfg["loss"]["objective"]
-    if objective not in ("denoising", "dpo"):
-        raise UsageError(f"loss.objective must be 'denoising' or 'dpo', got {objective!r}")
-    if objective == "dpo" and cfg["loss"]["snr_gamma"] is not None:
-        raise UsageError("loss.snr_gamma weights the denoising objective; Diffusion-DPO has no SNR weighting: set "
-                         "loss.snr_gamma: null with loss.objective: dpo")
-    if objective == "dpo" and not cfg["loss"]["dpo_beta"] > 0:
-        raise UsageError(f"loss.dpo_beta must be > 0, got {cfg['loss']['dpo_beta']}")
-    if objective == "dpo" and str(cfg["lora"]["init"]).lower().startswith(("pissa", "olora", "corda", "loftq", "eva")):
-        raise UsageError(f"lora.init {cfg['lora']['init']!r} rewrites the base weights, so the UNet with its LoRA off "
-                         "is no longer the base model DPO measures against: use lora.init: gaussian with "
-                         "loss.objective: dpo")
+    objective = check_objective(cfg)
     if cfg["negative_prompt"] is None and cfg["data"]["path"]:
         # a dataset filtered with align_sd's negatives ("Weird image. " + prompt) says so in its filter report: record
         # the prefix as the LoRA's negative prompt, for validation and for whoever samples from it
@@ -518,11 +347,11 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     # Encode once: the latent distributions of all images, and the text of all captions (unless it is trained).
     started = time.perf_counter()
     cache_text = cfg["cache_text_embeddings"] and not cfg["lora"]["train_text_encoder"]
-    latent_mean = latent_std = rejected_mean = rejected_std = None
+    latent_cache = rejected_cache = None  # (mean, std) of every image's latent distribution
     if cfg["cache_latents"]:
-        latent_mean, latent_std = encode_latent_distribution(pipe.vae, pixels)
+        latent_cache = encode_latent_distribution(pipe.vae, pixels)
         if rejected is not None:
-            rejected_mean, rejected_std = encode_latent_distribution(pipe.vae, rejected)
+            rejected_cache = encode_latent_distribution(pipe.vae, rejected)
     # The cache holds each distinct caption once (the empty one too when examples are dropped to it); an example
     # looks its caption's row up in it.
     text_cache = caption_rows = empty_row = None
@@ -566,15 +395,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         load_lora_state(pipe, input_dir, modules)
         lora_weights_in_float32()
 
-    @contextlib.contextmanager
-    def base_unet():
-        # the reference of DPO: the same UNet with its LoRA switched off
-        model = accelerator.unwrap_model(unet)
-        model.disable_adapters()
-        try:
-            yield model
-        finally:
-            model.enable_adapters()
+    base_unet = functools.partial(adapters_off, accelerator.unwrap_model(unet))  # DPO's reference: LoRA off
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -610,22 +431,11 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
             generator = torch.Generator().manual_seed(cfg["seed"] * 7_919 + micro_step * 104_729
                                                       + accelerator.process_index)
             with accelerator.accumulate(unet):
-                if latent_mean is not None:
-                    mean, std = latent_mean[index], latent_std[index]
-                else:
-                    with torch.no_grad():
-                        mean, std = encode_latent_distribution(pipe.vae, pixels[index])
-                sample = mean + std * torch.randn(mean.shape, generator=generator)
-                latents = scale_latents(pipe.vae, sample).to(accelerator.device)
+                latents = draw_latents(pipe.vae, pixels, latent_cache, index, generator, accelerator.device)
                 rejected_latents = None
-                if rejected is not None:
-                    if rejected_mean is not None:
-                        mean, std = rejected_mean[index], rejected_std[index]
-                    else:
-                        with torch.no_grad():
-                            mean, std = encode_latent_distribution(pipe.vae, rejected[index])
-                    sample = mean + std * torch.randn(mean.shape, generator=generator)
-                    rejected_latents = scale_latents(pipe.vae, sample).to(accelerator.device)
+                if rejected is not None:  # DPO: the pairs' rejected images, drawn after the chosen ones
+                    rejected_latents = draw_latents(pipe.vae, rejected, rejected_cache, index, generator,
+                                                    accelerator.device)
                 dropped = torch.zeros(len(index), dtype=torch.bool)
                 if cfg["proportion_empty_prompts"]:  # drawn only when asked, so other runs keep their noise
                     dropped = torch.rand(len(index), generator=generator) < cfg["proportion_empty_prompts"]
@@ -673,7 +483,10 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
         loss_value = accelerator.gather(step_loss[None]).mean().item()
         extra = {name: accelerator.gather(value[None]).mean().item() for name, value in step_stats.items()}
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", **{k: f"{v:.3f}" for k, v in extra.items() if k == "implicit_accuracy"})
+        postfix = {"loss": f"{loss_value:.4f}"}
+        if "implicit_accuracy" in extra:
+            postfix["implicit_accuracy"] = f"{extra['implicit_accuracy']:.3f}"
+        bar.set_postfix(postfix)
         accelerator.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0], **extra}, step=step)
         if accelerator.is_main_process:
             with open(out / "train_log.jsonl", "a") as f:

@@ -130,18 +130,18 @@ class InpaintFixer:
         # a RAHFReward, or one WithArtifactSegmenter: .heatmaps(prompts, images), .outputs and .all_scores
         self.heatmap_model = heatmap_model
         self.reward = reward
+        from ..finetune.pool import weights_fingerprint
+
+        segmenter_weights = None
         if isinstance(heatmap_model, WithArtifactSegmenter):
             used = settings.artifact_model if settings.artifact_model not in (None, "auto") else "given"
             settings = dataclasses.replace(settings, artifact_model=used, artifact_cut=heatmap_model.cut)
+            segmenter_weights = weights_fingerprint(heatmap_model.segmenter)
         else:
             settings = dataclasses.replace(settings, artifact_model=None)
         self.settings = settings
-        from ..finetune.pool import weights_fingerprint
-
-        segmenter = heatmap_model.segmenter if isinstance(heatmap_model, WithArtifactSegmenter) else None
         self.models = {"inpaint_model": "given", "heatmap_model": "given", **(models or {}),
-                       "reward": self.reward_name,
-                       "artifact_segmenter_weights": None if segmenter is None else weights_fingerprint(segmenter)}
+                       "reward": self.reward_name, "artifact_segmenter_weights": segmenter_weights}
         if settings.mask.round_to_cells == 0:  # "round to the pipeline's own latent cells" unless told otherwise
             self.settings = dataclasses.replace(
                 settings, mask=dataclasses.replace(settings.mask, round_to_cells=latent_cell(pipe)))
