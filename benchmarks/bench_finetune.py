@@ -11,8 +11,8 @@ Evaluation: the protocol of `bench_generator_baseline` (48 training-split and 48
 `sample_prompts(seed=100)`, seeds 0-3, DDIM 25 steps, CFG 4), the same images for every system, and a second,
 larger held-out set ("heldout-fresh": 96 prompts from `sample_prompts(seed=101)`, seeds 0-3) that no recipe
 setting was chosen on (the recipe was tuned looking at the protocol's held-out prompts). Reported per system and
-split: the oracle's full-prompt accuracy, alignment per word kind, artifact rate, the embedded RAHF's four scores,
-and the diversity spread (std of object position and size across a prompt's seeds, as a ratio to the base).
+split: the oracle's full-prompt accuracy (also by the prompt's number of objects), alignment per word kind, artifact
+rate, the embedded RAHF's four scores, and the diversity spread (std of object position and size across a prompt's seeds, as a ratio to the base).
 Targets (issue 5): held-out full-prompt accuracy +15 points, artifact rate no worse, diversity within 10% of the base.
 """
 
@@ -29,7 +29,7 @@ from richfeedback.finetune.train import LORA_INFO
 from richfeedback.generation import EMBEDDED_DEFAULTS, generate_images, load_pipeline
 from richfeedback.shapesworld.evaluate import PROTOCOL_PROMPT_SEED, diversity
 from richfeedback.shapesworld.oracle import evaluate, summarize
-from richfeedback.shapesworld.scene import sample_prompts
+from richfeedback.shapesworld.scene import parse_prompt, sample_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"rahf-filtered": ROOT / "configs/finetune/embedded.yaml",
@@ -60,7 +60,11 @@ def evaluate_system(pipe, prompts: list[str], seeds: int, rahf, negative_prompt:
         for name, values in rahf.all_scores([p for p, _ in batch], images).items():
             scores.setdefault(name, []).extend(values.tolist())
     summary = summarize(reports)
+    by_objects: dict[int, list[bool]] = {}  # full-prompt accuracy by the prompt's number of objects
+    for (prompt, _), report in zip(jobs, reports):
+        by_objects.setdefault(parse_prompt(prompt).num_objects, []).append(report.prompt_correct)
     return {**summary, "diversity": diversity(reports)["mean_std"],
+            "prompt_accuracy_by_objects": {str(k): float(np.mean(v)) for k, v in sorted(by_objects.items())},
             "rahf": {name: float(np.mean(v)) for name, v in scores.items()}}
 
 
@@ -96,6 +100,7 @@ def run(quick: bool = False) -> dict:
         rows.append({"system": system, "split": split, "prompt_acc": r["prompt_accuracy"],
                      "gain_points": 100 * (r["prompt_accuracy"] - base["prompt_accuracy"]),
                      **{f"{k}_acc": v for k, v in r["word_alignment"].items()},
+                     **{f"prompt_acc_{k}_objects": v for k, v in r["prompt_accuracy_by_objects"].items()},
                      "artifact_rate": r["artifact_rate"],
                      "diversity_ratio": (r["diversity"] / base["diversity"]) if base["diversity"] else None,
                      **{f"rahf_{k}": v for k, v in r["rahf"].items()}})

@@ -148,4 +148,7 @@ def test_a_fixer_uses_the_segmenters_heat_for_its_mask_and_records_what_it_used(
     assert fixer.reward.rahf is fixer.heatmap_model  # the mask heat reads the same combined maps
     alone = InpaintFixer(None, FakeRAHF(), MaskHeatScore(FakeRAHF()), FixSettings(
         artifact_model="embedded", mask=FixSettings().mask.__class__(round_to_cells=1)))
-    assert alone.settings.artifact_model is None  # RAHF alone: the report must not claim a segmenter
+    # RAHF alone: the report must not claim a segmenter, nor a cut that nothing applies
+    assert alone.settings.artifact_model is None and alone.settings.artifact_cut is None
+    with pytest.raises(ValueError, match="needs an artifact_cut"):
+        FixSettings(artifact_model="embedded", artifact_cut=None)

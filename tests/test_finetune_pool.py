@@ -293,7 +293,7 @@ def test_the_fingerprint_of_rahf_weights_does_not_change_with_the_last_conv1_ren
     """Pools scored while RAHF's heatmap heads named their last conv `last_conv1.0` keep matching the same weights."""
     import torch
 
-    from richfeedback.finetune.pool import weights_fingerprint
+    from richfeedback.reward_models.weights import weights_fingerprint
 
     class Weights:
         def __init__(self, state):

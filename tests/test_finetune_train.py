@@ -491,3 +491,25 @@ def test_dpo_trains_an_sdxl_lora_with_both_text_encoders(pairs_dataset, tiny_sdx
 
     keys = load_file(tmp_path / LORA_WEIGHTS).keys()
     assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}
+
+
+def test_the_refl_diagnostic_writes_its_log_and_loras_that_diffusers_loads(tmp_path):
+    """scripts/refl_diagnostic.py (README, Fine-tuning): one log row per step with the grad step among the last 6,
+    checkpoints that load in a plain pipeline and change its images, and a clear refusal of a bad --grad-steps."""
+    from richfeedback.generation import EMBEDDED_DEFAULTS, generate_images, load_pipeline
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "refl"
+    subprocess.run([sys.executable, str(root / "scripts/refl_diagnostic.py"), "--out", str(out), "--steps", "2",
+                    "--batch-size", "2", "--save-every", "1", "--lr", "1e-2"], check=True, capture_output=True)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2] and all(20 <= row["grad_index"] <= 24 for row in log)
+    assert all(row["loss"] == -row["reward"] for row in log)  # no pretraining term unless asked
+    pipe = load_pipeline("embedded")
+    before = generate_images(pipe, ["a red circle"], [0], **EMBEDDED_DEFAULTS)[0]
+    pipe.load_lora_weights(str(out / "step-2"))
+    after = generate_images(pipe, ["a red circle"], [0], **EMBEDDED_DEFAULTS)[0]
+    assert (out / "step-1").is_dir() and np.abs(after.astype(int) - before.astype(int)).max() > 0
+    bad = subprocess.run([sys.executable, str(root / "scripts/refl_diagnostic.py"), "--out", str(tmp_path / "x"),
+                          "--grad-steps", "0"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--grad-steps must be in [1, 25]" in bad.stderr

@@ -21,7 +21,6 @@ finished on 1. The seed of image k of prompt i is `seed + i * n + k`, as in `ric
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from typing import Optional, Sequence
 
 from ..errors import UsageError
 from ..generation import MANIFEST, GenerationJob, generate_to_folder, plan_jobs, read_manifest
+from ..reward_models.weights import weights_fingerprint
 
 POOL_FILE = "pool.json"
 PROMPTS_FILE = "prompts.txt"
@@ -163,23 +163,6 @@ def read_pool(pool_dir: str | os.PathLike, require_complete: bool = False) -> li
 def scores_file(pool_dir: str | os.PathLike, model_name: str) -> Path:
     """scores/<name>.jsonl, with the name made safe for a file name ("rahf:alignment" -> "rahf_alignment")."""
     return Path(pool_dir) / SCORES_DIR / (re.sub(r"[^A-Za-z0-9.+-]", "_", model_name) + ".jsonl")
-
-
-def weights_fingerprint(model) -> str:
-    """sha256 of a reward model's state (names and values as float32 where floating, so the dtype it runs in does not
-    count): two loads of the same weights agree, any changed weight does not."""
-    import torch
-
-    from ..reward_models.rahf.modeling import legacy_parameter_name
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        name = legacy_parameter_name(name)  # pools scored before RAHF's last_conv1 rename still match
-        tensor = tensor.detach().cpu()
-        tensor = (tensor.float() if tensor.is_floating_point() else tensor).contiguous().flatten()
-        digest.update(name.encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def score_weights(pool_dir: str | os.PathLike) -> dict[str, str]:

@@ -184,9 +184,12 @@ class RewardGuidance:
 
     def guided_steps(self, num_steps: int) -> list[int]:
         """Indices of the steps that are guided out of `num_steps`."""
+        return [i for i in range(num_steps) if self.is_guided(i, num_steps)]
+
+    def is_guided(self, index: int, num_steps: int) -> bool:
+        """Whether step `index` of `num_steps` is guided: in the window, and every `every`-th from its first step."""
         first = math.ceil(self.window[0] * num_steps - 1e-9)
-        in_window = [i for i in range(num_steps) if first <= i and i / num_steps < self.window[1]]
-        return [i for i in in_window if (i - first) % self.every == 0]
+        return first <= index and index / num_steps < self.window[1] and (index - first) % self.every == 0
 
     @contextlib.contextmanager
     def attach(self, pipe, prompts: Sequence[str]):
@@ -277,7 +280,7 @@ class _GuidedRun:
         index = schedule_position(scheduler, timestep, fallback=self.step_index)
         self.step_index = index + 1
         # Computed before the real step: the Euler schedulers advance `step_index` inside it.
-        guided = index in set(self.guidance.guided_steps(len(scheduler.timesteps)))
+        guided = self.guidance.is_guided(index, len(scheduler.timesteps))
         if guided:
             gradient = self.reward_gradient(model_output, timestep, sample)
             edit = self.guidance.scale * noise_level(scheduler, timestep, sample) * gradient

@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..imaging import ImageLoadError, load_rgb
 from ..reward_models.artifact_segmenter import WithArtifactSegmenter
+from ..reward_models.weights import weights_fingerprint
 from .masks import (MaskConfig, MaskError, feather_mask, finish_user_mask, heatmap_to_mask, read_heatmap_file,
                     read_mask_file, resize_heatmap)
 from .repair import composite, inpaint_candidates, latent_cell, load_inpaint_pipeline
@@ -62,15 +63,18 @@ class FixSettings:
     # The pixel-level artifact segmenter whose heat joins RAHF's implausibility heatmap (pixelwise maximum) for the
     # mask and the mask-heat reward: "auto" (`resolve_artifact_model`), "embedded" (ShapesWorld), a folder, or None
     # (RAHF's heatmap alone). artifact_cut: its probabilities below this are ignored. InpaintFixer records what its
-    # heatmap model really uses ("given" for a segmenter passed in by hand), so reports and resume tell the truth.
+    # heatmap model really uses ("given" for a segmenter passed in by hand; no model and no cut when none runs), so
+    # reports and resume tell the truth.
     artifact_model: Optional[str] = "auto"
-    artifact_cut: float = 0.5
+    artifact_cut: Optional[float] = 0.5
 
     def __post_init__(self):
         if self.alignment_guard is not None and not self.alignment_guard >= 0:
             raise ValueError(f"alignment_guard must be >= 0 or None, got {self.alignment_guard}")
-        if not 0.0 <= self.artifact_cut < 1.0:
-            raise ValueError(f"artifact_cut must be in [0, 1), got {self.artifact_cut}")
+        if self.artifact_cut is not None and not 0.0 <= self.artifact_cut < 1.0:
+            raise ValueError(f"artifact_cut must be in [0, 1) or None, got {self.artifact_cut}")
+        if self.artifact_model is not None and self.artifact_cut is None:
+            raise ValueError(f"artifact_model {self.artifact_model!r} needs an artifact_cut in [0, 1)")
         if self.n < 1:
             raise ValueError(f"n must be at least 1 candidate, got {self.n}")
         if self.heatmap not in ("implausibility", "misalignment"):
@@ -130,15 +134,13 @@ class InpaintFixer:
         # a RAHFReward, or one WithArtifactSegmenter: .heatmaps(prompts, images), .outputs and .all_scores
         self.heatmap_model = heatmap_model
         self.reward = reward
-        from ..finetune.pool import weights_fingerprint
-
         segmenter_weights = None
         if isinstance(heatmap_model, WithArtifactSegmenter):
             used = settings.artifact_model if settings.artifact_model not in (None, "auto") else "given"
             settings = dataclasses.replace(settings, artifact_model=used, artifact_cut=heatmap_model.cut)
             segmenter_weights = weights_fingerprint(heatmap_model.segmenter)
         else:
-            settings = dataclasses.replace(settings, artifact_model=None)
+            settings = dataclasses.replace(settings, artifact_model=None, artifact_cut=None)
         self.settings = settings
         self.models = {"inpaint_model": "given", "heatmap_model": "given", **(models or {}),
                        "reward": self.reward_name, "artifact_segmenter_weights": segmenter_weights}

@@ -17,6 +17,7 @@ checkpoint must be used by the model or be listed, with the reason, among the ke
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -193,3 +194,18 @@ def load_state_dict_strictly(module: torch.nn.Module, state_dict: Mapping[str, t
         raise CheckpointError(f"{model}: {path} does not match the model: " + "; ".join(parts)
                               + (f". Keys skipped on purpose: {why}" if why else "") + (f". {hint}" if hint else ""))
     module.load_state_dict({k: state_dict[k] for k in expected}, strict=True)
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 of a model's state (names and values as float32 where floating, so the dtype it runs in does not
+    count): two loads of the same weights agree, any changed weight does not."""
+    from .rahf.modeling import legacy_parameter_name
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        name = legacy_parameter_name(name)  # pools scored before RAHF's last_conv1 rename still match
+        tensor = tensor.detach().cpu()
+        tensor = (tensor.float() if tensor.is_floating_point() else tensor).contiguous().flatten()
+        digest.update(name.encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
