@@ -2,8 +2,8 @@
 diffusers' `train_text_to_image_lora.py` does), on the embedded model: same data, batch size, LoRA and step count,
 measured in one run. The one-off encoding time of the cached run is reported beside it (it is paid once).
 
-On a GPU (when one is lent) the same comparison runs at 512 px on SD 1.5-sized components if they are on disk; not
-here: this machine has no GPU and no SD 1.5 weights.
+On a GPU, SD 1.5 at 512 px in bf16 beside diffusers' own script is benchmarks/gpu_sd15_lora_steps.py (not part of
+`make bench`: it needs a GPU and diffusers' example script).
 """
 
 from __future__ import annotations

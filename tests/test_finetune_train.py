@@ -513,3 +513,12 @@ def test_the_refl_diagnostic_writes_its_log_and_loras_that_diffusers_loads(tmp_p
     bad = subprocess.run([sys.executable, str(root / "scripts/refl_diagnostic.py"), "--out", str(tmp_path / "x"),
                           "--grad-steps", "0"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--grad-steps must be in [1, 25]" in bad.stderr
+
+
+def test_an_unquoted_no_for_mixed_precision_means_no(tmp_path):
+    """YAML reads `mixed_precision: no` (accelerate's own spelling) as false; the trainers take it as "no"."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("mixed_precision: no\n")
+    assert load_config(str(path))["mixed_precision"] == "no"
+    assert load_config(None, ["mixed_precision=no"])["mixed_precision"] == "no"
+    assert load_config(None, ["mixed_precision=bf16"])["mixed_precision"] == "bf16"

@@ -59,6 +59,8 @@ def load_config(path: Optional[str], defaults: dict, sets: Sequence[str] = (), e
                 raise ValueError(f"--set {item}: the config has no section {part!r}")
             node = node[part]
         node[leaf] = parse_value(value)
+    if cfg.get("mixed_precision") is False:  # YAML reads an unquoted `no` (accelerate's name) as false
+        cfg["mixed_precision"] = "no"
     return cfg
 
 
