@@ -14,10 +14,14 @@ weights' values, and the GPU machine cannot download the real ones (`--model PAT
 Same settings for both: 64 ShapesWorld renders at the resolution, centre crop, no flip, batch 4, no accumulation,
 LoRA rank 4 / alpha 4 on to_q, to_k, to_v, to_out.0, AdamW lr 1e-4 constant, no min-SNR, no gradient checkpointing,
 the mixed precision asked for, seed 0, no validation or checkpoints. diffusers' script encodes the VAE latents and
-the text every step; ours caches both once (its default) and is also run with the caches off (the same work per
-step as diffusers'). Steps/s is (N - N0) / (T(N) - T(N0)) from the wall times of whole runs of N0 and N steps, so
-loading, caching and saving cancel out the same way for every system. Writes OUT/gpu_sd15_lora_steps.json with
-the ratios against diffusers' script.
+the text every step; ours caches both once (its default) and is also run with the caches off (the same steps, except
+that our VAE stays in float32 where diffusers' casts it to the mixed-precision dtype, and that diffusers' decodes
+the PNGs every step in its data loader, with `--dataloader_num_workers 0` as its default). Steps/s is
+(N - N0) / (T(N) - T(N0)) from the wall times of whole runs of N0 and N steps, so loading, caching and saving cancel
+out the same way for every system; one discarded run of diffusers' script first builds the `datasets` cache and
+warms the file cache. Beside it, each trainer's own in-loop rate of the N-step run (ours: train_summary.json;
+diffusers': the last rate of its progress bar). Writes OUT/gpu_sd15_lora_steps.json with the ratios against
+diffusers' script.
 """
 
 from __future__ import annotations
@@ -104,7 +108,9 @@ def diffusers_command(script: str, model: str, data: Path, out: Path, steps: int
 def timed(command: list[str], log: Path) -> float:
     started = time.perf_counter()
     with open(log, "w") as f:
-        result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # offline: every file is local, and a hub lookup must not stall a machine with no network
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{command[1]} failed (exit {result.returncode}); its output is in {log}")
@@ -119,7 +125,7 @@ def main(argv=None) -> int:
                         "architecture with random weights, built in OUT/sd15-random)")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--mixed-precision", default="bf16", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--steps", type=int, nargs=2, default=(10, 60), metavar=("N0", "N"))
+    parser.add_argument("--steps", type=int, nargs=2, default=(10, 110), metavar=("N0", "N"))
     args = parser.parse_args(argv)
     if not Path(args.diffusers_script).is_file():
         parser.error(f"--diffusers-script {args.diffusers_script} is not a file: fetch "
@@ -149,6 +155,8 @@ def main(argv=None) -> int:
         "richfeedback (encoding every step)": lambda s, o: ours_command(
             model, data, o, s, args.resolution, args.mixed_precision, cached=False),
     }
+    warm_up = timed(next(iter(systems.values()))(n0, out / "warm-up"), out / "warm-up.log")
+    print(f"warm-up (discarded): {warm_up:.1f} s", flush=True)
     rows = []
     for i, (name, command) in enumerate(systems.items()):
         seconds = {}
@@ -157,10 +165,12 @@ def main(argv=None) -> int:
             seconds[steps] = timed(command(steps, run_dir), out / f"system{i}-{steps}.log")
             print(f"{name}: {steps} steps in {seconds[steps]:.1f} s", flush=True)
         rows.append({"system": name, "steps_per_s": (n - n0) / (seconds[n] - seconds[n0]),
+                     "in_loop_steps_per_s": in_loop_rate(out / f"system{i}-{n}", out / f"system{i}-{n}.log"),
                      "wall_s_short": seconds[n0], "wall_s_long": seconds[n]})
-    reference = rows[0]["steps_per_s"]
     for row in rows:
-        row["ratio_to_diffusers"] = row["steps_per_s"] / reference
+        row["ratio_to_diffusers"] = row["steps_per_s"] / rows[0]["steps_per_s"]
+        if row["in_loop_steps_per_s"] and rows[0]["in_loop_steps_per_s"]:
+            row["in_loop_ratio_to_diffusers"] = row["in_loop_steps_per_s"] / rows[0]["in_loop_steps_per_s"]
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -170,9 +180,25 @@ def main(argv=None) -> int:
     path = out / "gpu_sd15_lora_steps.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
-        print(f"{row['system']:42s} {row['steps_per_s']:.3f} steps/s  x{row['ratio_to_diffusers']:.2f}")
+        in_loop = row["in_loop_steps_per_s"]
+        print(f"{row['system']:42s} {row['steps_per_s']:.3f} steps/s  x{row['ratio_to_diffusers']:.2f}  (in-loop "
+              + (f"{in_loop:.3f})" if in_loop else "rate not found)"))
     print(f"wrote {path}")
     return 0
+
+
+def in_loop_rate(run_dir: Path, log: Path):
+    """A trainer's own steps/s: ours from train_summary.json, diffusers' from the last rate its tqdm bar printed."""
+    import re
+
+    summary = run_dir / "train_summary.json"
+    if summary.exists():
+        return json.loads(summary.read_text())["steps_per_second"]
+    rates = re.findall(r"Steps:[^\r\n]*?(\d+(?:\.\d+)?)(it/s|s/it)", log.read_text(errors="replace"))
+    if not rates:
+        return None
+    value, unit = rates[-1]
+    return float(value) if unit == "it/s" else 1.0 / float(value)
 
 
 def versions() -> dict:

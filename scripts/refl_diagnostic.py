@@ -1,7 +1,7 @@
 """Diagnostic, not a feature: ReFL (ImageReward's reward feedback learning) on the embedded generator, with a
 differentiable reward from `richfeedback.guidance.rewards` (default: the embedded RAHF's alignment score), to tell
 whether the reward's *gradient* teaches the generator what filtering by the same reward does not (README,
-Fine-tuning: it does not; the oracle falls while the reward rises).
+Fine-tuning: it does not; the reward creeps up while the oracle's held-out accuracy falls below the base's).
 
     python scripts/refl_diagnostic.py --out runs/refl-rahf --steps 200
     python scripts/refl_diagnostic.py --out runs/refl-rahf-pre --steps 200 \
@@ -12,8 +12,11 @@ settings (25 steps, CFG 4) without gradients up to a step drawn uniformly from t
 one step with gradients: the CFG noise prediction, the scheduler's predicted x0, the VAE decode, the reward; the
 loss is -reward (ImageReward's relu(2 - reward) for a reward in [0, 1]; Adam does not see its 1e-3 scale), plus
 `--pretrain-weight` x the denoising loss of a batch of `--pretrain-data` images when given (the ReFL paper's
-regulariser). The LoRA (rank 16 on the UNet attention and the text encoder, as configs/finetune/embedded.yaml)
-trains with AdamW at 1e-3; seeded. Saves `OUT/step-N` every `--save-every` steps, which
+regulariser; here one AdamW step on the sum, where the paper alternates the two updates and ImageReward's code
+scales the reward loss by 1e-3). The LoRA (rank 16 on the UNet attention and the text encoder, as
+configs/finetune/embedded.yaml; both guidance branches go through the text encoder's LoRA) trains with AdamW at
+1e-3; seeded. Where this differs from ImageReward's ReFL.py: the pipeline's own sampler (DDIM, 25 steps, CFG 4)
+instead of DDPM at 40 steps without CFG, and a LoRA instead of the full UNet at 1e-5 with a frozen text encoder. Saves `OUT/step-N` every `--save-every` steps, which
 `pipe.load_lora_weights(OUT/step-N)` reads; `OUT/log.jsonl` has the reward of every step.
 """
 
@@ -77,18 +80,19 @@ def main(argv=None) -> int:
     prompts_all = sample_prompts(args.steps * args.batch_size, seed=123 + args.seed, split="train")
     size, channels = pipe.unet.config.sample_size, pipe.unet.config.in_channels
     started = time.perf_counter()
-    with open(out / "log.jsonl", "a") as log:
+    with open(out / "log.jsonl", "w") as log:  # a rerun into the same folder starts the log again
         for step in range(args.steps):
             prompts = prompts_all[step * args.batch_size:(step + 1) * args.batch_size]
             generator = torch.Generator().manual_seed(args.seed * 7_919 + step)
             latents = torch.randn(len(prompts), channels, size, size, generator=generator)
             grad_index = rng.randint(num_steps - args.grad_steps, num_steps - 1)
-            text = encode_text(pipe, prompts, "cpu")["encoder_hidden_states"]  # with the text encoder's LoRA grads
+            # both branches of classifier-free guidance through the text encoder's LoRA, with gradients
+            text = encode_text(pipe, prompts, "cpu")["encoder_hidden_states"]
+            empty = encode_text(pipe, [""] * len(prompts), "cpu")["encoder_hidden_states"]
             with torch.no_grad():
-                empty = encode_text(pipe, [""] * len(prompts), "cpu")["encoder_hidden_states"]
                 for t in sampler.timesteps[:grad_index]:
-                    latents = sampler.step(cfg_noise(pipe, sampler, latents, t, empty, text.detach(), cfg_scale),
-                                           t, latents).prev_sample
+                    latents = sampler.step(cfg_noise(pipe, sampler, latents, t, empty.detach(), text.detach(),
+                                                     cfg_scale), t, latents).prev_sample
             t = sampler.timesteps[grad_index]
             x0 = sampler.step(cfg_noise(pipe, sampler, latents, t, empty, text, cfg_scale), t,
                               latents).pred_original_sample

@@ -304,6 +304,8 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     if not 0.0 <= cfg["proportion_empty_prompts"] < 1.0:
         raise UsageError(f"proportion_empty_prompts must be in [0, 1), got {cfg['proportion_empty_prompts']}")
     objective = check_objective(cfg)
+    if cfg["mixed_precision"] is False:  # `mixed_precision: no` in a loop config's train section: YAML's false
+        cfg = {**cfg, "mixed_precision": "no"}
     if cfg["negative_prompt"] is None and cfg["data"]["path"]:
         # a dataset filtered with align_sd's negatives ("Weird image. " + prompt) says so in its filter report: record
         # the prefix as the LoRA's negative prompt, for validation and for whoever samples from it
