@@ -105,6 +105,10 @@ def diffusers_command(script: str, model: str, data: Path, out: Path, steps: int
             f"--output_dir={out}"]
 
 
+class RunFailed(RuntimeError):
+    pass
+
+
 def timed(command: list[str], log: Path) -> float:
     started = time.perf_counter()
     with open(log, "w") as f:
@@ -113,7 +117,8 @@ def timed(command: list[str], log: Path) -> float:
         result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
-        raise SystemExit(f"{command[1]} failed (exit {result.returncode}); its output is in {log}")
+        raise RunFailed(f"{command[1]} {command[2] if command[1] == '-m' else ''} failed (exit "
+                        f"{result.returncode}); its output is in {log}")
     return seconds
 
 
@@ -155,22 +160,36 @@ def main(argv=None) -> int:
         "richfeedback (encoding every step)": lambda s, o: ours_command(
             model, data, o, s, args.resolution, args.mixed_precision, cached=False),
     }
-    warm_up = timed(next(iter(systems.values()))(n0, out / "warm-up"), out / "warm-up.log")
-    print(f"warm-up (discarded): {warm_up:.1f} s", flush=True)
+    try:
+        warm_up = timed(next(iter(systems.values()))(n0, out / "warm-up"), out / "warm-up.log")
+        print(f"warm-up (discarded): {warm_up:.1f} s", flush=True)
+    except RunFailed as failure:
+        print(f"warm-up failed: {failure}", flush=True)
     rows = []
     for i, (name, command) in enumerate(systems.items()):
         seconds = {}
-        for steps in (n0, n):
-            run_dir = out / f"system{i}-{steps}"
-            seconds[steps] = timed(command(steps, run_dir), out / f"system{i}-{steps}.log")
-            print(f"{name}: {steps} steps in {seconds[steps]:.1f} s", flush=True)
-        rows.append({"system": name, "steps_per_s": (n - n0) / (seconds[n] - seconds[n0]),
-                     "in_loop_steps_per_s": in_loop_rate(out / f"system{i}-{n}", out / f"system{i}-{n}.log"),
-                     "wall_s_short": seconds[n0], "wall_s_long": seconds[n]})
+        try:  # a system that fails is recorded as failed; the others still run and are written
+            for steps in (n0, n):
+                run_dir = out / f"system{i}-{steps}"
+                seconds[steps] = timed(command(steps, run_dir), out / f"system{i}-{steps}.log")
+                print(f"{name}: {steps} steps in {seconds[steps]:.1f} s", flush=True)
+        except RunFailed as failure:
+            print(f"{name}: {failure}", flush=True)
+            rows.append({"system": name, "steps_per_s": None, "error": str(failure)})
+            continue
+        extra = seconds[n] - seconds[n0]
+        row = {"system": name, "steps_per_s": (n - n0) / extra if extra > 0 else None,
+               "in_loop_steps_per_s": in_loop_rate(out / f"system{i}-{n}", out / f"system{i}-{n}.log"),
+               "wall_s_short": seconds[n0], "wall_s_long": seconds[n]}
+        if extra <= 0:
+            row["error"] = f"the {n}-step run was no slower than the {n0}-step one: noise swamps the steps; raise N"
+        rows.append(row)
+    reference = rows[0]
     for row in rows:
-        row["ratio_to_diffusers"] = row["steps_per_s"] / rows[0]["steps_per_s"]
-        if row["in_loop_steps_per_s"] and rows[0]["in_loop_steps_per_s"]:
-            row["in_loop_ratio_to_diffusers"] = row["in_loop_steps_per_s"] / rows[0]["in_loop_steps_per_s"]
+        if row["steps_per_s"] and reference["steps_per_s"]:
+            row["ratio_to_diffusers"] = row["steps_per_s"] / reference["steps_per_s"]
+        if row.get("in_loop_steps_per_s") and reference.get("in_loop_steps_per_s"):
+            row["in_loop_ratio_to_diffusers"] = row["in_loop_steps_per_s"] / reference["in_loop_steps_per_s"]
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -180,11 +199,15 @@ def main(argv=None) -> int:
     path = out / "gpu_sd15_lora_steps.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
-        in_loop = row["in_loop_steps_per_s"]
-        print(f"{row['system']:42s} {row['steps_per_s']:.3f} steps/s  x{row['ratio_to_diffusers']:.2f}  (in-loop "
-              + (f"{in_loop:.3f})" if in_loop else "rate not found)"))
+        if row["steps_per_s"] is None:
+            print(f"{row['system']:42s} failed: {row['error']}")
+            continue
+        in_loop, ratio = row["in_loop_steps_per_s"], row.get("ratio_to_diffusers")
+        print(f"{row['system']:42s} {row['steps_per_s']:.3f} steps/s  "
+              + (f"x{ratio:.2f}" if ratio else "(no diffusers rate)")
+              + (f"  (in-loop {in_loop:.3f})" if in_loop else "  (in-loop rate not found)"))
     print(f"wrote {path}")
-    return 0
+    return 1 if any(row["steps_per_s"] is None for row in rows) else 0
 
 
 def in_loop_rate(run_dir: Path, log: Path):
