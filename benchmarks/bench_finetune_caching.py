@@ -12,31 +12,15 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from richfeedback.finetune.train import load_config, train
-from richfeedback.imaging import save_png
-from richfeedback.shapesworld.render import render
-from richfeedback.shapesworld.scene import sample_scene
-
-
-def make_dataset(folder: Path, n: int) -> None:
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        scene = sample_scene(rng)
-        save_png(render(scene, 64), folder / f"{i:04d}.png")
-        rows.append({"file_name": f"{i:04d}.png", "text": scene.prompt.text})
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+from richfeedback.shapesworld.renders import write_render_folder
 
 
 def run(quick: bool = False) -> dict:
     steps, batch = (10, 8) if quick else (60, 32)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        data.mkdir()
-        make_dataset(data, 4 * batch)
+        data = write_render_folder(Path(tmp) / "data", 4 * batch, seed=0, split="all")
         for cached in (True, False):
             out = Path(tmp) / f"cached-{cached}"
             cfg = load_config(None, [f"data.path={data}", f"output_dir={out}", f"optim.batch_size={batch}",

@@ -65,23 +65,6 @@ def build_sd15_random(folder: Path) -> None:
     pipe.save_pretrained(folder)
 
 
-def make_renders(folder: Path, n: int, resolution: int) -> None:
-    import numpy as np
-
-    from richfeedback.imaging import save_png
-    from richfeedback.shapesworld.render import render
-    from richfeedback.shapesworld.scene import sample_scene
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        scene = sample_scene(rng)
-        save_png(render(scene, resolution), folder / f"{i:04d}.png")
-        rows.append({"file_name": f"{i:04d}.png", "text": scene.prompt.text})
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def ours_command(model: str, data: Path, out: Path, steps: int, resolution: int, precision: str, cached: bool):
     sets = [f"model.pretrained={model}", f"data.path={data}", f"output_dir={out}", f"data.resolution={resolution}",
             "data.center_crop=true", "data.random_flip=false", f"optim.batch_size={SETTINGS['batch_size']}",
@@ -151,7 +134,9 @@ def main(argv=None) -> int:
         model = str(embedded_generator_path())
     data = out / f"renders-{args.resolution}"
     if not (data / "metadata.jsonl").exists():
-        make_renders(data, SETTINGS["images"], args.resolution)
+        from richfeedback.shapesworld.renders import write_render_folder
+
+        write_render_folder(data, SETTINGS["images"], seed=0, split="all", size=args.resolution)
     systems = {
         "diffusers train_text_to_image_lora.py": lambda s, o: diffusers_command(
             args.diffusers_script, model, data, o, s, args.resolution, args.mixed_precision),

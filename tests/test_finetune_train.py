@@ -525,7 +525,11 @@ def test_an_unquoted_no_for_mixed_precision_means_no(tmp_path):
 
 
 def test_an_unquoted_no_in_a_loop_configs_train_section_trains(dataset, tmp_path):
-    """`richfeedback finetune` passes its train section to train() without load_config: the same reading."""
-    cfg = config(dataset, tmp_path, optim={**load_config(None)["optim"], "batch_size": 4, "max_steps": 1})
-    out = train({**cfg, "mixed_precision": False})
+    """`richfeedback finetune` reads its train section as every training config is read (`config_from_loop`)."""
+    from richfeedback.finetune.train import config_from_loop
+
+    loop = {"output_dir": str(tmp_path), "train": {"mixed_precision": False, "data": {"path": str(dataset)},
+                                                   "optim": {"batch_size": 4, "max_steps": 1},
+                                                   "checkpoint_every_steps": 100, "validation": {"every_steps": 100}}}
+    out = train(config_from_loop(loop))
     assert (out / LORA_WEIGHTS).exists()

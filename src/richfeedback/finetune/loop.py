@@ -125,7 +125,7 @@ def run_loop(cfg: dict, stages: tuple[str, ...] = STAGES, config_dir: Optional[P
     """Run the stages in order; returns where each stage's output is."""
     from .filtering import REPORT, FilterPolicy, describe_kept, filter_pool
     from .pool import generate_pool, score_pool, score_weights
-    from .train import LORA_WEIGHTS, load_config as load_train_config, train
+    from .train import LORA_WEIGHTS, config_from_loop, train
 
     out = Path(cfg["output_dir"])
     p = cfg["pool"]
@@ -161,8 +161,7 @@ def run_loop(cfg: dict, stages: tuple[str, ...] = STAGES, config_dir: Optional[P
             print(f"== filter ({policy.policy}): kept {describe_kept(report)} of {report['pool_images']} images, "
                   f"{report['kept_prompts']} of {report['pool_prompts']} prompts -> {paths['data']}")
     if "train" in stages:
-        train_cfg = load_train_config(None)
-        train_cfg = merge(train_cfg, train_section(cfg))
+        train_cfg = config_from_loop(cfg)
         print(f"== train: LoRA on {train_cfg['data']['path']} -> {train_cfg['output_dir']}")
         check_training_data(Path(train_cfg["data"]["path"]), Path(train_cfg["output_dir"]))
         train(train_cfg, resume=True)

@@ -18,6 +18,7 @@ it learns from every prompt whose images differ, and from what the rejected imag
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -110,13 +111,15 @@ def denoising_loss(unet, noise_scheduler, latents, conditioning: dict, generator
     return (loss * weights).mean()
 
 
-def dpo_loss(unet, reference_unet, noise_scheduler, chosen, rejected, conditioning: dict, reference_conditioning: dict,
-             generator, cfg: dict, time_ids=None) -> tuple[torch.Tensor, dict]:
+def dpo_loss(unet, reference_unet, noise_scheduler, chosen, rejected, conditioning: dict,
+             reference_conditioning: Optional[dict], generator, cfg: dict, time_ids=None) -> tuple[torch.Tensor, dict]:
     """Diffusion-DPO's loss of a batch of pairs, and what to log: the implicit accuracy (share of pairs where the
     model prefers the chosen image more than the reference does) and the plain denoising loss of both images.
     `reference_unet` is a callable context manager that yields the UNet with its LoRA switched off;
-    `reference_conditioning` is the text conditioning of the base text encoders (the same as `conditioning` unless
-    their LoRA is trained)."""
+    `reference_conditioning` is the text conditioning of the base text encoders (None: the same as `conditioning`,
+    as it is unless their LoRA is trained)."""
+    if reference_conditioning is None:
+        reference_conditioning = conditioning
     both = torch.cat([chosen, rejected])
     noisy, timesteps, target = noise_and_target(noise_scheduler, both, generator, cfg, repeat=2)
     ids = None if time_ids is None else torch.cat([time_ids, time_ids])

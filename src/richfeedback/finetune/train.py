@@ -86,12 +86,21 @@ DEFAULTS = {
 def load_config(path: Optional[str], sets: list[str] = ()) -> dict:
     """DEFAULTS, then the YAML file, then `--set` overrides. The file is a training config, or the four-stage
     config of `richfeedback finetune` (its `train` section, with data.path and output_dir from its output_dir)."""
-    from .loop import is_loop_config, read_yaml, train_section
+    from .loop import is_loop_config, read_yaml
 
-    if path and is_loop_config(read_yaml(path)):
-        cfg = merge(DEFAULTS, train_section(read_yaml(path)))
-        return load_yaml_config(None, cfg, sets)
+    if path:
+        raw = read_yaml(path)
+        if is_loop_config(raw):
+            return config_from_loop(raw, sets)
     return load_yaml_config(path, DEFAULTS, sets, examples="configs/finetune/")
+
+
+def config_from_loop(loop_cfg: dict, sets: list[str] = ()) -> dict:
+    """The training config in a `richfeedback finetune` config: DEFAULTS, its `train` section (data.path and
+    output_dir from the loop's output_dir), then `--set` overrides, read as every training config is read."""
+    from .loop import train_section
+
+    return load_yaml_config(None, merge(DEFAULTS, train_section(loop_cfg)), sets)
 
 
 # --- model ------------------------------------------------------------------------------------------------------
@@ -304,8 +313,6 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
     if not 0.0 <= cfg["proportion_empty_prompts"] < 1.0:
         raise UsageError(f"proportion_empty_prompts must be in [0, 1), got {cfg['proportion_empty_prompts']}")
     objective = check_objective(cfg)
-    if cfg["mixed_precision"] is False:  # `mixed_precision: no` in a loop config's train section: YAML's false
-        cfg = {**cfg, "mixed_precision": "no"}
     if cfg["negative_prompt"] is None and cfg["data"]["path"]:
         # a dataset filtered with align_sd's negatives ("Weird image. " + prompt) says so in its filter report: record
         # the prefix as the LoRA's negative prompt, for validation and for whoever samples from it
@@ -438,6 +445,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
                 if rejected is not None:  # DPO: the pairs' rejected images, drawn after the chosen ones
                     rejected_latents = draw_latents(pipe.vae, rejected, rejected_cache, index, generator,
                                                     accelerator.device)
+                base_conditioning = None  # DPO's reference conditioning when the text encoders' LoRA is trained
                 dropped = torch.zeros(len(index), dtype=torch.bool)
                 if cfg["proportion_empty_prompts"]:  # drawn only when asked, so other runs keep their noise
                     dropped = torch.rand(len(index), generator=generator) < cfg["proportion_empty_prompts"]
@@ -446,18 +454,15 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
                     if dropped.any():
                         rows = torch.where(dropped, empty_row, rows)
                     conditioning = {k: v[rows].to(accelerator.device) for k, v in text_cache.items()}
-                    reference_conditioning = conditioning
                 else:
                     batch_captions = ["" if d else captions[i] for i, d in zip(index.tolist(), dropped.tolist())]
-                    reference_conditioning = None
                     if rejected is not None and cfg["lora"]["train_text_encoder"]:
                         # DPO's reference reads the base text encoders' conditioning (before the trained pass: see
                         # dpo_loss on switching adapters)
                         with torch.no_grad(), base_text_encoders(pipe):
-                            reference_conditioning = encode_text(pipe, batch_captions, accelerator.device)
+                            base_conditioning = encode_text(pipe, batch_captions, accelerator.device)
                     with torch.set_grad_enabled(cfg["lora"]["train_text_encoder"]):
                         conditioning = encode_text(pipe, batch_captions, accelerator.device)
-                    reference_conditioning = reference_conditioning or conditioning
                 time_ids = None
                 if "text_embeds" in conditioning:
                     time_ids = sdxl_time_ids(resolution, len(index), accelerator.device,
@@ -467,7 +472,7 @@ def train(cfg: dict, resume: bool = False, cpu: bool = False) -> Path:
                         loss = denoising_loss(unet, noise_scheduler, latents, conditioning, generator, cfg, time_ids)
                     else:
                         loss, stats = dpo_loss(unet, base_unet, noise_scheduler, latents, rejected_latents,
-                                               conditioning, reference_conditioning, generator, cfg, time_ids)
+                                               conditioning, base_conditioning, generator, cfg, time_ids)
                         for name, value in stats.items():
                             step_stats[name] = step_stats.get(name, 0.0) + value.float() / o["grad_accum"]
                 accelerator.backward(loss)
