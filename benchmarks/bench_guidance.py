@@ -72,8 +72,9 @@ def _status_kb(field: str) -> int:
 
 def worker(config_json: str, out_path: str) -> None:
     """Generate the protocol's images unguided and guided, batch by batch in turns (so that both meet the same load
-    on a shared machine); write them with the time of each. With `memory` in the job: one batch of each, written
-    with the rise of the peak resident set (run under MEMORY_ENV)."""
+    on a shared machine); write them with the time of each. A memory job (`memory`: "unguided" or "guided", run
+    under MEMORY_ENV) loads and warms up that system only and writes the rise of the peak resident set over one
+    batch."""
     import time
 
     import torch
@@ -85,20 +86,20 @@ def worker(config_json: str, out_path: str) -> None:
     torch.manual_seed(0)
     pipe = load_pipeline(None)
     options = dict(job["guidance"])
-    systems = {"unguided": None, "guided": load_guidance(options.pop("reward", None), **options)}
+    names = [job["memory"]] if job.get("memory") else ["unguided", "guided"]
+    systems = {name: load_guidance(options.pop("reward", None), **options) if name == "guided" else None
+               for name in names}
     prompts, seeds, size = job["prompts"], job["seeds"], job["batch_size"]
-    for name, guidance in systems.items():  # warm-up (in a memory job, of the measured system only)
-        if job.get("memory", name) == name:
-            generate_images(pipe, prompts[:2], seeds[:2], guidance=guidance, **EMBEDDED_DEFAULTS)
-    images = {name: [] for name in systems}
-    seconds = dict.fromkeys(systems, 0.0)
-    if job.get("memory"):  # one batch of one system, under MEMORY_ENV: the rise of the peak resident set
-        name = job["memory"]
+    for guidance in systems.values():  # warm-up
+        generate_images(pipe, prompts[:2], seeds[:2], guidance=guidance, **EMBEDDED_DEFAULTS)
+    if job.get("memory"):
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM) to the current one
         rss_before = _status_kb("VmRSS")
-        generate_images(pipe, prompts[:size], seeds[:size], guidance=systems[name], **EMBEDDED_DEFAULTS)
+        generate_images(pipe, prompts[:size], seeds[:size], guidance=systems[job["memory"]], **EMBEDDED_DEFAULTS)
         np.savez(out_path, peak_mb=(_status_kb("VmHWM") - rss_before) / 1024)
         return
+    images = {name: [] for name in systems}
+    seconds = dict.fromkeys(systems, 0.0)
     for i in range(0, len(prompts), size):
         for name, guidance in systems.items():
             start = time.perf_counter()
@@ -147,14 +148,14 @@ def run(quick: bool = False) -> dict:
                 memory[f"{system}_peak_mb"] = float(np.load(memory_out)["peak_mb"])
             if "unguided" not in results:
                 results["unguided"] = {"images": data["unguided_images"], "time_ratio": 1.0, "peak_mem_ratio": 1.0,
-                                       "peak_mb": float(memory["unguided_peak_mb"])}
+                                       "peak_mb": memory["unguided_peak_mb"],
+                                       "unguided_peak_mb": memory["unguided_peak_mb"]}
             # Every worker makes the same unguided images (seeded per image): a check on the comparison itself.
             assert np.array_equal(data["unguided_images"], results["unguided"]["images"])
             results[name] = {"images": data["guided_images"],
                              "time_ratio": float(data["guided_seconds"] / data["unguided_seconds"]),
-                             "peak_mem_ratio": float(memory["guided_peak_mb"] / max(memory["unguided_peak_mb"], 1e-6)),
-                             "peak_mb": float(memory["guided_peak_mb"]),
-                             "unguided_peak_mb": float(memory["unguided_peak_mb"])}
+                             "peak_mem_ratio": memory["guided_peak_mb"] / max(memory["unguided_peak_mb"], 1e-6),
+                             "peak_mb": memory["guided_peak_mb"], "unguided_peak_mb": memory["unguided_peak_mb"]}
 
     from richfeedback.guidance import DEFAULT_REWARD, SCHEDULE_DEFAULTS
 
@@ -190,7 +191,7 @@ def run(quick: bool = False) -> dict:
             "time_ratio": r["time_ratio"],
             "peak_mem_ratio": r["peak_mem_ratio"],
             "peak_mb": r["peak_mb"],
-            "unguided_peak_mb": r.get("unguided_peak_mb", r["peak_mb"]),
+            "unguided_peak_mb": r["unguided_peak_mb"],
         })
     defaults = {"reward": DEFAULT_REWARD, **{kind: {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
                                              for kind, d in SCHEDULE_DEFAULTS.items()}}
