@@ -12,7 +12,9 @@ Evaluation: the protocol of `bench_generator_baseline` (48 training-split and 48
 larger held-out set ("heldout-fresh": 96 prompts from `sample_prompts(seed=101)`, seeds 0-3) that no recipe
 setting was chosen on (the recipe was tuned looking at the protocol's held-out prompts). Reported per system and
 split: the oracle's full-prompt accuracy (also by the prompt's number of objects), alignment per word kind, artifact
-rate, the embedded RAHF's four scores, and the diversity spread (std of object position and size across a prompt's seeds, as a ratio to the base).
+rate, the embedded RAHF's four scores, and the diversity spread (std of object position and size across a prompt's seeds, as a ratio to the base;
+`truth_diversity_ratio` is the same ratio for the renderer's own layouts of those prompts and seeds, what a perfect
+generator would draw: the base spreads wider than its prompts allow).
 Targets (issue 5): held-out full-prompt accuracy +15 points, artifact rate no worse, diversity within 10% of the base.
 """
 
@@ -27,7 +29,7 @@ import numpy as np
 from richfeedback.finetune.loop import load_loop_config, run_loop
 from richfeedback.finetune.train import LORA_INFO
 from richfeedback.generation import EMBEDDED_DEFAULTS, generate_images, load_pipeline
-from richfeedback.shapesworld.evaluate import PROTOCOL_PROMPT_SEED, diversity
+from richfeedback.shapesworld.evaluate import PROTOCOL_PROMPT_SEED, diversity, reference_diversity
 from richfeedback.shapesworld.oracle import evaluate, summarize
 from richfeedback.shapesworld.scene import parse_prompt, sample_prompts
 
@@ -93,6 +95,13 @@ def run(quick: bool = False) -> dict:
                                             ("heldout-fresh", "heldout", 2 * n_prompts, FRESH_PROMPT_SEED)):
             prompts = sample_prompts(n, seed=prompt_seed, split=split)
             results[f"{system}/{name}"] = evaluate_system(pipe, prompts, n_seeds, rahf, negative)
+    # the spread a perfect generator would have on each split's prompts (the renderer's own layouts, same seeds): the
+    # floor to read beside the ratio to the base, which spreads wider than its prompts allow
+    truth_diversity = {name: reference_diversity(sample_prompts(n, seed=prompt_seed, split=split), n_seeds)["mean_std"]
+                       for name, split, n, prompt_seed in (("train", "train", n_prompts, PROTOCOL_PROMPT_SEED),
+                                                           ("heldout", "heldout", n_prompts, PROTOCOL_PROMPT_SEED),
+                                                           ("heldout-fresh", "heldout", 2 * n_prompts,
+                                                            FRESH_PROMPT_SEED))}
     rows = []
     for key, r in results.items():
         system, split = key.split("/")
@@ -103,6 +112,7 @@ def run(quick: bool = False) -> dict:
                      **{f"prompt_acc_{k}_objects": v for k, v in r["prompt_accuracy_by_objects"].items()},
                      "artifact_rate": r["artifact_rate"],
                      "diversity_ratio": (r["diversity"] / base["diversity"]) if base["diversity"] else None,
+                     "truth_diversity_ratio": (truth_diversity[split] / base["diversity"]) if base["diversity"] else None,
                      **{f"rahf_{k}": v for k, v in r["rahf"].items()}})
     held = {s: next(r for r in rows if r["system"] == s and r["split"] == "heldout") for s in systems}
     fresh = {s: next(r for r in rows if r["system"] == s and r["split"] == "heldout-fresh") for s in systems}

@@ -73,3 +73,14 @@ def test_noisy_image_gets_an_artifact_map_where_the_noise_is():
     assert report.has_artifact
     ys, xs = np.nonzero(report.artifact_map)
     assert ys.min() >= 3 and ys.max() <= 16 and xs.min() >= 3 and xs.max() <= 16
+
+
+def test_reference_diversity_is_the_spread_the_grammar_allows():
+    from richfeedback.shapesworld.evaluate import reference_diversity
+
+    free = reference_diversity(["a red circle"], seeds_per_prompt=32)
+    centred = reference_diversity(["a red circle in the center"], seeds_per_prompt=32)
+    # "in the center" confines the centre to 0.44-0.56 of the side, an unplaced object ranges over the canvas
+    assert centred["cx_std"] < 0.05 < free["cx_std"]
+    assert centred["cy_std"] < 0.05 < free["cy_std"]
+    assert free == reference_diversity(["a red circle"], seeds_per_prompt=32)  # seeded layouts: the same each call

@@ -42,6 +42,25 @@ def diversity(reports: Sequence[OracleReport]) -> dict:
     return out
 
 
+def reference_diversity(prompts: Sequence[str], seeds_per_prompt: int) -> dict:
+    """`diversity` of what a perfect generator would draw: each prompt laid out by ShapesWorld's own grammar with seeds
+    0..seeds_per_prompt-1 and rendered. The floor beside a ratio to a base model: a base that scatters objects more
+    than its prompts allow spreads wider than the truth, so a generator that learned the prompts exactly reads as a
+    fall in spread against that base."""
+    from .render import render
+    from .scene import layout_scene, parse_prompt
+
+    reports = []
+    for prompt in prompts:
+        spec = parse_prompt(prompt)
+        for seed in range(seeds_per_prompt):
+            scene = layout_scene(spec, np.random.default_rng(seed))
+            if scene is None:
+                raise ValueError(f"ShapesWorld's grammar found no layout for {prompt!r} (seed {seed})")
+            reports.append(evaluate(prompt, render(scene)))
+    return diversity(reports)
+
+
 def evaluate_folder(folder: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict:
     """Run the oracle on every image of a generation folder; write oracle.jsonl and oracle_summary.json.
 
