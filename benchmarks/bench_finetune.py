@@ -12,9 +12,9 @@ Evaluation: the protocol of `bench_generator_baseline` (48 training-split and 48
 larger held-out set ("heldout-fresh": 96 prompts from `sample_prompts(seed=101)`, seeds 0-3) that no recipe
 setting was chosen on (the recipe was tuned looking at the protocol's held-out prompts). Reported per system and
 split: the oracle's full-prompt accuracy (also by the prompt's number of objects), alignment per word kind, artifact
-rate, the embedded RAHF's four scores, and the diversity spread (std of object position and size across a prompt's seeds, as a ratio to the base;
-`truth_diversity_ratio` is the same ratio for the renderer's own layouts of those prompts and seeds, what a perfect
-generator would draw: the base spreads wider than its prompts allow).
+rate, the embedded RAHF's four scores, and the diversity spread (std of object position and size across a prompt's
+seeds, as a ratio to the base; `truth_diversity_ratio` is the same ratio for the renderer's own layouts of those
+prompts and seeds, what a perfect generator would draw: the base spreads wider than its prompts allow).
 Targets (issue 5): held-out full-prompt accuracy +15 points, artifact rate no worse, diversity within 10% of the base.
 """
 
@@ -82,6 +82,11 @@ def run(quick: bool = False) -> dict:
         timings[name] = time.perf_counter() - start
         loras[name] = paths["lora"]
     rahf = load_reward_model("rahf:overall")
+    split_prompts = {name: sample_prompts(n, seed=prompt_seed, split=split)
+                     for name, split, n, prompt_seed in (("train", "train", n_prompts, PROTOCOL_PROMPT_SEED),
+                                                         ("heldout", "heldout", n_prompts, PROTOCOL_PROMPT_SEED),
+                                                         ("heldout-fresh", "heldout", 2 * n_prompts,
+                                                          FRESH_PROMPT_SEED))}
     systems = {"base": None, **loras}
     results: dict[str, dict] = {}
     for system, lora in systems.items():
@@ -90,18 +95,12 @@ def run(quick: bool = False) -> dict:
         if lora is not None:
             pipe.load_lora_weights(str(lora))
             negative = json.loads((Path(lora) / LORA_INFO).read_text()).get("negative_prompt")
-        for name, split, n, prompt_seed in (("train", "train", n_prompts, PROTOCOL_PROMPT_SEED),
-                                            ("heldout", "heldout", n_prompts, PROTOCOL_PROMPT_SEED),
-                                            ("heldout-fresh", "heldout", 2 * n_prompts, FRESH_PROMPT_SEED)):
-            prompts = sample_prompts(n, seed=prompt_seed, split=split)
+        for name, prompts in split_prompts.items():
             results[f"{system}/{name}"] = evaluate_system(pipe, prompts, n_seeds, rahf, negative)
     # the spread a perfect generator would have on each split's prompts (the renderer's own layouts, same seeds): the
     # floor to read beside the ratio to the base, which spreads wider than its prompts allow
-    truth_diversity = {name: reference_diversity(sample_prompts(n, seed=prompt_seed, split=split), n_seeds)["mean_std"]
-                       for name, split, n, prompt_seed in (("train", "train", n_prompts, PROTOCOL_PROMPT_SEED),
-                                                           ("heldout", "heldout", n_prompts, PROTOCOL_PROMPT_SEED),
-                                                           ("heldout-fresh", "heldout", 2 * n_prompts,
-                                                            FRESH_PROMPT_SEED))}
+    truth_diversity = {name: reference_diversity(prompts, n_seeds)["mean_std"]
+                       for name, prompts in split_prompts.items()}
     rows = []
     for key, r in results.items():
         system, split = key.split("/")
@@ -112,7 +111,8 @@ def run(quick: bool = False) -> dict:
                      **{f"prompt_acc_{k}_objects": v for k, v in r["prompt_accuracy_by_objects"].items()},
                      "artifact_rate": r["artifact_rate"],
                      "diversity_ratio": (r["diversity"] / base["diversity"]) if base["diversity"] else None,
-                     "truth_diversity_ratio": (truth_diversity[split] / base["diversity"]) if base["diversity"] else None,
+                     "truth_diversity_ratio": ((truth_diversity[split] / base["diversity"]) if base["diversity"]
+                                               else None),
                      **{f"rahf_{k}": v for k, v in r["rahf"].items()}})
     held = {s: next(r for r in rows if r["system"] == s and r["split"] == "heldout") for s in systems}
     fresh = {s: next(r for r in rows if r["system"] == s and r["split"] == "heldout-fresh") for s in systems}

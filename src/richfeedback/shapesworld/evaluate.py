@@ -15,6 +15,8 @@ import numpy as np
 
 from ..imaging import ImageLoadError, load_rgb
 from .oracle import OracleReport, evaluate, summarize
+from .render import render
+from .scene import layout_scene, parse_prompt
 
 
 def diversity(reports: Sequence[OracleReport]) -> dict:
@@ -47,9 +49,6 @@ def reference_diversity(prompts: Sequence[str], seeds_per_prompt: int) -> dict:
     0..seeds_per_prompt-1 and rendered. The floor beside a ratio to a base model: a base that scatters objects more
     than its prompts allow spreads wider than the truth, so a generator that learned the prompts exactly reads as a
     fall in spread against that base."""
-    from .render import render
-    from .scene import layout_scene, parse_prompt
-
     reports = []
     for prompt in prompts:
         spec = parse_prompt(prompt)
