@@ -10,7 +10,7 @@ comparison it was measured against.
 The data is any `metadata.jsonl` + PNG folder (`richfeedback pool filter`, `richfeedback shapesworld renders`).
 Batch 32, AdamW (weight decay 1e-2), gradient clipping at 1, 10% of captions dropped to the empty prompt, latents
 from the VAE's mean, the loss target of the scheduler's prediction type; seeded. Saves a full diffusers pipeline
-every 1,000 steps and at the end (`OUT/step-N`), which `richfeedback generate --model OUT/step-N` and
+every 1,000 steps and at the end (`OUT/step-N`, with the base's sampling defaults), which `richfeedback generate --model OUT/step-N` and
 `load_pipeline` read.
 """
 
@@ -29,7 +29,7 @@ from diffusers import DDPMScheduler
 from richfeedback.errors import UsageError
 from richfeedback.finetune.examples import read_imagefolder
 from richfeedback.finetune.train import encode_latent_distribution, scale_latents
-from richfeedback.generation import load_pipeline
+from richfeedback.generation import load_pipeline, pipeline_defaults, save_sampling_defaults
 
 
 def main(argv=None) -> int:
@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     pipe = load_pipeline(args.model)
+    sampling = pipeline_defaults(args.model)
     pixels = np.stack([np.asarray(image.convert("RGB")) for image in data["image"]])
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
     latents = scale_latents(pipe.vae, encode_latent_distribution(pipe.vae, x)[0])  # the distributions' means
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
             unet.eval()
             text_encoder.eval()
             pipe.save_pretrained(out / f"step-{step}")
+            save_sampling_defaults(out / f"step-{step}", sampling)  # samples as its base did
             print(f"saved {out / f'step-{step}'}", flush=True)
             unet.train()
             text_encoder.train(args.text_encoder)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from richfeedback.generation import EMBEDDED_DEFAULTS, save_sampling_defaults  # noqa: E402
 from richfeedback.shapesworld.render import render  # noqa: E402
 from richfeedback.shapesworld.scene import is_heldout_prompt, sample_scene  # noqa: E402
 from richfeedback.tokenizers import build_clip_tokenizer  # noqa: E402
@@ -213,6 +214,7 @@ def export(cfg, vae, unet, text_encoder, tokenizer, scaling, prompts, out: Path)
     pipe.vae.to(torch.float16)
     tmp = out.with_name(out.name + ".tmp")
     pipe.save_pretrained(tmp, safe_serialization=True)
+    save_sampling_defaults(tmp, EMBEDDED_DEFAULTS)  # what the generator was trained to sample with
     if out.exists():
         import shutil
         shutil.rmtree(out)

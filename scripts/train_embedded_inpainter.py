@@ -47,7 +47,8 @@ from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from richfeedback.generation import EMBEDDED_DEFAULTS, embedded_generator_path, generate_images  # noqa: E402
+from richfeedback.generation import (EMBEDDED_DEFAULTS, embedded_generator_path, generate_images,  # noqa: E402
+                                     save_sampling_defaults)
 from richfeedback.inpaint.convert import inpainting_unet  # noqa: E402
 from richfeedback.inpaint.examples import oracle_repair  # noqa: E402
 from richfeedback.inpaint.masks import dilate_mask, round_to_cells  # noqa: E402
@@ -243,6 +244,7 @@ def export(pipe: StableDiffusionPipeline, unet: UNet2DConditionModel, out: Path)
 
     def write(tmp: Path) -> None:
         inpaint.save_pretrained(tmp, safe_serialization=True)
+        save_sampling_defaults(tmp, EMBEDDED_DEFAULTS)
         if card_text is not None:
             (tmp / card.name).write_text(card_text)
 

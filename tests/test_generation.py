@@ -6,8 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from richfeedback.generation import (EMBEDDED_DEFAULTS, embedded_generator_path, generate_images, generate_to_folder,
-                                     load_pipeline, plan_jobs, read_manifest)
+from richfeedback.errors import UsageError
+from richfeedback.generation import (EMBEDDED_DEFAULTS, embedded_generator_path, embedded_inpainter_path,
+                                     generate_images, generate_to_folder, load_pipeline, pipeline_defaults, plan_jobs,
+                                     read_manifest, save_sampling_defaults)
 
 FAST = {**EMBEDDED_DEFAULTS, "num_inference_steps": 4}
 
@@ -35,6 +37,35 @@ def test_embedded_model_card_and_baseline_ship_beside_the_weights():
     assert "## Oracle numbers" in card and "## Training" in card
     baseline = json.loads((folder / "baseline_oracle.json").read_text())
     assert set(baseline["results"]) == {"train", "heldout"}
+
+
+def test_sampling_defaults_travel_with_the_pipeline_folder(tmp_path):
+    import shutil
+
+    assert pipeline_defaults(None) == pipeline_defaults("embedded", task="inpaint") == EMBEDDED_DEFAULTS
+    # A copy of the embedded generator (or a pipeline trained from it that saved its base's defaults) samples as the
+    # embedded one does, not with diffusers' 50 steps and CFG 7.5.
+    copy = tmp_path / "copy"
+    shutil.copytree(embedded_generator_path(), copy)
+    assert pipeline_defaults(str(copy)) == EMBEDDED_DEFAULTS
+    derived = tmp_path / "derived"
+    derived.mkdir()
+    assert pipeline_defaults(str(derived)) == {}  # a folder without the file: diffusers' own defaults
+    assert save_sampling_defaults(derived, {}) is None and pipeline_defaults(str(derived)) == {}
+    save_sampling_defaults(derived, pipeline_defaults(str(embedded_inpainter_path())))
+    assert pipeline_defaults(str(derived)) == EMBEDDED_DEFAULTS
+    assert pipeline_defaults("stable-diffusion-v1-5/stable-diffusion-v1-5") == {}  # a hub id: nothing read
+    with pytest.raises(ValueError, match="steps"):
+        save_sampling_defaults(derived, {"steps": 25})
+
+
+@pytest.mark.parametrize("text, says", [("{not json", "not valid JSON"), ('{"steps": 25}', "it has steps"),
+                                        ("[25]", "JSON object")])
+def test_a_bad_sampling_defaults_file_is_named_with_the_fix(tmp_path, text, says):
+    (tmp_path / "sampling_defaults.json").write_text(text)
+    with pytest.raises(UsageError, match=says) as error:
+        pipeline_defaults(str(tmp_path))
+    assert "sampling_defaults.json" in str(error.value) and "delete it" in str(error.value)
 
 
 def test_same_prompt_and_seed_give_the_same_image(pipe):

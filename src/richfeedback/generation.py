@@ -23,6 +23,11 @@ EMBEDDED_GENERATOR = Path(__file__).resolve().parent / "embedded" / "shapes-sd"
 # The generator turned into a 9-channel inpainting checkpoint (scripts/train_embedded_inpainter.py): inpaint-fix's default.
 EMBEDDED_INPAINTER = Path(__file__).resolve().parent / "embedded" / "shapes-sd-inpainting"
 EMBEDDED_DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 4.0, "height": 64, "width": 64}
+# Beside model_index.json: the sampling settings a pipeline folder was trained for. diffusers keeps none (its call
+# defaults are SD's: 50 steps, CFG 7.5, the UNet's sample size), so a folder says its own; the embedded models ship one.
+SAMPLING_DEFAULTS_FILE = "sampling_defaults.json"
+SAMPLING_KEYS = ("num_inference_steps", "guidance_scale", "height", "width", "negative_prompt", "guidance_rescale",
+                 "eta")
 MANIFEST = "manifest.jsonl"
 
 
@@ -87,9 +92,40 @@ def load_pipeline(model: Optional[str] = None, device: str = "cpu", dtype: torch
 
 
 def pipeline_defaults(model: Optional[str], task: str = "text2image") -> dict:
-    """Sampling defaults: the embedded models' own, diffusers' for anything else."""
-    embedded = (str(EMBEDDED_GENERATOR), str(EMBEDDED_INPAINTER))
-    return dict(EMBEDDED_DEFAULTS) if resolve_model(model, task) in embedded else {}
+    """Sampling defaults of a pipeline: those in its folder's `sampling_defaults.json` (the embedded models ship one,
+    and `save_sampling_defaults` writes one beside a pipeline trained from them), else diffusers' own (an empty dict).
+    Settings a caller passes override these."""
+    from .errors import UsageError
+
+    path = Path(resolve_model(model, task)) / SAMPLING_DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path} is not valid JSON ({error}); fix it, or delete it to sample with diffusers' "
+                         "defaults") from None
+    unknown = sorted(set(settings) - set(SAMPLING_KEYS)) if isinstance(settings, dict) else None
+    if unknown is None or unknown:
+        raise UsageError(f"{path} must be a JSON object with some of the keys {', '.join(SAMPLING_KEYS)}"
+                         + (f"; it has {', '.join(unknown)}" if unknown else "") + ": fix it or delete it")
+    return settings
+
+
+def save_sampling_defaults(folder: str | os.PathLike, settings: dict) -> Optional[Path]:
+    """Write `settings` as the sampling defaults of the pipeline folder `folder` (nothing when empty). Call it after
+    `pipe.save_pretrained(folder)` for a pipeline trained from one with defaults, so that the folder samples as its
+    base did: `save_sampling_defaults(out, pipeline_defaults(base))`."""
+    unknown = sorted(set(settings) - set(SAMPLING_KEYS))
+    if unknown:
+        raise ValueError(f"not sampling settings: {', '.join(unknown)} (known: {', '.join(SAMPLING_KEYS)})")
+    if not settings:
+        return None
+    path = Path(folder) / SAMPLING_DEFAULTS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
