@@ -10,8 +10,8 @@ comparison it was measured against.
 The data is any `metadata.jsonl` + PNG folder (`richfeedback pool filter`, `richfeedback shapesworld renders`).
 Batch 32, AdamW (weight decay 1e-2), gradient clipping at 1, 10% of captions dropped to the empty prompt, latents
 from the VAE's mean, the loss target of the scheduler's prediction type; seeded. Saves a full diffusers pipeline
-every 1,000 steps and at the end (`OUT/step-N`, with the base's sampling defaults), which `richfeedback generate --model OUT/step-N` and
-`load_pipeline` read.
+every 1,000 steps and at the end (`OUT/step-N`, with the base's sampling defaults), which `richfeedback generate
+--model OUT/step-N` and `load_pipeline` read.
 """
 
 from __future__ import annotations

@@ -101,7 +101,8 @@ images = pipe(["a red circle on the left"], height=64, width=64, num_inference_s
 ## Oracle numbers (the baseline)
 
 Sampling: DDIM {EMBEDDED_DEFAULTS['num_inference_steps']} steps, guidance {EMBEDDED_DEFAULTS['guidance_scale']},
-64x64 (the folder's `sampling_defaults.json`, which richfeedback's commands use when not told otherwise). {args.prompts} prompts per split from `sample_prompts(seed={PROTOCOL_PROMPT_SEED})`, seeds 0-{args.seeds - 1} per
+64x64 (the folder's `sampling_defaults.json`, which richfeedback's commands use when not told otherwise).
+{args.prompts} prompts per split from `sample_prompts(seed={PROTOCOL_PROMPT_SEED})`, seeds 0-{args.seeds - 1} per
 prompt (`benchmarks/bench_generator_baseline.py` measures the same). Word columns: the share of words of that kind the
 oracle judges satisfied; prompt accuracy: every word satisfied and no extra object. Diversity: mean standard deviation
 of the main object's centre and size across the seeds of a prompt.

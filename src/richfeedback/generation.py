@@ -105,27 +105,35 @@ def pipeline_defaults(model: Optional[str], task: str = "text2image") -> dict:
     except json.JSONDecodeError as error:
         raise UsageError(f"{path} is not valid JSON ({error}); fix it, or delete it to sample with diffusers' "
                          "defaults") from None
-    unknown = sorted(set(settings) - set(SAMPLING_KEYS)) if isinstance(settings, dict) else None
-    if unknown is None or unknown:
+    unknown = unknown_sampling_keys(settings) if isinstance(settings, dict) else []
+    if not isinstance(settings, dict) or unknown:
         raise UsageError(f"{path} must be a JSON object with some of the keys {', '.join(SAMPLING_KEYS)}"
                          + (f"; it has {', '.join(unknown)}" if unknown else "") + ": fix it or delete it")
     return settings
+
+
+def sampling_settings(model: Optional[str], sampling: dict) -> dict:
+    """The settings a text-to-image call uses: the pipeline's defaults, overridden by the caller's values that are
+    not None."""
+    return {**pipeline_defaults(model), **{k: v for k, v in sampling.items() if v is not None}}
+
+
+def unknown_sampling_keys(settings: dict) -> list[str]:
+    return sorted(set(settings) - set(SAMPLING_KEYS))
 
 
 def save_sampling_defaults(folder: str | os.PathLike, settings: dict) -> Optional[Path]:
     """Write `settings` as the sampling defaults of the pipeline folder `folder` (nothing when empty). Call it after
     `pipe.save_pretrained(folder)` for a pipeline trained from one with defaults, so that the folder samples as its
     base did: `save_sampling_defaults(out, pipeline_defaults(base))`."""
-    unknown = sorted(set(settings) - set(SAMPLING_KEYS))
+    from .files import write_text_atomically
+
+    unknown = unknown_sampling_keys(settings)
     if unknown:
         raise ValueError(f"not sampling settings: {', '.join(unknown)} (known: {', '.join(SAMPLING_KEYS)})")
     if not settings:
         return None
-    path = Path(folder) / SAMPLING_DEFAULTS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomically(Path(folder) / SAMPLING_DEFAULTS_FILE, json.dumps(settings, indent=2) + "\n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +228,7 @@ def generate_to_folder(model: Optional[str], jobs: Iterable[GenerationJob], out_
     if rows and any(r.get("guidance") != guided.get("guidance") for r in rows):
         raise ValueError(f"{out} holds images made with other reward-guidance settings than these; "
                          "write to a new --out folder (a folder holds one setting, so a rerun can resume it)")
-    settings = {**pipeline_defaults(model), **{k: v for k, v in sampling.items() if v is not None}}
+    settings = sampling_settings(model, sampling)
     check_same_settings(out, rows, {"model": model or "embedded", **settings})
     done = {(r["prompt"], r["seed"]) for r in rows}
     todo = [j for j in jobs if (j.prompt, j.seed) not in done]

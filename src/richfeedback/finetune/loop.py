@@ -115,7 +115,7 @@ def check_training_data(data: Path, lora: Path) -> None:
             raise UsageError(f"{lora} was trained on other data than {data} holds now (filtered again?); delete "
                              f"{lora} to train on it")
         return
-    from .pool import write_text_atomically
+    from ..files import write_text_atomically
 
     lora.mkdir(parents=True, exist_ok=True)
     write_text_atomically(record, json.dumps({"data": str(data), "metadata_sha256": digest}) + "\n")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UsageError
+from ..files import write_text_atomically
 from ..generation import MANIFEST, GenerationJob, generate_to_folder, plan_jobs, read_manifest
 from ..reward_models.weights import weights_fingerprint
 
@@ -36,13 +37,6 @@ PROMPTS_FILE = "prompts.txt"
 SCORES_DIR = "scores"
 ORACLE = "oracle"  # on ShapesWorld, the exact oracle can score a pool: it stands in for perfect human feedback
 ORACLE_SCORES = ("oracle:prompt_correct", "oracle:word_accuracy", "oracle:artifact_free", "oracle:quality")
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """`text` into `path` through a sibling temporary file: a reader never sees half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def shard_name(index: int) -> str:
@@ -87,7 +81,7 @@ def generate_pool(model: Optional[str], prompts: Sequence[str], out_dir: str | o
     """
     from tqdm.auto import tqdm
 
-    from ..generation import load_pipeline, pipeline_defaults
+    from ..generation import load_pipeline, sampling_settings
 
     if n < 1:
         raise UsageError(f"--n must be at least 1, got {n}")
@@ -102,7 +96,7 @@ def generate_pool(model: Optional[str], prompts: Sequence[str], out_dir: str | o
     out = Path(out_dir)
     settings = {"model": model or "embedded", "n": n, "seed": seed, "shard_size": shard_size,
                 "num_prompts": len(prompts),
-                "sampling": {**pipeline_defaults(model), **{k: v for k, v in sampling.items() if v is not None}}}
+                "sampling": sampling_settings(model, sampling)}
     if process_index == 0:
         _start_pool(out, settings, prompts)
     jobs = plan_jobs(prompts, n, seed)

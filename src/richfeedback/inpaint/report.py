@@ -18,21 +18,19 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from ..files import write_text_atomically
 from ..imaging import heatmap_overlay, make_grid, save_png
 
 
 def _write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(data, indent=2))
 
 
 def image_names(paths: Sequence[Path]) -> list[str]:
@@ -171,10 +169,7 @@ def write_summary(out: Path, reports: Sequence[dict]) -> dict:
     rows = [{"file_name": Path(r["outputs"]["fixed"]).name, "prompt": r["prompt"], "source": r["input"],
              "status": r["status"]} for r in reports if r["status"] != "error"]
     if rows:
-        manifest = out / "fixed" / "manifest.jsonl"
-        tmp = manifest.with_name(manifest.name + ".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        os.replace(tmp, manifest)
+        write_text_atomically(out / "fixed" / "manifest.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     _write_index(out, reports, summary)
     return summary
 
@@ -192,6 +187,4 @@ def _write_index(out: Path, reports: Sequence[dict], summary: dict) -> None:
             f"<h1>inpaint-fix</h1><p>{summary['fixed']} fixed, {summary['kept_original']} kept, "
             f"{summary['nothing_to_fix']} with nothing to fix, {len(summary['errors'])} errors; reward "
             f"{html.escape(str(summary['reward']))}</p><table>{''.join(cells)}</table></body></html>")
-    tmp = out / "index.html.tmp"
-    tmp.write_text(page)
-    os.replace(tmp, out / "index.html")
+    write_text_atomically(out / "index.html", page)

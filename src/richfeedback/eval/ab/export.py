@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ...errors import UsageError
+from ...files import write_text_atomically
 from ...generation import GenerationJob
 from ..systems import SystemSpec, describe_system, parse_system, render_system
 from .page import write_rating_page
@@ -110,12 +111,6 @@ def plan_pairs(prompts: Sequence[str], seeds: Sequence[int], side_seed: int) -> 
     return pairs
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def pairs_csv(pairs: Sequence[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=PAIR_FIELDS, lineterminator="\n")
@@ -169,10 +164,10 @@ def make_ab(system_a: str | SystemSpec, system_b: str | SystemSpec, prompts: Seq
         "side_seed": side_seed, "sampling_overrides": overrides,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_atomic(out / "pairs.jsonl", "".join(json.dumps({k: p[k] for k in PAIR_FIELDS}) + "\n" for p in pairs))
-    _write_atomic(out / "pairs.csv", pairs_csv(pairs))
+    write_text_atomically(out / "pairs.jsonl", "".join(json.dumps({k: p[k] for k in PAIR_FIELDS}) + "\n" for p in pairs))
+    write_text_atomically(out / "pairs.csv", pairs_csv(pairs))
     write_rating_page(out / "index.html", meta, pairs)
-    _write_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+    write_text_atomically(meta_path, json.dumps(meta, indent=2) + "\n")
     return out
 
 
