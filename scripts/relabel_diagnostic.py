@@ -36,12 +36,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from richfeedback.errors import UsageError
 from richfeedback.files import write_text_atomically
 from richfeedback.finetune.pool import read_pool
+from richfeedback.imaging import load_rgb
 from richfeedback.shapesworld import oracle
 from richfeedback.shapesworld.scene import (MAX_OBJECTS, POSITIONS, Group, PromptSpec, is_heldout_prompt,
                                             parse_prompt, position_holds)
@@ -97,18 +97,19 @@ def rahf_caption(spec: PromptSpec, marked: Sequence[int]) -> Optional[str]:
     return PromptSpec(tuple(groups)).text
 
 
-def load_image(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+def caption_is_right(caption: str, objects: Sequence) -> bool:
+    """The oracle's full-prompt verdict on `caption` for objects it has already detected (what
+    `oracle.evaluate(caption, image).prompt_correct` says, without detecting them again)."""
+    judgements, extras, _ = oracle.judge_words(parse_prompt(caption), objects)
+    return all(w.satisfied for w in judgements) and not extras
 
 
 def relabel_with_oracle(rows: list[dict], keep_artifacts: bool) -> None:
     for row in tqdm(rows, desc="oracle captions", unit="img"):
-        image = load_image(row["path"])
-        report = oracle.evaluate(row["prompt"], image)
+        report = oracle.evaluate(row["prompt"], load_rgb(row["path"]))
         caption = oracle_caption(parse_prompt(row["prompt"]), report.objects)
         if caption is not None and (keep_artifacts or not report.has_artifact):
-            row["caption"] = caption
+            row["caption"], row["caption_right"] = caption, caption_is_right(caption, report.objects)
 
 
 def relabel_with_rahf(rows: list[dict], min_quantile: float) -> None:
@@ -117,19 +118,21 @@ def relabel_with_rahf(rows: list[dict], min_quantile: float) -> None:
     model, processor = load_rahf()
     for start in tqdm(range(0, len(rows), BATCH), desc="RAHF keywords", unit="batch"):
         batch = rows[start : start + BATCH]
-        images = [load_image(r["path"]) for r in batch]
-        for row, result in zip(batch, predict(model, processor, images, [r["prompt"] for r in batch])):
+        images = [load_rgb(r["path"]) for r in batch]
+        for row, image, result in zip(batch, images, predict(model, processor, images, [r["prompt"] for r in batch])):
             marked = processor.misaligned_words(result["marked_prompt"], row["prompt"])
             row["caption"] = rahf_caption(parse_prompt(row["prompt"]), marked)
             row["alignment"] = result["scores"]["alignment"]
-    changed = [r for r in rows if r.get("caption") not in (None, r["prompt"])]
-    for start in tqdm(range(0, len(changed), BATCH), desc="RAHF alignment of new captions", unit="batch"):
-        batch = changed[start : start + BATCH]
-        images = [load_image(r["path"]) for r in batch]
-        results = predict(model, processor, images, [r["caption"] for r in batch], generate=False)
-        for row, result in zip(batch, results):
-            row["alignment"] = result["scores"]["alignment"]
-    kept = [r for r in rows if r.get("caption") is not None]
+            if row["caption"] is not None:
+                row["caption_right"] = caption_is_right(row["caption"], oracle.detect_objects(image))
+        # RAHF's alignment with each new caption, while this batch's images are at hand
+        changed = [i for i, r in enumerate(batch) if r["caption"] not in (None, r["prompt"])]
+        if changed:
+            results = predict(model, processor, [images[i] for i in changed], [batch[i]["caption"] for i in changed],
+                              generate=False)
+            for i, result in zip(changed, results):
+                batch[i]["alignment"] = result["scores"]["alignment"]
+    kept = [r for r in rows if r["caption"] is not None]
     if kept and min_quantile > 0:
         threshold = float(np.quantile([r["alignment"] for r in kept], min_quantile))
         for row in kept:
@@ -139,9 +142,11 @@ def relabel_with_rahf(rows: list[dict], min_quantile: float) -> None:
 
 def report_counts(rows: list[dict]) -> dict:
     """Per number of objects the prompt asks for: images, kept, and kept captions the oracle finds fully right."""
+    by_objects: dict[int, list[dict]] = {n: [] for n in range(1, MAX_OBJECTS + 1)}
+    for row in rows:
+        by_objects[parse_prompt(row["prompt"]).num_objects].append(row)
     out = {}
-    for n in range(1, MAX_OBJECTS + 1):
-        of_n = [r for r in rows if parse_prompt(r["prompt"]).num_objects == n]
+    for n, of_n in by_objects.items():
         kept = [r for r in of_n if r.get("caption") is not None]
         right = sum(r["caption_right"] for r in kept)
         out[str(n)] = {"images": len(of_n), "kept": len(kept), "kept_right": right,
@@ -174,7 +179,7 @@ def main(argv=None) -> int:
         print(f"error: {misplaced} does not apply to --captions {args.captions}: leave it out", file=sys.stderr)
         return 2
     try:
-        rows = read_pool(args.pool, require_complete=False)
+        rows = read_pool(args.pool)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -192,8 +197,6 @@ def main(argv=None) -> int:
         if row.get("caption") is not None and is_heldout_prompt(row["caption"]):
             row["caption"], heldout = None, heldout + 1
     kept = [r for r in rows if r.get("caption") is not None]
-    for row in kept:
-        row["caption_right"] = oracle.evaluate(row["caption"], load_image(row["path"])).prompt_correct
     if not kept:
         print(f"error: no image of {args.pool} kept a caption: nothing to write", file=sys.stderr)
         return 1

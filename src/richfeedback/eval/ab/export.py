@@ -164,7 +164,8 @@ def make_ab(system_a: str | SystemSpec, system_b: str | SystemSpec, prompts: Seq
         "side_seed": side_seed, "sampling_overrides": overrides,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_text_atomically(out / "pairs.jsonl", "".join(json.dumps({k: p[k] for k in PAIR_FIELDS}) + "\n" for p in pairs))
+    write_text_atomically(out / "pairs.jsonl",
+                          "".join(json.dumps({k: p[k] for k in PAIR_FIELDS}) + "\n" for p in pairs))
     write_text_atomically(out / "pairs.csv", pairs_csv(pairs))
     write_rating_page(out / "index.html", meta, pairs)
     write_text_atomically(meta_path, json.dumps(meta, indent=2) + "\n")
