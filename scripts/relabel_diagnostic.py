@@ -101,7 +101,7 @@ def caption_is_right(caption: str, objects: Sequence) -> bool:
     """The oracle's full-prompt verdict on `caption` for objects it has already detected (what
     `oracle.evaluate(caption, image).prompt_correct` says, without detecting them again)."""
     judgements, extras, _ = oracle.judge_words(parse_prompt(caption), objects)
-    return all(w.satisfied for w in judgements) and not extras
+    return oracle.is_prompt_correct(judgements, len(extras))
 
 
 def relabel_with_oracle(rows: list[dict], keep_artifacts: bool) -> None:
@@ -155,6 +155,36 @@ def report_counts(rows: list[dict]) -> dict:
     return out
 
 
+def check_arguments(args) -> None:
+    """Refuse, in one line each, what cannot run: a used output folder, a quantile out of range, an option of the
+    other caption mode."""
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty: name a new folder or delete it")
+    if not 0.0 <= args.min_quantile < 1.0:
+        raise UsageError(f"--min-quantile must be in [0, 1), got {args.min_quantile}")
+    if args.captions == "oracle" and args.min_quantile > 0:
+        raise UsageError("--min-quantile does not apply to --captions oracle: leave it out")
+    if args.captions == "rahf" and args.keep_artifacts:
+        raise UsageError("--keep-artifacts does not apply to --captions rahf: leave it out")
+
+
+def write_dataset(out: Path, kept: list[dict]) -> None:
+    """The imagefolder dataset: each kept image hard-linked from the pool (copied across file systems) under its
+    shard-qualified name, and `metadata.jsonl` written last, atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for row in kept:
+        name = row["file_name"].replace("/", "_")
+        try:
+            os.link(row["path"], out / name)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(row["path"], out / name)
+        lines.append(json.dumps({"file_name": name, "text": row["caption"], "prompt": row["prompt"],
+                                 "type": "positive"}) + "\n")
+    write_text_atomically(out / "metadata.jsonl", "".join(lines))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", required=True, help="a pool written by `richfeedback pool generate`")
@@ -165,26 +195,13 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-artifacts", action="store_true", help="oracle: keep images with an artifact")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        print(f"error: {out} is not empty: name a new folder or delete it", file=sys.stderr)
-        return 2
-    if not 0.0 <= args.min_quantile < 1.0:
-        print(f"error: --min-quantile must be in [0, 1), got {args.min_quantile}", file=sys.stderr)
-        return 2
-    misplaced = "--min-quantile" if args.captions == "oracle" and args.min_quantile > 0 else (
-        "--keep-artifacts" if args.captions == "rahf" and args.keep_artifacts else None)
-    if misplaced:
-        print(f"error: {misplaced} does not apply to --captions {args.captions}: leave it out", file=sys.stderr)
-        return 2
     try:
+        check_arguments(args)
         rows = read_pool(args.pool)
+        if not rows:
+            raise UsageError(f"{args.pool} has no images yet: run `richfeedback pool generate` first")
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    if not rows:
-        print(f"error: {args.pool} has no images yet: run `richfeedback pool generate` first", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     if args.captions == "oracle":
@@ -201,17 +218,8 @@ def main(argv=None) -> int:
         print(f"error: no image of {args.pool} kept a caption: nothing to write", file=sys.stderr)
         return 1
 
-    out.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for row in kept:
-        name = row["file_name"].replace("/", "_")
-        try:
-            os.link(row["path"], out / name)
-        except OSError:  # another file system, or links not allowed
-            shutil.copyfile(row["path"], out / name)
-        lines.append(json.dumps({"file_name": name, "text": row["caption"], "prompt": row["prompt"],
-                                 "type": "positive"}) + "\n")
-    write_text_atomically(out / "metadata.jsonl", "".join(lines))
+    out = Path(args.out)
+    write_dataset(out, kept)
     report = {"pool": str(args.pool), "captions": args.captions, "min_quantile": args.min_quantile,
               "keep_artifacts": args.keep_artifacts, "images": len(rows), "kept": len(kept),
               "kept_right_fraction": sum(r["caption_right"] for r in kept) / len(kept),

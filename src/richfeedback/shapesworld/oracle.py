@@ -82,7 +82,7 @@ class OracleReport:
 
     @property
     def prompt_correct(self) -> bool:
-        return all(w.satisfied for w in self.words) and self.extra_objects == 0
+        return is_prompt_correct(self.words, self.extra_objects)
 
     @property
     def artifact_area(self) -> float:
@@ -249,6 +249,12 @@ def judge_words(spec: PromptSpec, objects: Sequence) -> tuple[list[WordJudgement
             involved.update(failing)
         judgements.append(WordJudgement(word, kind, gi, bool(ok)))
     return judgements, extras, involved
+
+
+def is_prompt_correct(words: Sequence[WordJudgement], extra_objects: int) -> bool:
+    """The full-prompt verdict: every word satisfied and no object the prompt does not name (`judge_words`'s
+    judgements and the number of its extra objects)."""
+    return all(w.satisfied for w in words) and extra_objects == 0
 
 
 def _object_meets(g, kind: str, o) -> bool:
