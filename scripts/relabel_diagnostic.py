@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -39,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from richfeedback.errors import UsageError
-from richfeedback.files import write_text_atomically
+from richfeedback.files import link_or_copy, write_text_atomically
 from richfeedback.finetune.pool import read_pool
 from richfeedback.imaging import load_rgb
 from richfeedback.shapesworld import oracle
@@ -176,10 +174,7 @@ def write_dataset(out: Path, kept: list[dict]) -> None:
     lines = []
     for row in kept:
         name = row["file_name"].replace("/", "_")
-        try:
-            os.link(row["path"], out / name)
-        except OSError:  # another file system, or links not allowed
-            shutil.copyfile(row["path"], out / name)
+        link_or_copy(row["path"], out / name)
         lines.append(json.dumps({"file_name": name, "text": row["caption"], "prompt": row["prompt"],
                                  "type": "positive"}) + "\n")
     write_text_atomically(out / "metadata.jsonl", "".join(lines))

@@ -204,6 +204,29 @@ def test_filter_writes_an_imagefolder_dataset_that_datasets_loads(pool, tmp_path
     assert data[0]["image"].size == (64, 64)
     with pytest.raises(FileExistsError):
         filter_pool(pool, tmp_path / "data", FilterPolicy(policy="topk", score="oracle:quality"))
+    # the images are the pool's own files, hard-linked (no second copy on disk) ...
+    assert all(os.path.samefile(path, tmp_path / "data" / name) for name, path in pool_files(pool).items()
+               if (tmp_path / "data" / name).exists())
+    assert len(list((tmp_path / "data").glob("*.png"))) == 6
+
+
+def pool_files(pool) -> dict:
+    """The pool's images by their name in a filtered dataset."""
+    return {row["file_name"].replace("/", "_"): row["path"] for row in read_pool(pool)}
+
+
+def test_dataset_images_are_copied_where_links_cannot_be_made(pool, tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    score_pool(pool, ["oracle"], progress=False)
+    filter_pool(pool, tmp_path / "data", FilterPolicy(policy="topk", score="oracle:quality", k=1))
+    # ... or copied where the file system cannot link them
+    images = {p.name: p for p in (tmp_path / "data").glob("*.png")}
+    assert len(images) == 3
+    assert not any(os.path.samefile(pool_files(pool)[name], p) for name, p in images.items())
+    assert all(p.read_bytes() == Path(pool_files(pool)[name]).read_bytes() for name, p in images.items())
 
 
 def test_pairs_are_the_largest_score_gaps_of_each_prompt_at_least_min_gap_apart():

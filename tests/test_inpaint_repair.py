@@ -162,7 +162,7 @@ class FakeAlignment:
     def outputs(self, prompts, images, names):
         alignment = torch.tensor([self.alignment_of(np.asarray(i)) for i in images], dtype=torch.float32)
         maps = self.heatmaps(prompts, images)
-        return {name: alignment if name == "alignment" else maps[name] for name in names}
+        return {name: maps[name] if name in maps else alignment for name in names}  # every score: the alignment
 
 
 def test_the_alignment_guard_keeps_the_input_when_every_candidate_loses_alignment(pipe):
@@ -198,7 +198,7 @@ class FakeHeatmaps:
 
 
 def test_mask_heat_picks_the_candidate_coldest_inside_the_mask_not_overall():
-    from richfeedback.inpaint.selection import MASK_HEAT, MaskHeatScore, load_selection_reward, score_and_select
+    from richfeedback.inpaint.selection import MASK_HEAT, MaskHeatScore, load_selection_reward
 
     mask = centre_mask()
     original = np.zeros((64, 64, 3), np.uint8)
@@ -210,6 +210,11 @@ def test_mask_heat_picks_the_candidate_coldest_inside_the_mask_not_overall():
     half[mask] = 100
     reward = MaskHeatScore(FakeHeatmaps())
     assert reward.name == MASK_HEAT
+
+    def score_and_select(reward, prompt, original, candidates, mask=None):
+        scores = reward.score([prompt] * (1 + len(candidates)), [original, *candidates], mask=mask).tolist()
+        return select_best(scores[0], scores[1:])
+
     picked = score_and_select(reward, "x", original, [half, cold_inside], mask=mask)
     assert picked.chosen == 1 and picked.candidate_scores[1] > picked.candidate_scores[0] > picked.original_score
     # the mean of the two heatmaps inside the mask (up to the bilinear resize's blur at the mask's rim)
@@ -219,3 +224,55 @@ def test_mask_heat_picks_the_candidate_coldest_inside_the_mask_not_overall():
     assert overall.chosen == 0
     assert score_and_select(reward, "x", original, [original], mask=mask).chosen is None  # a tie keeps the input
     assert isinstance(load_selection_reward(None, rahf=FakeHeatmaps()), MaskHeatScore)  # the default
+
+
+class ConstantReward:
+    """A selection reward that is not RAHF: the original scores 0.5, candidate 0 of n scores n, the last 1."""
+
+    name = "constant"
+
+    def score(self, prompts, images):
+        return torch.tensor([0.5, *range(len(images) - 1, 0, -1)], dtype=torch.float32)
+
+
+def test_rahf_sees_the_input_once_and_each_candidate_at_most_once_and_reports_their_scores(pipe, scene_image):
+    import dataclasses
+
+    from richfeedback.inpaint.fix import FixSettings, InpaintFixer
+    from richfeedback.inpaint.selection import MaskHeatScore
+    from richfeedback.reward_models import load_reward_model
+
+    rahf = load_reward_model("rahf:plausibility")
+    seen = []
+    rahf.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(len(kwargs["pixel_values"])),
+                                         with_kwargs=True)
+    settings = FixSettings(n=3, sampling=dict(FAST), artifact_model=None)
+    mask = centre_mask()
+
+    def images_through_rahf(fixer, **kwargs):
+        seen.clear()
+        return fixer.fix(scene_image, "a red circle", **kwargs), sum(seen)
+
+    # the defaults (mask heat, alignment guard): one pass over the input, one over the candidates
+    result, images = images_through_rahf(InpaintFixer(pipe, rahf, MaskHeatScore(rahf), settings), mask=mask)
+    assert images == 1 + 3 and result.alignment is not None
+    direct = rahf.all_scores("a red circle", [scene_image, result.image])
+    assert result.rahf_before == pytest.approx({k: float(v[0]) for k, v in direct.items()}, abs=1e-5)
+    assert result.rahf_after == pytest.approx({k: float(v[1]) for k, v in direct.items()}, abs=1e-5)
+    assert result.alignment[0] == pytest.approx(result.rahf_before["alignment"])
+    # a RAHF score as the reward, no guard: the same two passes, and the reward is the score itself
+    plausibility = dataclasses.replace(settings, alignment_guard=None, keep_original=False)
+    result, images = images_through_rahf(InpaintFixer(pipe, rahf, rahf.for_score("plausibility"), plausibility),
+                                         mask=mask)
+    assert images == 1 + 3 and result.status == "fixed"
+    scores = rahf.score("a red circle", [scene_image, *result.candidates]).tolist()
+    assert [result.original_score, *result.candidate_scores] == pytest.approx(scores, abs=1e-5)
+    # another reward, no guard: RAHF scores the input, then only the chosen candidate, for the report
+    result, images = images_through_rahf(InpaintFixer(pipe, rahf, ConstantReward(), plausibility), mask=mask)
+    assert images == 1 + 1 and result.chosen == 0
+    assert result.rahf_after == pytest.approx(
+        {k: float(v[0]) for k, v in rahf.all_scores("a red circle", [result.image]).items()}, abs=1e-5)
+    # nothing to fix: the input's one pass serves the report and the reward
+    result, images = images_through_rahf(InpaintFixer(pipe, rahf, MaskHeatScore(rahf), settings),
+                                         heatmap=np.zeros((64, 64), np.float32))
+    assert result.status == "nothing_to_fix" and images == 1 and result.rahf_after == result.rahf_before

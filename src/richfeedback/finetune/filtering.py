@@ -44,7 +44,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
@@ -53,6 +52,7 @@ import numpy as np
 
 from ..dataset_io import folder_written_atomically
 from ..errors import UsageError
+from ..files import link_or_copy
 from ..imaging import load_rgb
 from .pool import read_pool, score_weights
 
@@ -297,10 +297,11 @@ def describe_kept(report: dict) -> str:
 
 
 def _copy_image(pool_file_name: str, path: str, folder: Path) -> str:
-    """Copy a pool image into the dataset folder (once, however many pairs it is in); returns its file_name there."""
+    """Put a pool image into the dataset folder (once, however many pairs it is in; hard-linked where the file system
+    allows, else copied); returns its file_name there."""
     file_name = pool_file_name.replace("/", "_")
     if not (folder / file_name).exists():
-        shutil.copyfile(path, folder / file_name)
+        link_or_copy(path, folder / file_name)
     return file_name
 
 

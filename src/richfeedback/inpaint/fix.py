@@ -21,11 +21,13 @@ from PIL import Image
 
 from ..imaging import ImageLoadError, load_rgb
 from ..reward_models.artifact_segmenter import WithArtifactSegmenter
+from ..reward_models.rahf.configuration import HEATMAP_NAMES, SCORE_NAMES
+from ..reward_models.rahf.reward import RAHFReward
 from ..reward_models.weights import weights_fingerprint
 from .masks import (MaskConfig, MaskError, feather_mask, finish_user_mask, heatmap_to_mask, read_heatmap_file,
                     read_mask_file, resize_heatmap)
 from .repair import composite, inpaint_candidates, latent_cell, load_inpaint_pipeline
-from .selection import DEFAULT_REWARD, MASK_HEAT, MaskHeatScore, load_selection_reward, score_and_select
+from .selection import DEFAULT_REWARD, MASK_HEAT, MaskHeatScore, load_selection_reward, select_best
 
 # What an input's mode becomes, said in the report (the conversion itself is `imaging.to_rgb_array`'s).
 MODE_NOTES = {
@@ -101,6 +103,8 @@ class FixResult:
     message: str
     eligible: Optional[list[bool]] = None  # per candidate: allowed by the alignment guard (None: no guard ran)
     alignment: Optional[list[float]] = None  # RAHF alignment of the original, then of each candidate (guard only)
+    rahf_before: Optional[dict] = None  # RAHF's four scores of the input
+    rahf_after: Optional[dict] = None  # ... and of the output
 
     @property
     def mask_area(self) -> float:
@@ -182,14 +186,44 @@ class InpaintFixer:
         heat = self.heatmap_model.heatmaps([prompt], [image])[self.settings.heatmap][0].numpy()
         return resize_heatmap(heat, *image.shape[:2])
 
+    @property
+    def _reward_reads_rahf(self) -> bool:
+        """Whether the selection reward is a function of the heatmap model's own outputs (the mask heat over its
+        maps, or a sum of its scores), so that the passes `fix` makes anyway serve it."""
+        if isinstance(self.reward, MaskHeatScore):
+            return self.reward.rahf is self.heatmap_model
+        return isinstance(self.reward, RAHFReward) and self.reward.model is getattr(self.heatmap_model, "model", None)
+
+    def _rahf_outputs(self, prompt: str, images: Sequence[np.ndarray], heatmaps: Sequence[str] = ()) -> dict:
+        """RAHF's four scores and the named heatmaps of `images`, one forward pass per batch."""
+        names = (*SCORE_NAMES, *(name for name in HEATMAP_NAMES if name in heatmaps))
+        return self.heatmap_model.outputs([prompt] * len(images), list(images), names)
+
+    def _reward_scores(self, prompt: str, images: Sequence[np.ndarray], mask: np.ndarray, rahf: dict) -> list[float]:
+        """The selection reward of `images`, from their RAHF outputs `rahf` when the reward reads them."""
+        if isinstance(self.reward, MaskHeatScore) and self._reward_reads_rahf:
+            return self.reward.score([prompt] * len(images), images, mask=mask, maps=rahf).tolist()
+        if self._reward_reads_rahf:
+            return sum(weight * rahf[name] for name, weight in self.reward.score_weights.items()).tolist()
+        if getattr(self.reward, "uses_mask", False):
+            return self.reward.score([prompt] * len(images), images, mask=mask).tolist()
+        return self.reward.score([prompt] * len(images), images).tolist()
+
     def fix(self, image: np.ndarray, prompt: str, mask: Optional[np.ndarray] = None,
             heatmap: Optional[np.ndarray] = None) -> FixResult:
         """Repair one uint8 (H, W, 3) image. `mask` (bool, the image's size) is used as given; otherwise the mask
-        comes from `heatmap` (float in [0, 1], any resolution of the image's aspect) or from the heatmap model."""
+        comes from `heatmap` (float in [0, 1], any resolution of the image's aspect) or from the heatmap model.
+
+        RAHF sees each image once: one pass over the input (its scores, the heatmap of the mask, the maps the mask
+        heat scores it by) and, when the guard or the reward needs them, one over the candidates (their scores and
+        maps); otherwise only the chosen candidate is scored, for the report."""
         s = self.settings
         height, width = image.shape[:2]
+        reward_maps = self.reward.heatmaps if isinstance(self.reward, MaskHeatScore) and self._reward_reads_rahf else ()
+        before = self._rahf_outputs(prompt, [image], (*reward_maps, *(() if heatmap is not None else (s.heatmap,))))
+        rahf_before = {name: float(before[name][0]) for name in SCORE_NAMES}
         if heatmap is None:
-            heatmap, heat_source = self.predict_heatmap(prompt, image), "heatmap"
+            heatmap, heat_source = resize_heatmap(before[s.heatmap][0].numpy(), height, width), "heatmap"
         else:
             heat_source = "heatmap file"
         if mask is not None:
@@ -205,26 +239,26 @@ class InpaintFixer:
                 why = f"no pixel of the heatmap is above the threshold {threshold:.3g} (hottest {heatmap.max():.3g})"
                 hint = (" (to repaint it anyway: a lower --floor, --threshold q0.95 for its hottest 5%, or your own "
                         "--mask)")
-            score = float(self.reward.score([prompt], [image])[0])
+            score = self._reward_scores(prompt, [image], mask, before)[0]
             return FixResult("nothing_to_fix", image.copy(), heatmap, mask, mask.astype(np.float32), source,
-                             threshold, seeds, [], score, [], None, f"{why}: nothing to fix, copied through{hint}")
+                             threshold, seeds, [], score, [], None, f"{why}: nothing to fix, copied through{hint}",
+                             rahf_before=rahf_before, rahf_after=rahf_before)
         alpha = feather_mask(mask, s.mask.feather)
         raw = inpaint_candidates(self.pipe, image, mask, prompt, seeds, crop_padding=s.crop_padding,
                                  batch_size=s.batch_size, **s.sampling)
         candidates = [composite(image, candidate, alpha) for candidate in raw]
-        eligible = alignment = maps = None
+        after = None
+        if s.alignment_guard is not None or self._reward_reads_rahf:
+            after = self._rahf_outputs(prompt, candidates, reward_maps)
+        eligible = alignment = None
         if s.alignment_guard is not None:
-            # one RAHF pass for the guard's alignment scores and, when the mask heat selects, its heatmaps too
-            shares = isinstance(self.reward, MaskHeatScore) and self.reward.rahf is self.heatmap_model
-            names = ("alignment", *self.reward.heatmaps) if shares else ("alignment",)
-            outputs = self.heatmap_model.outputs([prompt] * (1 + len(candidates)), [image, *candidates], names)
-            alignment = outputs.pop("alignment").tolist()
+            alignment = [rahf_before["alignment"], *after["alignment"].tolist()]
             eligible = [a >= alignment[0] - s.alignment_guard for a in alignment[1:]]
-            maps = outputs if shares else None
-        selection = score_and_select(self.reward, prompt, image, candidates, s.keep_original, mask=mask,
-                                     eligible=eligible, maps=maps)
+        both = None if after is None else {name: torch.cat([before[name], after[name]]) for name in after}
+        scores = self._reward_scores(prompt, [image, *candidates], mask, both)
+        selection = select_best(scores[0], scores[1:], s.keep_original, eligible)
         if selection.chosen is None:
-            status, output = "kept_original", image.copy()
+            status, output, rahf_after = "kept_original", image.copy(), rahf_before
             if eligible is not None and not any(eligible):
                 message = (f"every candidate lowers RAHF alignment by more than {s.alignment_guard:g} "
                            f"(from {alignment[0]:.3f} to at most {max(alignment[1:]):.3f}): the input is kept")
@@ -233,19 +267,18 @@ class InpaintFixer:
                            f"best allowed candidate {selection.best_allowed_score:.4f}): the input is kept")
         else:
             status, output = "fixed", candidates[selection.chosen]
+            chosen = after if after is not None else self._rahf_outputs(prompt, [output])
+            row = selection.chosen if after is not None else 0
+            rahf_after = {name: float(chosen[name][row]) for name in SCORE_NAMES}
             message = (f"candidate {selection.chosen} (seed {seeds[selection.chosen]}) raised {self.reward_name} from "
                        f"{selection.original_score:.4f} to {selection.best_score:.4f}")
         return FixResult(status, output, heatmap, mask, alpha, source, threshold, seeds, candidates,
                          selection.original_score, selection.candidate_scores, selection.chosen, message, eligible,
-                         alignment)
+                         alignment, rahf_before, rahf_after)
 
     @property
     def reward_name(self) -> str:
         return getattr(self.reward, "name", "reward")
-
-    def rahf_scores(self, prompt: str, images: Sequence[np.ndarray]) -> list[dict]:
-        scores = self.heatmap_model.all_scores([prompt] * len(images), list(images))
-        return [{name: float(values[i]) for name, values in scores.items()} for i in range(len(images))]
 
 
 def read_input_image(path: Path) -> tuple[np.ndarray, Optional[str]]:
@@ -301,9 +334,8 @@ def fix_files(fixer: InpaintFixer, paths: Sequence[Path], prompts: Sequence[str]
             mask = read_mask_file(mask_file, height, width) if mask_file else None
             heatmap = read_heatmap_file(heat_file, height, width) if heat_file else None
             result = fixer.fix(image, prompt, mask=mask, heatmap=heatmap)
-            rahf_before, rahf_after = fixer.rahf_scores(prompt, [image, result.image])
-            report = write_image_outputs(out, name, path, prompt, image, result, fixer, note, rahf_before, rahf_after,
-                                         mask_file=mask_file, heatmap_file=heat_file)
+            report = write_image_outputs(out, name, path, prompt, image, result, fixer, note, result.rahf_before,
+                                         result.rahf_after, mask_file=mask_file, heatmap_file=heat_file)
         except (ImageLoadError, MaskError, ValueError) as err:
             report = write_error_report(out, name, path, prompt, str(err), fixer.settings, fixer.models)
             log(f"skipped {err}")

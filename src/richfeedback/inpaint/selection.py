@@ -99,17 +99,3 @@ def select_best(original_score: float, candidate_scores: Sequence[float], keep_o
     best = max(ranked, key=lambda k: (scores[k], -k))
     chosen = None if keep_original and scores[best] <= original_score else best
     return Selection(float(original_score), scores, chosen, None if eligible is None else allowed)
-
-
-def score_and_select(reward, prompt: str, original: np.ndarray, candidates: Sequence[np.ndarray],
-                     keep_original: bool = True, mask: Optional[np.ndarray] = None,
-                     eligible: Optional[Sequence[bool]] = None, maps: Optional[dict] = None) -> Selection:
-    """Score the original and its candidates in one batch and select among the `eligible` candidates (`mask`: what
-    was repainted, for a reward that looks there; `maps`: the heatmaps of [original, *candidates] when the caller
-    already has them, for the mask heat)."""
-    images = [original, *candidates]
-    if getattr(reward, "uses_mask", False):
-        scores = reward.score([prompt] * len(images), images, mask=mask, maps=maps).tolist()
-    else:
-        scores = reward.score([prompt] * len(images), images).tolist()
-    return select_best(scores[0], scores[1:], keep_original, eligible)
