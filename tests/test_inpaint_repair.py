@@ -276,3 +276,21 @@ def test_rahf_sees_the_input_once_and_each_candidate_at_most_once_and_reports_th
     result, images = images_through_rahf(InpaintFixer(pipe, rahf, MaskHeatScore(rahf), settings),
                                          heatmap=np.zeros((64, 64), np.float32))
     assert result.status == "nothing_to_fix" and images == 1 and result.rahf_after == result.rahf_before
+
+
+def test_rahf_reward_terms_are_the_heatmap_models_scores_not_the_embedded_rahfs():
+    """With --heatmap-model, `--reward rahf:plausibility` must score with that RAHF (loaded once), not silently with
+    the embedded ShapesWorld one; a term that names its own weights still gets them."""
+    from richfeedback.inpaint.fix import FixSettings, InpaintFixer, rahf_score_weights
+    from richfeedback.reward_models.rahf.predict import embedded_rahf_path
+
+    mine = str(embedded_rahf_path())  # a RAHF folder given by path, as a user's would be
+    fixer = InpaintFixer.load(heatmap_model=mine, reward="0.7*rahf:plausibility+0.3*rahf:aesthetics",
+                              settings=FixSettings(n=1, sampling=dict(FAST)))
+    (summed,) = fixer.reward.models  # one RAHF forward pass for both terms: the heatmap model's
+    assert summed.model is fixer.heatmap_model.model
+    assert rahf_score_weights(fixer.reward, fixer.heatmap_model) == {"plausibility": 0.7, "aesthetics": 0.3}
+    other = InpaintFixer.load(heatmap_model=mine, reward=f"rahf:plausibility={mine}",
+                              settings=FixSettings(n=1, sampling=dict(FAST)))
+    assert other.reward.model is not other.heatmap_model.model  # its own weights: its own model
+    assert rahf_score_weights(other.reward, other.heatmap_model) is None

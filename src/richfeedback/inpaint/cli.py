@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward", default=None,
                    help="what picks the best candidate: a reward model or a weighted sum, e.g. "
                         "'0.7*rahf:plausibility+0.3*rahf:aesthetics', or rahf:mask-heat (the default: the least RAHF "
-                        "implausibility + misalignment heat inside the repainted mask)")
+                        "implausibility + misalignment heat inside the repainted mask); rahf:* terms are the "
+                        "--heatmap-model's scores unless they name weights of their own (rahf:plausibility=FILE)")
     p.add_argument("--mask", default=None, help="your mask (white = repaint): one file, or a folder of files named "
                                                 "like the images; used as given, rounded up to latent cells")
     p.add_argument("--heatmap", default=None, help="your heatmap (grayscale, white = hot): one file or a folder; it "

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..guidance.rewards import WeightedReward
 from ..imaging import ImageLoadError, load_rgb
 from ..reward_models.artifact_segmenter import WithArtifactSegmenter
 from ..reward_models.rahf.configuration import HEATMAP_NAMES, SCORE_NAMES
@@ -27,7 +28,7 @@ from ..reward_models.weights import weights_fingerprint
 from .masks import (MaskConfig, MaskError, feather_mask, finish_user_mask, heatmap_to_mask, read_heatmap_file,
                     read_mask_file, resize_heatmap)
 from .repair import composite, inpaint_candidates, latent_cell, load_inpaint_pipeline
-from .selection import DEFAULT_REWARD, MASK_HEAT, MaskHeatScore, load_selection_reward, select_best
+from .selection import MaskHeatScore, load_selection_reward, select_best
 
 # What an input's mode becomes, said in the report (the conversion itself is `imaging.to_rgb_array`'s).
 MODE_NOTES = {
@@ -126,6 +127,16 @@ def resolve_artifact_model(artifact_model: Optional[str], heatmap_model: Optiona
     return artifact_model
 
 
+def rahf_score_weights(reward, rahf) -> Optional[dict]:
+    """{score name: weight} when `reward` is a weighted sum of `rahf`'s own scores (a RAHFReward on the same model, or
+    a WeightedReward of just one), else None."""
+    if isinstance(reward, WeightedReward) and len(reward.models) == 1 and reward.weights[0] == 1.0:
+        reward = reward.models[0]
+    if isinstance(reward, RAHFReward) and reward.model is getattr(rahf, "model", None):
+        return dict(reward.score_weights)
+    return None
+
+
 class InpaintFixer:
     """The models of a repair run and its settings; `fix` repairs one image in memory."""
 
@@ -138,6 +149,11 @@ class InpaintFixer:
         # a RAHFReward, or one WithArtifactSegmenter: .heatmaps(prompts, images), .outputs and .all_scores
         self.heatmap_model = heatmap_model
         self.reward = reward
+        # a reward that is a function of the heatmap model's own outputs is read from the passes `fix` makes anyway:
+        # the mask heat over its maps, or a sum of its scores (`rahf:plausibility`, `0.7*rahf:a+0.3*rahf:b`)
+        shares_maps = isinstance(reward, MaskHeatScore) and reward.rahf is heatmap_model
+        self._reward_maps = reward.heatmaps if shares_maps else ()
+        self._reward_rahf_weights = rahf_score_weights(reward, heatmap_model)
         segmenter_weights = None
         if isinstance(heatmap_model, WithArtifactSegmenter):
             used = settings.artifact_model if settings.artifact_model not in (None, "auto") else "given"
@@ -175,24 +191,15 @@ class InpaintFixer:
             segmenter = load_artifact_segmenter(None if artifact_model == "embedded" else artifact_model,
                                                 device=device)
             rahf = WithArtifactSegmenter(rahf, segmenter, settings.artifact_cut)
-        # the embedded RAHF also serves a rahf:* selection reward (loaded once); the mask heat is always the heatmap
-        # model's own
-        shared = heatmap_model is None or (reward or DEFAULT_REWARD).strip() == MASK_HEAT
-        reward_model = load_selection_reward(reward, device=device, rahf=rahf if shared else None)
+        # the heatmap model also serves the reward's rahf:* terms that name no weights of their own (loaded once: a
+        # user's --heatmap-model, not the embedded ShapesWorld RAHF, scores their images); the mask heat is always its
+        reward_model = load_selection_reward(reward, device=device, rahf=rahf)
         return cls(pipe, rahf, reward_model, settings,
                    models={"inpaint_model": model_source(inpaint_model), "heatmap_model": model_source(heatmap_model)})
 
     def predict_heatmap(self, prompt: str, image: np.ndarray) -> np.ndarray:
         heat = self.heatmap_model.heatmaps([prompt], [image])[self.settings.heatmap][0].numpy()
         return resize_heatmap(heat, *image.shape[:2])
-
-    @property
-    def _reward_reads_rahf(self) -> bool:
-        """Whether the selection reward is a function of the heatmap model's own outputs (the mask heat over its
-        maps, or a sum of its scores), so that the passes `fix` makes anyway serve it."""
-        if isinstance(self.reward, MaskHeatScore):
-            return self.reward.rahf is self.heatmap_model
-        return isinstance(self.reward, RAHFReward) and self.reward.model is getattr(self.heatmap_model, "model", None)
 
     def _rahf_outputs(self, prompt: str, images: Sequence[np.ndarray], heatmaps: Sequence[str] = ()) -> dict:
         """RAHF's four scores and the named heatmaps of `images`, one forward pass per batch."""
@@ -201,10 +208,10 @@ class InpaintFixer:
 
     def _reward_scores(self, prompt: str, images: Sequence[np.ndarray], mask: np.ndarray, rahf: dict) -> list[float]:
         """The selection reward of `images`, from their RAHF outputs `rahf` when the reward reads them."""
-        if isinstance(self.reward, MaskHeatScore) and self._reward_reads_rahf:
+        if self._reward_maps:
             return self.reward.score([prompt] * len(images), images, mask=mask, maps=rahf).tolist()
-        if self._reward_reads_rahf:
-            return sum(weight * rahf[name] for name, weight in self.reward.score_weights.items()).tolist()
+        if self._reward_rahf_weights:
+            return sum(weight * rahf[name] for name, weight in self._reward_rahf_weights.items()).tolist()
         if getattr(self.reward, "uses_mask", False):
             return self.reward.score([prompt] * len(images), images, mask=mask).tolist()
         return self.reward.score([prompt] * len(images), images).tolist()
@@ -219,8 +226,8 @@ class InpaintFixer:
         maps); otherwise only the chosen candidate is scored, for the report."""
         s = self.settings
         height, width = image.shape[:2]
-        reward_maps = self.reward.heatmaps if isinstance(self.reward, MaskHeatScore) and self._reward_reads_rahf else ()
-        before = self._rahf_outputs(prompt, [image], (*reward_maps, *(() if heatmap is not None else (s.heatmap,))))
+        needed_maps = (*self._reward_maps, *(() if heatmap is not None else (s.heatmap,)))
+        before = self._rahf_outputs(prompt, [image], needed_maps)
         rahf_before = {name: float(before[name][0]) for name in SCORE_NAMES}
         if heatmap is None:
             heatmap, heat_source = resize_heatmap(before[s.heatmap][0].numpy(), height, width), "heatmap"
@@ -248,8 +255,8 @@ class InpaintFixer:
                                  batch_size=s.batch_size, **s.sampling)
         candidates = [composite(image, candidate, alpha) for candidate in raw]
         after = None
-        if s.alignment_guard is not None or self._reward_reads_rahf:
-            after = self._rahf_outputs(prompt, candidates, reward_maps)
+        if s.alignment_guard is not None or self._reward_maps or self._reward_rahf_weights:
+            after = self._rahf_outputs(prompt, candidates, self._reward_maps)
         eligible = alignment = None
         if s.alignment_guard is not None:
             alignment = [rahf_before["alignment"], *after["alignment"].tolist()]
