@@ -26,4 +26,3 @@ def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     except OSError:
         shutil.copyfile(source, target)
     return Path(target)
-

@@ -23,7 +23,7 @@ from ..guidance.rewards import WeightedReward
 from ..imaging import ImageLoadError, load_rgb
 from ..reward_models.artifact_segmenter import WithArtifactSegmenter
 from ..reward_models.rahf.configuration import HEATMAP_NAMES, SCORE_NAMES
-from ..reward_models.rahf.reward import RAHFReward
+from ..reward_models.rahf.reward import RAHFReward, weighted_score_sum
 from ..reward_models.weights import weights_fingerprint
 from .masks import (MaskConfig, MaskError, feather_mask, finish_user_mask, heatmap_to_mask, read_heatmap_file,
                     read_mask_file, resize_heatmap)
@@ -192,26 +192,34 @@ class InpaintFixer:
                                                 device=device)
             rahf = WithArtifactSegmenter(rahf, segmenter, settings.artifact_cut)
         # the heatmap model also serves the reward's rahf:* terms that name no weights of their own (loaded once: a
-        # user's --heatmap-model, not the embedded ShapesWorld RAHF, scores their images); the mask heat is always its
+        # user's --heatmap-model, not the embedded ShapesWorld RAHF, scores their images) and the mask heat's maps
         reward_model = load_selection_reward(reward, device=device, rahf=rahf)
         return cls(pipe, rahf, reward_model, settings,
                    models={"inpaint_model": model_source(inpaint_model), "heatmap_model": model_source(heatmap_model)})
 
     def predict_heatmap(self, prompt: str, image: np.ndarray) -> np.ndarray:
-        heat = self.heatmap_model.heatmaps([prompt], [image])[self.settings.heatmap][0].numpy()
-        return resize_heatmap(heat, *image.shape[:2])
+        return self._heatmap_of(self.heatmap_model.heatmaps([prompt], [image]), image)
+
+    def _heatmap_of(self, outputs: dict, image: np.ndarray, row: int = 0) -> np.ndarray:
+        """The mask's heatmap (`settings.heatmap`) of row `row` of RAHF's `outputs`, at `image`'s size."""
+        return resize_heatmap(outputs[self.settings.heatmap][row].numpy(), *image.shape[:2])
 
     def _rahf_outputs(self, prompt: str, images: Sequence[np.ndarray], heatmaps: Sequence[str] = ()) -> dict:
         """RAHF's four scores and the named heatmaps of `images`, one forward pass per batch."""
         names = (*SCORE_NAMES, *(name for name in HEATMAP_NAMES if name in heatmaps))
         return self.heatmap_model.outputs([prompt] * len(images), list(images), names)
 
+    @staticmethod
+    def _scores_of(outputs: dict, row: int) -> dict:
+        """RAHF's four scores of row `row` of its `outputs`, as floats (what reports hold)."""
+        return {name: float(outputs[name][row]) for name in SCORE_NAMES}
+
     def _reward_scores(self, prompt: str, images: Sequence[np.ndarray], mask: np.ndarray, rahf: dict) -> list[float]:
         """The selection reward of `images`, from their RAHF outputs `rahf` when the reward reads them."""
         if self._reward_maps:
             return self.reward.score([prompt] * len(images), images, mask=mask, maps=rahf).tolist()
         if self._reward_rahf_weights:
-            return sum(weight * rahf[name] for name, weight in self._reward_rahf_weights.items()).tolist()
+            return weighted_score_sum(rahf, self._reward_rahf_weights).tolist()
         if getattr(self.reward, "uses_mask", False):
             return self.reward.score([prompt] * len(images), images, mask=mask).tolist()
         return self.reward.score([prompt] * len(images), images).tolist()
@@ -228,9 +236,9 @@ class InpaintFixer:
         height, width = image.shape[:2]
         needed_maps = (*self._reward_maps, *(() if heatmap is not None else (s.heatmap,)))
         before = self._rahf_outputs(prompt, [image], needed_maps)
-        rahf_before = {name: float(before[name][0]) for name in SCORE_NAMES}
+        rahf_before = self._scores_of(before, 0)
         if heatmap is None:
-            heatmap, heat_source = resize_heatmap(before[s.heatmap][0].numpy(), height, width), "heatmap"
+            heatmap, heat_source = self._heatmap_of(before, image), "heatmap"
         else:
             heat_source = "heatmap file"
         if mask is not None:
@@ -274,9 +282,10 @@ class InpaintFixer:
                            f"best allowed candidate {selection.best_allowed_score:.4f}): the input is kept")
         else:
             status, output = "fixed", candidates[selection.chosen]
-            chosen = after if after is not None else self._rahf_outputs(prompt, [output])
-            row = selection.chosen if after is not None else 0
-            rahf_after = {name: float(chosen[name][row]) for name in SCORE_NAMES}
+            if after is not None:
+                rahf_after = self._scores_of(after, selection.chosen)
+            else:  # no candidate pass was needed: RAHF scores the chosen one alone, for the report
+                rahf_after = self._scores_of(self._rahf_outputs(prompt, [output]), 0)
             message = (f"candidate {selection.chosen} (seed {seeds[selection.chosen]}) raised {self.reward_name} from "
                        f"{selection.original_score:.4f} to {selection.best_score:.4f}")
         return FixResult(status, output, heatmap, mask, alpha, source, threshold, seeds, candidates,

@@ -34,6 +34,11 @@ class ProcessorTransform:
         return self.processor.preprocess_tensor(images)
 
 
+def weighted_score_sum(scores: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """sum(weight * score) over `weights`: what a RAHF reward is, from RAHF's score outputs (name -> (N,))."""
+    return sum(weight * scores[name].float() for name, weight in weights.items())
+
+
 class RAHFReward(RewardModel):
     """One of RAHF's scores as a reward; all four come out of the same forward pass."""
 
@@ -71,7 +76,7 @@ class RAHFReward(RewardModel):
 
     def forward(self, prompts: list[str], pixel_values: torch.Tensor) -> torch.Tensor:
         scores = self.model(pixel_values=pixel_values, **self._text(prompts), outputs=tuple(self.score_weights)).scores
-        return sum(weight * scores[name].float() for name, weight in self.score_weights.items())
+        return weighted_score_sum(scores, self.score_weights)
 
     def all_scores(self, prompts, images) -> dict[str, torch.Tensor]:
         """Every RAHF score of the images, name -> (N,) tensor."""
