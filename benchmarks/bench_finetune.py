@@ -49,6 +49,10 @@ def quick_overrides(name: str) -> list[str]:
             "train.optim.batch_size=4", "train.validation.every_steps=20", "train.checkpoint_every_steps=20"]
 
 
+def ratio(value, base):
+    return value / base if value is not None and base else None
+
+
 def evaluate_system(pipe, prompts: list[str], seeds: int, rahf, negative_prompt: str | None = None) -> dict:
     """Oracle summary, diversity and mean RAHF scores of `seeds` images per prompt; `negative_prompt` is the one a
     LoRA trained with align_sd negatives records (richfeedback_lora.json)."""
@@ -65,7 +69,11 @@ def evaluate_system(pipe, prompts: list[str], seeds: int, rahf, negative_prompt:
     by_objects: dict[int, list[bool]] = {}  # full-prompt accuracy by the prompt's number of objects
     for (prompt, _), report in zip(jobs, reports):
         by_objects.setdefault(parse_prompt(prompt).num_objects, []).append(report.prompt_correct)
-    return {**summary, "diversity": diversity(reports)["mean_std"],
+    spread = diversity(reports)
+    return {**summary, "diversity": spread["mean_std"],
+            # which spread moved: positions (cx, cy) falling is collapse; the size (h) falling is also what learning
+            # the size words does, as the truth draws each size word at one extent (+-5%)
+            "diversity_components": {k: spread[f"{k}_std"] for k in ("cx", "cy", "h")},
             "prompt_accuracy_by_objects": {str(k): float(np.mean(v)) for k, v in sorted(by_objects.items())},
             "rahf": {name: float(np.mean(v)) for name, v in scores.items()}}
 
@@ -99,8 +107,8 @@ def run(quick: bool = False) -> dict:
             results[f"{system}/{name}"] = evaluate_system(pipe, prompts, n_seeds, rahf, negative)
     # the spread a perfect generator would have on each split's prompts (the renderer's own layouts, same seeds): the
     # floor to read beside the ratio to the base, which spreads wider than its prompts allow
-    truth_diversity = {name: reference_diversity(prompts, n_seeds)["mean_std"]
-                       for name, prompts in split_prompts.items()}
+    truth_spread = {name: reference_diversity(prompts, n_seeds) for name, prompts in split_prompts.items()}
+    truth_diversity = {name: spread["mean_std"] for name, spread in truth_spread.items()}
     rows = []
     for key, r in results.items():
         system, split = key.split("/")
@@ -113,6 +121,11 @@ def run(quick: bool = False) -> dict:
                      "diversity_ratio": (r["diversity"] / base["diversity"]) if base["diversity"] else None,
                      "truth_diversity_ratio": ((truth_diversity[split] / base["diversity"]) if base["diversity"]
                                                else None),
+                     **{f"diversity_{k}_ratio": ratio(r["diversity_components"][k], base["diversity_components"][k])
+                        for k in ("cx", "cy", "h")},
+                     **{f"truth_diversity_{k}_ratio": ratio(truth_spread[split][f"{k}_std"],
+                                                            base["diversity_components"][k])
+                        for k in ("cx", "cy", "h")},
                      **{f"rahf_{k}": v for k, v in r["rahf"].items()}})
     held = {s: next(r for r in rows if r["system"] == s and r["split"] == "heldout") for s in systems}
     fresh = {s: next(r for r in rows if r["system"] == s and r["split"] == "heldout-fresh") for s in systems}

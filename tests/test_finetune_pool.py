@@ -55,6 +55,35 @@ def test_processes_split_the_shards_and_together_make_the_same_pool(pool, tmp_pa
     assert np.abs(a - b).max() <= 1
 
 
+def test_resuming_with_other_generator_weights_at_the_same_path_is_refused(tmp_path):
+    """A generator retrained in place keeps its path, so pool.json cannot tell: the weights' fingerprint does."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from richfeedback.generation import EMBEDDED_GENERATOR
+
+    model = tmp_path / "generator"
+    shutil.copytree(EMBEDDED_GENERATOR, model)
+    out = tmp_path / "pool"
+    generate_pool(str(model), PROMPTS[:2], out, n=2, seed=0, shard_size=1, progress=False, **FAST)
+    recorded = json.loads((out / "model_weights.json").read_text())
+    assert recorded["model"] == str(model) and len(recorded["fingerprint"]) == 64
+    unfinished = read_pool(out)[-1]["path"]
+    unfinished.unlink()  # as if killed before the last image
+    generate_pool(str(model), PROMPTS[:2], out, n=2, seed=0, shard_size=1, progress=False, **FAST)
+    assert unfinished.is_file()  # same weights: resumed
+    unfinished.unlink()
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    with torch.no_grad():
+        next(unet.parameters()).add_(0.01)
+    unet.save_pretrained(model / "unet")  # same path, other weights
+    with pytest.raises(UsageError, match="other weights"):
+        generate_pool(str(model), PROMPTS[:2], out, n=2, seed=0, shard_size=1, progress=False, **FAST)
+    assert not unfinished.exists()
+
+
 def test_a_killed_pool_generate_resumes_without_redoing_or_losing_images(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"a {c} circle\n" for c in ("red", "green", "blue", "yellow", "purple", "red")[:5]))

@@ -266,3 +266,37 @@ def test_a_rerun_with_other_models_redoes_the_image_and_with_the_same_ones_skips
     assert main(argv) == 0 and report_path.stat().st_mtime_ns != stamp
     second = json.loads(report_path.read_text())
     assert second["models"]["artifact_segmenter_weights"] != first["models"]["artifact_segmenter_weights"]
+
+
+def test_a_rerun_with_other_rahf_weights_at_the_same_path_redoes_the_image(tmp_path):
+    """A RAHF retrained into the same folder (its path, and so `models["heatmap_model"]`, unchanged) makes other
+    heatmaps and scores: the old report must not answer for it, whether it is the heatmap model or a reward term's
+    own weights."""
+    import shutil
+
+    import torch
+
+    from richfeedback.reward_models.rahf.modeling import RAHFModel
+    from richfeedback.reward_models.rahf.predict import embedded_rahf_path
+
+    Image.fromarray(scene(9)).save(tmp_path / "img.png")
+    folder = tmp_path / "rahf"
+    shutil.copytree(embedded_rahf_path(), folder)
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "img.png"), "--prompt", "a red circle", "--heatmap-model", str(folder),
+            "--reward", f"rahf:plausibility={folder}", "--out", str(out), *FAST]
+    assert main(argv) == 0
+    report_path = out / "reports" / "img.json"
+    first = json.loads(report_path.read_text())["models"]
+    assert first["heatmap_model_weights"] == first["reward_weights"]  # one folder: the same fingerprint
+    stamp = report_path.stat().st_mtime_ns
+    assert main(argv) == 0 and report_path.stat().st_mtime_ns == stamp  # same weights: skipped
+    retrained = RAHFModel.from_pretrained(folder)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.01)
+    retrained.save_pretrained(folder)  # same folder, other weights
+    assert main(argv) == 0 and report_path.stat().st_mtime_ns != stamp
+    second = json.loads(report_path.read_text())["models"]
+    assert second["heatmap_model"] == first["heatmap_model"]  # the path alone could not tell
+    assert second["heatmap_model_weights"] != first["heatmap_model_weights"]
+    assert second["reward_weights"] != first["reward_weights"]

@@ -294,3 +294,7 @@ def test_rahf_reward_terms_are_the_heatmap_models_scores_not_the_embedded_rahfs(
                               settings=FixSettings(n=1, sampling=dict(FAST)))
     assert other.reward.model is not other.heatmap_model.model  # its own weights: its own model
     assert rahf_score_weights(other.reward, other.heatmap_model) is None
+    # what the reports' resume key says: the heatmap model's scores, or a fingerprint of the term's own weights
+    assert fixer.models["reward_weights"] == "heatmap_model"
+    assert other.models["reward_weights"] == other.models["heatmap_model_weights"] == fixer.models[
+        "heatmap_model_weights"]  # the same files, loaded twice: the same fingerprint

@@ -7,6 +7,8 @@
 Layout of POOL (everything is appended or replaced atomically, so a killed command resumes where it stopped):
 
     pool.json                      what made the pool: model, sampling settings, n, seed, shard size, number of prompts
+    model_weights.json             a fingerprint of the generator's weights: a resume with other weights at the same
+                                   path (a model retrained in place) is refused instead of mixing two generators
     prompts.txt                    the prompts, in order (a prompt's index is its line number, from 0)
     shard-00000/manifest.jsonl     rows {file_name, prompt, seed, ...} of the images in that shard, one line per image
     shard-00000/*.png              the images (`richfeedback.generation.generate_to_folder` writes each shard)
@@ -33,6 +35,7 @@ from ..generation import MANIFEST, GenerationJob, generate_to_folder, plan_jobs,
 from ..reward_models.weights import weights_fingerprint
 
 POOL_FILE = "pool.json"
+MODEL_WEIGHTS_FILE = "model_weights.json"
 PROMPTS_FILE = "prompts.txt"
 SCORES_DIR = "scores"
 ORACLE = "oracle"  # on ShapesWorld, the exact oracle can score a pool: it stands in for perfect human feedback
@@ -113,12 +116,44 @@ def generate_pool(model: Optional[str], prompts: Sequence[str], out_dir: str | o
     if not todo:
         return out
     pipe = load_pipeline(model, device=device)  # loaded only when some shard still has work
+    _check_generator_weights(out, pipe, settings["model"], process_index)
     with tqdm(total=sum(m for _, _, m in todo), desc=f"pool generate (process {process_index})",
               disable=not progress) as bar:
         for shard_dir, shard_jobs, _ in todo:
             generate_to_folder(model, shard_jobs, shard_dir, batch_size=batch_size, device=device, progress=bar,
                                pipe=pipe, **sampling)
     return out
+
+
+def pipeline_fingerprint(pipe) -> str:
+    """sha256 over `weights_fingerprint` of each of a diffusers pipeline's torch modules (UNet, text encoders, VAE),
+    by component name: the same weights agree whatever dtype or device they run in (a few seconds for SD 1.5)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, component in sorted(pipe.components.items()):
+        if isinstance(component, torch.nn.Module):
+            digest.update(name.encode())
+            digest.update(weights_fingerprint(component).encode())
+    return digest.hexdigest()
+
+
+def _check_generator_weights(pool_dir: Path, pipe, model: str, process_index: int) -> None:
+    """Record the fingerprint of the generator that draws the pool's images, or refuse one with other weights. A pool
+    started before the record existed gets it now (its earlier images cannot be checked)."""
+    record = pool_dir / MODEL_WEIGHTS_FILE
+    fingerprint = pipeline_fingerprint(pipe)
+    if record.is_file():
+        earlier = json.loads(record.read_text())
+        if earlier["fingerprint"] != fingerprint:
+            raise UsageError(
+                f"{pool_dir}: its images so far were drawn by other weights than {model}'s now (the files changed "
+                f"since, {record} has the earlier fingerprint); a pool holds one generator's images: finish it with "
+                "the earlier weights, or pass another --out")
+    elif process_index == 0:
+        write_text_atomically(record, json.dumps({"model": model, "fingerprint": fingerprint}) + "\n")
 
 
 def read_pool(pool_dir: str | os.PathLike, require_complete: bool = False) -> list[dict]:

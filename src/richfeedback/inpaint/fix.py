@@ -137,14 +137,37 @@ def rahf_score_weights(reward, rahf) -> Optional[dict]:
     return None
 
 
+def heatmap_weights_fingerprint(heatmap_model) -> Optional[str]:
+    """`weights_fingerprint` of the RAHF behind a heatmap model (its artifact segmenter has a record of its own);
+    None for a stand-in that is not a torch module."""
+    rahf = heatmap_model.rahf if isinstance(heatmap_model, WithArtifactSegmenter) else heatmap_model
+    return weights_fingerprint(rahf) if isinstance(rahf, torch.nn.Module) else None
+
+
+def reward_weights_fingerprint(reward, heatmap_model) -> Optional[str]:
+    """What a selection reward's scores come from: "heatmap_model" when they are the heatmap model's own outputs
+    (the mask heat over its maps, a sum of its scores), else `weights_fingerprint` of the reward's torch weights
+    (every model of a weighted sum); None for a reward with none. A reward name ("rahf:plausibility",
+    "pickscore") does not say which weights scored: a rerun with other files under the same name must redo."""
+    if isinstance(reward, MaskHeatScore):
+        reward = reward.rahf  # its maps' model
+    if reward is heatmap_model or rahf_score_weights(reward, heatmap_model) is not None:
+        return "heatmap_model"
+    if isinstance(reward, WithArtifactSegmenter):
+        return f"{heatmap_weights_fingerprint(reward)}+{weights_fingerprint(reward.segmenter)}"
+    return weights_fingerprint(reward) if isinstance(reward, torch.nn.Module) else None
+
+
 class InpaintFixer:
     """The models of a repair run and its settings; `fix` repairs one image in memory."""
 
     def __init__(self, pipe, heatmap_model, reward, settings: FixSettings = FixSettings(),
                  models: Optional[dict] = None):
         """`models`: what the inpainting and heatmap models were loaded from ({"inpaint_model", "heatmap_model"};
-        `load` fills it in, "given" otherwise). With the reward's name and a fingerprint of the artifact segmenter's
-        weights it is part of each report, and a rerun redoes an image whose report came from other models."""
+        `load` fills it in, "given" otherwise). With the reward's name and fingerprints of the weights behind the
+        heatmaps, the reward and the artifact segmenter it is part of each report, and a rerun redoes an image whose
+        report came from other models or other files at the same path (the fingerprints hash every weight: a few
+        seconds for a full-size RAHF, as `pool score`'s records)."""
         self.pipe = pipe
         # a RAHFReward, or one WithArtifactSegmenter: .heatmaps(prompts, images), .outputs and .all_scores
         self.heatmap_model = heatmap_model
@@ -163,7 +186,10 @@ class InpaintFixer:
             settings = dataclasses.replace(settings, artifact_model=None, artifact_cut=None)
         self.settings = settings
         self.models = {"inpaint_model": "given", "heatmap_model": "given", **(models or {}),
-                       "reward": self.reward_name, "artifact_segmenter_weights": segmenter_weights}
+                       "reward": self.reward_name,
+                       "heatmap_model_weights": heatmap_weights_fingerprint(heatmap_model),
+                       "reward_weights": reward_weights_fingerprint(reward, heatmap_model),
+                       "artifact_segmenter_weights": segmenter_weights}
         if settings.mask.round_to_cells == 0:  # "round to the pipeline's own latent cells" unless told otherwise
             self.settings = dataclasses.replace(
                 settings, mask=dataclasses.replace(settings.mask, round_to_cells=latent_cell(pipe)))

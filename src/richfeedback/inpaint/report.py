@@ -10,7 +10,8 @@
 
 Every file is written atomically; the report is written last, so an image with a report is complete and a rerun
 skips it when its settings and models are the same (`InpaintFixer.models`: where the inpainting and
-heatmap models came from, the reward, and a fingerprint of the artifact segmenter's weights).
+heatmap models came from, the reward, and fingerprints of the weights behind the heatmaps, the reward and the
+artifact segmenter).
 """
 
 from __future__ import annotations
