@@ -71,8 +71,8 @@ def evaluate_system(pipe, prompts: list[str], seeds: int, rahf, negative_prompt:
         by_objects.setdefault(parse_prompt(prompt).num_objects, []).append(report.prompt_correct)
     spread = diversity(reports)
     return {**summary, "diversity": spread["mean_std"],
-            # which spread moved: positions (cx, cy) falling is collapse; the size (h) falling is also what learning
-            # the size words does, as the truth draws each size word at one extent (+-5%)
+            # which spread moved: the centres (cx, cy) or the size (h), which is small even in the truth, as the
+            # grammar draws each size word at one extent (+-5%)
             "diversity_components": {k: spread[f"{k}_std"] for k in ("cx", "cy", "h")},
             "prompt_accuracy_by_objects": {str(k): float(np.mean(v)) for k, v in sorted(by_objects.items())},
             "rahf": {name: float(np.mean(v)) for name, v in scores.items()}}
@@ -118,9 +118,8 @@ def run(quick: bool = False) -> dict:
                      **{f"{k}_acc": v for k, v in r["word_alignment"].items()},
                      **{f"prompt_acc_{k}_objects": v for k, v in r["prompt_accuracy_by_objects"].items()},
                      "artifact_rate": r["artifact_rate"],
-                     "diversity_ratio": (r["diversity"] / base["diversity"]) if base["diversity"] else None,
-                     "truth_diversity_ratio": ((truth_diversity[split] / base["diversity"]) if base["diversity"]
-                                               else None),
+                     "diversity_ratio": ratio(r["diversity"], base["diversity"]),
+                     "truth_diversity_ratio": ratio(truth_diversity[split], base["diversity"]),
                      **{f"diversity_{k}_ratio": ratio(r["diversity_components"][k], base["diversity_components"][k])
                         for k in ("cx", "cy", "h")},
                      **{f"truth_diversity_{k}_ratio": ratio(truth_spread[split][f"{k}_std"],

@@ -15,8 +15,9 @@ def read_imagefolder(path: Path, image_column: str, caption_column: str):
     import datasets
 
     if not (path / "metadata.jsonl").is_file() and not (path / "metadata.csv").is_file():
-        raise UsageError(f"{path} has no metadata.jsonl: give the folder `richfeedback pool filter` wrote, or an "
-                         "imagefolder dataset with file_name and text columns")
+        raise UsageError(f"{path} has no metadata.jsonl: give the folder `richfeedback pool filter` wrote (or, for "
+                         "data.extra_paths, the one `richfeedback shapesworld renders --n N --out DIR` writes), or "
+                         "an imagefolder dataset with file_name and text columns")
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
