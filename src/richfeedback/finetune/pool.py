@@ -144,16 +144,23 @@ def _check_generator_weights(pool_dir: Path, pipe, model: str, process_index: in
     """Record the fingerprint of the generator that draws the pool's images, or refuse one with other weights. A pool
     started before the record existed gets it now (its earlier images cannot be checked)."""
     record = pool_dir / MODEL_WEIGHTS_FILE
-    fingerprint = pipeline_fingerprint(pipe)
+    _check_fingerprint(
+        record, pipeline_fingerprint(pipe), {"model": model}, write=process_index == 0,
+        refusal=lambda earlier: (
+            f"{pool_dir}: its images so far were drawn by other weights than {model}'s now (the files changed "
+            f"since, {record} has the earlier fingerprint); a pool holds one generator's images: finish it with "
+            "the earlier weights, or pass another --out"))
+
+
+def _check_fingerprint(record: Path, fingerprint: str, entry: dict, refusal, write: bool = True) -> None:
+    """Refuse (UsageError(refusal(earlier record))) when `record` holds another fingerprint; write `entry` with this
+    one when there is no record yet (and `write`)."""
     if record.is_file():
         earlier = json.loads(record.read_text())
         if earlier["fingerprint"] != fingerprint:
-            raise UsageError(
-                f"{pool_dir}: its images so far were drawn by other weights than {model}'s now (the files changed "
-                f"since, {record} has the earlier fingerprint); a pool holds one generator's images: finish it with "
-                "the earlier weights, or pass another --out")
-    elif process_index == 0:
-        write_text_atomically(record, json.dumps({"model": model, "fingerprint": fingerprint}) + "\n")
+            raise UsageError(refusal(earlier))
+    elif write:
+        write_text_atomically(record, json.dumps({**entry, "fingerprint": fingerprint}) + "\n")
 
 
 def read_pool(pool_dir: str | os.PathLike, require_complete: bool = False) -> list[dict]:
@@ -202,20 +209,16 @@ def score_weights(pool_dir: str | os.PathLike) -> dict[str, str]:
 
 
 def _check_same_weights(pool_dir, spec, model) -> None:
-    """Record the fingerprint of the weights that score `spec.column`, or refuse if earlier scores came from others."""
+    """Record the fingerprint of the weights that score `spec.column`, or refuse if earlier scores came from others.
+    A scores file without a record (a pool scored before records existed) is taken to be from these weights."""
     scores = scores_file(pool_dir, spec.column)
     record = scores.with_suffix(".weights.json")
-    fingerprint = weights_fingerprint(model)
-    if record.exists():
-        earlier = json.loads(record.read_text())
-        if earlier["fingerprint"] != fingerprint:
-            raise UsageError(
-                f"{scores} holds {spec.column} scores from other weights ({earlier['spec']}) than the ones given now "
-                f"({spec}); delete {scores.name} and {record.name} "
-                f"to score the pool again with these weights, and filter it again into a new folder")
-        return
-    # A scores file without a record (a pool scored before records existed) is taken to be from these weights.
-    write_text_atomically(record, json.dumps({"spec": str(spec), "fingerprint": fingerprint}) + "\n")
+    _check_fingerprint(
+        record, weights_fingerprint(model), {"spec": str(spec)},
+        refusal=lambda earlier: (
+            f"{scores} holds {spec.column} scores from other weights ({earlier['spec']}) than the ones given now "
+            f"({spec}); delete {scores.name} and {record.name} "
+            f"to score the pool again with these weights, and filter it again into a new folder"))
 
 
 def _score_with_oracle(prompts: list[str], images: list) -> list[dict]:
